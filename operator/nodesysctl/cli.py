@@ -1,0 +1,69 @@
+"""The `nodesysctl` command: run the operator (and, later, inspect a cluster)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+import kopf
+
+from nodesysctl.handlers import OperatorConfig
+
+
+def _run(args: argparse.Namespace) -> int:
+    # Importing the module registers the handlers with Kopf's default registry.
+    import nodesysctl.handlers  # noqa: F401
+
+    config = OperatorConfig(
+        job_namespace=args.job_namespace,
+        agent_image=args.agent_image,
+        agent_python=args.agent_python,
+        restarts_per_minute=args.restarts_per_minute,
+        restart_burst=args.restart_burst,
+    )
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    kopf.configure(verbose=args.verbose)
+    kopf.run(
+        # Namespaced kinds (our Jobs and their Pods) are watched in the job namespace only;
+        # Nodes and policies are cluster-scoped and watched cluster-wide regardless.
+        namespaces=[args.job_namespace],
+        standalone=True,
+        liveness_endpoint=args.liveness,
+        memo=kopf.Memo(config=config),
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    defaults = OperatorConfig.from_env()
+    parser = argparse.ArgumentParser(prog="nodesysctl", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run the operator against the current kubeconfig")
+    run.add_argument("--job-namespace", default=defaults.job_namespace)
+    run.add_argument("--agent-image", default=defaults.agent_image)
+    run.add_argument(
+        "--agent-python",
+        default=defaults.agent_python,
+        help="interpreter the agent Job runs (the image's python)",
+    )
+    run.add_argument("--restarts-per-minute", type=float, default=defaults.restarts_per_minute)
+    run.add_argument("--restart-burst", type=int, default=defaults.restart_burst)
+    run.add_argument("--liveness", default=None, help="e.g. http://0.0.0.0:8080/healthz")
+    run.add_argument("-v", "--verbose", action="store_true")
+    run.set_defaults(func=_run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

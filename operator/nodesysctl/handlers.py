@@ -1,0 +1,256 @@
+"""Kopf wiring: watches, indices and one reconcile daemon per policy.
+
+Foreign kinds (Nodes, Jobs, Pods) are only *observed* through `@kopf.index` and
+`@kopf.on.event`, which never write annotations or finalizers onto them. All work is driven
+from the policy's own daemon; the observers merely wake it up. Kopf blocks the daemons until
+every index is fully listed, so a restarted operator sees the Jobs it created before it plans
+new ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+
+from nodesysctl import GROUP, PLURAL, VERSION
+from nodesysctl.jobs import (
+    AGENT_APP,
+    LABEL_APP,
+    LABEL_MANAGED_BY,
+    LABEL_POLICY,
+    MANAGED_BY,
+    JobSettings,
+)
+from nodesysctl.kube import Kube, new_api_client
+from nodesysctl.planning import ANNOTATION_PREFIX, NodeFacts, NodeResult, PolicyRanges
+from nodesysctl.reconcile import (
+    PodOutcome,
+    PolicyReconciler,
+    RestartLimiter,
+    Snapshot,
+    job_facts_from_body,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class OperatorConfig:
+    job_namespace: str = "nodesysctl-jobs"
+    agent_image: str = "ghcr.io/nodesysctl/nodesysctl:0.1.0"
+    agent_python: str = "python"
+    restarts_per_minute: float = 30.0
+    restart_burst: int = 10
+
+    @classmethod
+    def from_env(cls) -> OperatorConfig:
+        """`kopf run -m nodesysctl.handlers` reads its settings from the environment."""
+        defaults = cls()
+        return cls(
+            job_namespace=os.environ.get("NODESYSCTL_JOB_NAMESPACE", defaults.job_namespace),
+            agent_image=os.environ.get("NODESYSCTL_AGENT_IMAGE", defaults.agent_image),
+            agent_python=os.environ.get("NODESYSCTL_AGENT_PYTHON", defaults.agent_python),
+            restarts_per_minute=float(
+                os.environ.get("NODESYSCTL_RESTARTS_PER_MINUTE", defaults.restarts_per_minute)
+            ),
+            restart_burst=int(os.environ.get("NODESYSCTL_RESTART_BURST", defaults.restart_burst)),
+        )
+
+
+class OperatorState:
+    """Shared by all handlers through Kopf's memo (one instance per operator process)."""
+
+    def __init__(self, config: OperatorConfig, kube: Kube) -> None:
+        self.config = config
+        self.reconciler = PolicyReconciler(
+            kube,
+            JobSettings(
+                namespace=config.job_namespace,
+                image=config.agent_image,
+                python=config.agent_python,
+            ),
+            RestartLimiter(config.restarts_per_minute, config.restart_burst),
+        )
+        self.kube = kube
+        self.wakeups: dict[str, asyncio.Event] = {}
+        self.last_node_facts: dict[str, NodeFacts] = {}
+        self.policy_ranges: dict[str, PolicyRanges] = {}
+        # Results this operator wrote and the node watch has not echoed back yet.
+        self.written: dict[tuple[str, str], NodeResult] = {}
+
+    def wakeup(self, policy: str) -> asyncio.Event:
+        return self.wakeups.setdefault(policy, asyncio.Event())
+
+    def wake(self, policies: Iterable[str] | None = None) -> None:
+        for name in self.wakeups if policies is None else policies:
+            self.wakeup(name).set()
+
+
+def _state(memo: Any) -> OperatorState:
+    state: OperatorState = memo.nodesysctl
+    return state
+
+
+@kopf.on.startup()
+async def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
+    config = getattr(memo, "config", None) or OperatorConfig.from_env()
+    api = await asyncio.to_thread(new_api_client)
+    memo.nodesysctl = OperatorState(config, Kube(api))
+    settings.persistence.finalizer = f"{GROUP}/cleanup"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
+    # Filter our Jobs and Pods on the server: the operator never sees other workloads' pods.
+    settings.watching.label_selectors["batch", "jobs"] = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
+    settings.watching.label_selectors["v1", "pods"] = f"{LABEL_APP}={AGENT_APP}"
+    settings.posting.level = logging.WARNING
+    logger.info("nodesysctl operator configured: %s", config)
+
+
+# --- Observers of foreign kinds: index + wake, never write -------------------------------
+
+
+@kopf.index("v1", "nodes")
+def node_index(body: kopf.Body, name: str, **_: Any) -> dict[str, NodeFacts]:
+    return {name: NodeFacts.from_body(body)}
+
+
+@kopf.on.event("v1", "nodes")
+def node_event(type: str | None, body: kopf.Body, name: str, memo: Any, **_: Any) -> None:
+    """Wake the policies when something that matters changed; heartbeats change nothing."""
+    state = _state(memo)
+    if type == "DELETED":
+        if state.last_node_facts.pop(name, None) is not None:
+            state.wake()
+        return
+    facts = NodeFacts.from_body(body)
+    if state.last_node_facts.get(name) != facts:
+        state.last_node_facts[name] = facts
+        state.wake()
+
+
+@kopf.index("batch", "v1", "jobs", labels={LABEL_MANAGED_BY: MANAGED_BY})
+def job_index(body: kopf.Body, **_: Any) -> dict[str, Any] | None:
+    facts = job_facts_from_body(body)
+    return None if facts is None else {facts.policy: facts}
+
+
+@kopf.index("v1", "pods", labels={LABEL_APP: AGENT_APP})
+def agent_pod_index(body: kopf.Body, **_: Any) -> dict[str, Any] | None:
+    outcome = PodOutcome.from_body(body)
+    return None if outcome is None else {outcome.job: outcome}
+
+
+@kopf.on.event("batch", "v1", "jobs", labels={LABEL_MANAGED_BY: MANAGED_BY})
+@kopf.on.event("v1", "pods", labels={LABEL_APP: AGENT_APP})
+def agent_event(labels: kopf.Labels, memo: Any, **_: Any) -> None:
+    policy = labels.get(LABEL_POLICY)
+    if policy:
+        _state(memo).wake([policy])
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+def policy_event(name: str, memo: Any, **_: Any) -> None:
+    """Edits of a policy wake its daemon (Kopf's daemon body is live, but it sleeps)."""
+    _state(memo).wake([name])
+
+
+# --- The policy's own work ---------------------------------------------------------------
+
+
+@kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=10.0)
+async def reconcile_policy(name: str, uid: str, body: kopf.Body, memo: Any, **kwargs: Any) -> None:
+    # Kopf passes each index as a keyword named after its handler function.
+    node_index: kopf.Index[str, NodeFacts] = kwargs["node_index"]
+    job_index: kopf.Index[str, Any] = kwargs["job_index"]
+    agent_pod_index: kopf.Index[str, Any] = kwargs["agent_pod_index"]
+    state = _state(memo)
+    wakeup = state.wakeup(name)
+    try:
+        while True:
+            wakeup.clear()
+            snap = _snapshot(state, name, uid, body, node_index, job_index, agent_pod_index)
+            result = await asyncio.to_thread(state.reconciler.run_once, snap, datetime.now(UTC))
+            for node, written in result.recorded.items():
+                state.written[(name, node)] = written
+            if result.ranges is None:
+                state.policy_ranges.pop(name, None)
+            else:
+                state.policy_ranges[name] = result.ranges
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wakeup.wait(), timeout=result.delay)
+    finally:
+        state.policy_ranges.pop(name, None)
+
+
+def _snapshot(
+    state: OperatorState,
+    name: str,
+    uid: str,
+    body: kopf.Body,
+    node_index: kopf.Index[str, NodeFacts],
+    job_index: kopf.Index[str, Any],
+    agent_pod_index: kopf.Index[str, Any],
+) -> Snapshot:
+    nodes = []
+    for store in node_index.values():
+        for facts in store:
+            nodes.append(_overlay(state, name, facts))
+    jobs = list(job_index.get(name, ()))
+    outcomes = {}
+    for job in jobs:
+        for outcome in agent_pod_index.get(job.name, ()):
+            outcomes[job.name] = outcome
+    meta = body.get("metadata") or {}
+    return Snapshot(
+        name=name,
+        uid=uid,
+        generation=int(meta.get("generation") or 0),
+        created=str(meta.get("creationTimestamp") or ""),
+        spec=dict(body.get("spec") or {}),
+        status=dict(body.get("status") or {}),
+        nodes=nodes,
+        jobs=jobs,
+        pod_outcomes=outcomes,
+        other_policies=[r for p, r in state.policy_ranges.items() if p != name],
+    )
+
+
+def _overlay(state: OperatorState, policy: str, facts: NodeFacts) -> NodeFacts:
+    """Use a result we wrote until the node watch echoes it back (no double checks)."""
+    written = state.written.get((policy, facts.name))
+    if written is None:
+        return facts
+    seen = facts.results.get(policy)
+    if seen == written:
+        del state.written[(policy, facts.name)]
+        return facts
+    return dataclasses.replace(facts, results={**facts.results, policy: written})
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL)
+async def policy_deleted(name: str, memo: Any, **kwargs: Any) -> None:
+    """Leave nothing behind: the policy's Jobs and its result annotations on Nodes."""
+    node_index: kopf.Index[str, NodeFacts] = kwargs["node_index"]
+    state = _state(memo)
+    removed = await asyncio.to_thread(
+        state.kube.delete_policy_jobs, state.config.job_namespace, f"{LABEL_POLICY}={name}"
+    )
+    annotated = [
+        facts.name for store in node_index.values() for facts in store if name in facts.results
+    ]
+    await asyncio.to_thread(state.kube.clear_node_annotation, ANNOTATION_PREFIX + name, annotated)
+    state.policy_ranges.pop(name, None)
+    state.wakeups.pop(name, None)
+    state.written = {key: value for key, value in state.written.items() if key[0] != name}
+    state.wake()  # nodes this policy contested may now belong to another policy
+    logger.info(
+        "policy %s deleted: %d jobs removed, %d nodes cleaned", name, removed, len(annotated)
+    )

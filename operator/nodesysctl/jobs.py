@@ -1,0 +1,331 @@
+"""Pure builders for everything the operator writes: agent Jobs, restart patches, status.
+
+Each `build_*` function returns a plain dict ready for the API, so the rendering is
+unit-tested (and reviewed) without a cluster, the way dask-kubernetes' operator does it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from nodesysctl import GROUP, KIND, VERSION
+from nodesysctl.agent.contract import AgentSpec
+from nodesysctl.api import NodeSysctlPolicySpec
+from nodesysctl.planning import (
+    ANNOTATION_PREFIX,
+    CheckOrder,
+    NodeResult,
+    PolicySummary,
+    format_time,
+    short_hash,
+    spec_hash,
+)
+
+AGENT_APP = "nodesysctl-agent"
+LABEL_APP = "app.kubernetes.io/name"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+MANAGED_BY = "nodesysctl"
+LABEL_POLICY = "nodesysctl.io/policy"
+LABEL_NODE_HASH = "nodesysctl.io/node-hash"
+LABEL_SPEC_HASH = "nodesysctl.io/spec-hash"
+ANNOTATION_NODE = "nodesysctl.io/node"
+ANNOTATION_REASON = "nodesysctl.io/reason"
+ANNOTATION_BOOT_ID = "nodesysctl.io/boot-id"
+RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"
+RESTART_WAVE = "nodesysctl.io/restart-wave"
+HOST_SYSCTL_DIR = "/host/etc/sysctl.d"
+TERMINATION_LOG = "/dev/termination-log"
+DEFAULT_AGENT_RESOURCES = {
+    "requests": {"cpu": "10m", "memory": "32Mi"},
+    "limits": {"cpu": "200m", "memory": "128Mi"},
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class JobSettings:
+    """Operator-wide settings that shape every agent Job."""
+
+    namespace: str = "nodesysctl-jobs"
+    image: str = "ghcr.io/nodesysctl/nodesysctl:0.1.0"
+    python: str = "python"
+
+
+def persist_file_name(policy: str) -> str:
+    return f"99-nodesysctl-{policy}.conf"
+
+
+def build_agent_spec(policy: str, spec: NodeSysctlPolicySpec) -> AgentSpec:
+    """The agent's input: the node-side half of a policy."""
+    return AgentSpec.model_validate(
+        {
+            "policy": policy,
+            "mode": str(spec.remediation.mode),
+            "ephemeralRange": {
+                "min": spec.ports.ephemeral_range.min,
+                "max": spec.ports.ephemeral_range.max,
+            },
+            "reservedRanges": [{"min": r.min, "max": r.max} for r in spec.ports.reserved_ranges()],
+            "narrowRange": spec.remediation.narrow_range,
+            "reservePorts": spec.remediation.reserve_ports,
+            "persist": spec.remediation.persist,
+            "persistFile": persist_file_name(policy),
+        }
+    )
+
+
+def owner_reference(policy: str, uid: str) -> dict[str, Any]:
+    # Jobs are owned by the (cluster-scoped) policy so the garbage collector removes them
+    # with it, even if the operator is down when the policy is deleted.
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": KIND,
+        "name": policy,
+        "uid": uid,
+        "controller": True,
+        "blockOwnerDeletion": False,
+    }
+
+
+def job_labels(policy: str, node: str, current_spec_hash: str) -> dict[str, str]:
+    return {
+        LABEL_APP: AGENT_APP,
+        LABEL_MANAGED_BY: MANAGED_BY,
+        LABEL_POLICY: policy,
+        # Node names may be 253 characters long; label values only 63.
+        LABEL_NODE_HASH: short_hash(node, length=12),
+        LABEL_SPEC_HASH: current_spec_hash,
+    }
+
+
+def build_agent_job(
+    *,
+    policy: str,
+    policy_uid: str,
+    spec: NodeSysctlPolicySpec,
+    order: CheckOrder,
+    settings: JobSettings,
+) -> dict[str, Any]:
+    """A privileged, host-network Job that checks (and in Enforce mode fixes) one node."""
+    labels = job_labels(policy, order.node, spec_hash(spec))
+    agent_spec = build_agent_spec(policy, spec).model_dump_json(by_alias=True)
+    volumes: list[dict[str, Any]] = []
+    mounts: list[dict[str, Any]] = []
+    if spec.remediation.persist:
+        volumes.append(
+            {
+                "name": "host-sysctl-d",
+                "hostPath": {"path": spec.remediation.sysctl_dir, "type": "DirectoryOrCreate"},
+            }
+        )
+        mounts.append({"name": "host-sysctl-d", "mountPath": HOST_SYSCTL_DIR})
+    container: dict[str, Any] = {
+        "name": "agent",
+        "image": spec.job.image or settings.image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": [settings.python, "-m", "nodesysctl.agent"],
+        "args": [
+            "--spec-json",
+            agent_spec,
+            "--proc-sys",
+            "/proc/sys",
+            "--sysctl-dir",
+            HOST_SYSCTL_DIR,
+            "--termination-log",
+            TERMINATION_LOG,
+        ],
+        "env": [{"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}],
+        # Privileged is the point: with hostNetwork, /proc/sys/net is the host's, and only a
+        # privileged container may write it. Nothing else is granted.
+        "securityContext": {
+            "privileged": True,
+            "runAsUser": 0,
+            "readOnlyRootFilesystem": True,
+        },
+        "resources": spec.job.resources or DEFAULT_AGENT_RESOURCES,
+        "terminationMessagePath": TERMINATION_LOG,
+        "terminationMessagePolicy": "File",
+        "volumeMounts": mounts,
+    }
+    pod_spec: dict[str, Any] = {
+        # Pin the pod like the DaemonSet controller does: the scheduler still honours taints
+        # (so tolerations from the policy matter) and resource fit.
+        "affinity": {
+            "nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {
+                    "nodeSelectorTerms": [
+                        {
+                            "matchFields": [
+                                {"key": "metadata.name", "operator": "In", "values": [order.node]}
+                            ]
+                        }
+                    ]
+                }
+            }
+        },
+        "hostNetwork": True,
+        "dnsPolicy": "ClusterFirstWithHostNet",
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "tolerations": [dict(t) for t in spec.job.tolerations],
+        "containers": [container],
+        "volumes": volumes,
+    }
+    if spec.job.priority_class_name:
+        pod_spec["priorityClassName"] = spec.job.priority_class_name
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": order.job_name,
+            "namespace": settings.namespace,
+            "labels": labels,
+            "annotations": {
+                ANNOTATION_NODE: order.node,
+                ANNOTATION_REASON: order.reason.value,
+                ANNOTATION_BOOT_ID: order.boot_id,
+            },
+            "ownerReferences": [owner_reference(policy, policy_uid)],
+        },
+        "spec": {
+            "backoffLimit": spec.job.backoff_limit,
+            "activeDeadlineSeconds": spec.job.active_deadline_seconds,
+            "ttlSecondsAfterFinished": spec.job.ttl_seconds_after_finished,
+            "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+        },
+    }
+
+
+def build_node_result_patch(policy: str, result: NodeResult | None) -> dict[str, Any]:
+    """Merge patch for the per-node result annotation (None removes it)."""
+    value = None if result is None else result.to_annotation()
+    return {"metadata": {"annotations": {ANNOTATION_PREFIX + policy: value}}}
+
+
+def build_restart_patch(moment: datetime, wave: str) -> dict[str, Any]:
+    """What `kubectl rollout restart` does, plus the wave id that makes it happen once."""
+    return {
+        "spec": {
+            "template": {
+                "metadata": {"annotations": {RESTARTED_AT: format_time(moment), RESTART_WAVE: wave}}
+            }
+        }
+    }
+
+
+def condition(
+    kind: str, status: bool, reason: str, message: str, generation: int
+) -> dict[str, Any]:
+    return {
+        "type": kind,
+        "status": "True" if status else "False",
+        "reason": reason,
+        "message": message[:1000],
+        "observedGeneration": generation,
+    }
+
+
+def merge_conditions(
+    previous: Sequence[Mapping[str, Any]], wanted: Sequence[dict[str, Any]], now: datetime
+) -> list[dict[str, Any]]:
+    """Keep lastTransitionTime when a condition's status did not change (as metav1 does)."""
+    before = {c.get("type"): c for c in previous}
+    merged = []
+    for cond in wanted:
+        old = before.get(cond["type"])
+        if old is not None and old.get("status") == cond["status"]:
+            stamp = old.get("lastTransitionTime") or format_time(now)
+        else:
+            stamp = format_time(now)
+        merged.append({**cond, "lastTransitionTime": stamp})
+    return merged
+
+
+@dataclasses.dataclass(frozen=True)
+class StatusInputs:
+    generation: int
+    mode: str
+    summary: PolicySummary
+    halted: bool
+    conflicts: tuple[str, ...] = ()  # human sentences, at most a few
+    last_restart: Mapping[str, Any] | None = None
+
+
+def build_conditions(inputs: StatusInputs) -> list[dict[str, Any]]:
+    s = inputs.summary
+    gen = inputs.generation
+    settled = s.pending == 0 and s.in_flight == 0
+    healthy = settled and s.failed == 0 and s.drifted == 0
+    if healthy:
+        ready = condition(
+            "Ready", True, "AllCompliant", f"{s.compliant}/{s.nodes} nodes compliant", gen
+        )
+    elif s.failed or s.drifted:
+        ready = condition(
+            "Ready",
+            False,
+            "NodesNotCompliant",
+            f"{s.drifted} drifted, {s.failed} failed of {s.nodes} nodes",
+            gen,
+        )
+    else:
+        ready = condition("Ready", False, "RolloutInProgress", f"{s.pending} nodes pending", gen)
+    progressing = condition(
+        "Progressing",
+        not settled and not inputs.halted,
+        "Checking" if not settled and not inputs.halted else "Idle",
+        f"{s.in_flight} checks running, {s.pending} nodes pending",
+        gen,
+    )
+    degraded = condition(
+        "Degraded",
+        inputs.halted,
+        "FailureBudgetExhausted" if inputs.halted else "WithinBudget",
+        (
+            f"rollout halted: {s.failed} nodes failed; fix them, then edit the policy to retry"
+            if inputs.halted
+            else f"{s.failed} nodes failed"
+        ),
+        gen,
+    )
+    invalid = condition("Invalid", False, "Valid", "spec accepted", gen)
+    conflict = condition(
+        "Conflict",
+        bool(inputs.conflicts),
+        "PolicyConflict" if inputs.conflicts else "NoConflict",
+        "; ".join(inputs.conflicts[:3]) or "no other policy contests these nodes",
+        gen,
+    )
+    return [ready, progressing, degraded, invalid, conflict]
+
+
+def build_status(inputs: StatusInputs) -> dict[str, Any]:
+    """The policy status without conditions' transition times (see `merge_conditions`)."""
+    s = inputs.summary
+    status: dict[str, Any] = {
+        "observedGeneration": inputs.generation,
+        "nodes": s.nodes,
+        "compliant": s.compliant,
+        "drifted": s.drifted,
+        "failed": s.failed,
+        "pending": s.pending,
+        "worstNodes": [
+            {"name": w.name, "state": w.state.value, "message": w.message[:200]} for w in s.worst
+        ],
+    }
+    if inputs.last_restart is not None:
+        status["lastRestart"] = dict(inputs.last_restart)
+    return status
+
+
+def build_invalid_conditions(message: str, generation: int) -> list[dict[str, Any]]:
+    return [
+        condition("Invalid", True, "InvalidSpec", message, generation),
+        condition(
+            "Ready", False, "InvalidSpec", "the spec is invalid; nothing is applied", generation
+        ),
+        condition("Progressing", False, "InvalidSpec", "nothing is applied", generation),
+    ]

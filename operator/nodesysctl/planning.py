@@ -1,0 +1,454 @@
+"""Pure rollout planning: which nodes to check next, and what the policy status says.
+
+Everything here is a function of plain data (node facts, job facts, the parsed spec and the
+clock), so the whole decision logic is unit-tested without a cluster. The Kopf daemon in
+`nodesysctl.handlers` gathers the facts, calls `plan_rollout`, and carries the plan out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from nodesysctl.api import NodeSysctlPolicySpec
+
+ANNOTATION_PREFIX = "nodesysctl.io/result."
+MAX_WORST_NODES = 10
+# Rechecks spread over this fraction of the interval so that a fleet checked together
+# does not come due in the same second forever after.
+RECHECK_JITTER_FRACTION = 0.1
+
+
+class NodeState(StrEnum):
+    """What the last check of a node said (the agent's status) or that none is current."""
+
+    COMPLIANT = "Compliant"
+    REMEDIATED = "Remediated"
+    DRIFTED = "Drifted"
+    FAILED = "Failed"
+    PENDING = "Pending"
+
+
+class CheckReason(StrEnum):
+    NEW = "NeverChecked"
+    SPEC_CHANGED = "PolicyChanged"
+    REBOOTED = "Rebooted"
+    RECHECK_DUE = "RecheckDue"
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeResult:
+    """The last check result for one (policy, node), as stored in a Node annotation."""
+
+    status: NodeState
+    spec_hash: str
+    boot_id: str
+    checked_at: datetime
+    job: str
+    message: str = ""
+    restart_pending: bool = False
+
+    def to_annotation(self) -> str:
+        return json.dumps(
+            {
+                "status": self.status.value,
+                "specHash": self.spec_hash,
+                "bootID": self.boot_id,
+                "checkedAt": format_time(self.checked_at),
+                "job": self.job,
+                "message": self.message[:300],
+                "restartPending": self.restart_pending,
+            },
+            separators=(",", ":"),
+            sort_keys=True,
+        )
+
+    @classmethod
+    def from_annotation(cls, text: str) -> NodeResult | None:
+        """Parse an annotation value; anything unreadable counts as "never checked"."""
+        try:
+            raw = json.loads(text)
+            return cls(
+                status=NodeState(raw["status"]),
+                spec_hash=str(raw["specHash"]),
+                boot_id=str(raw.get("bootID", "")),
+                checked_at=parse_time(str(raw["checkedAt"])),
+                job=str(raw.get("job", "")),
+                message=str(raw.get("message", "")),
+                restart_pending=bool(raw.get("restartPending", False)),
+            )
+        except (ValueError, KeyError, TypeError):
+            return None
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeFacts:
+    """What the operator needs to know about a Node; equal facts mean "nothing to do"."""
+
+    name: str
+    labels: Mapping[str, str]
+    boot_id: str
+    results: Mapping[str, NodeResult]  # by policy name
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> NodeFacts:
+        meta = body.get("metadata") or {}
+        annotations = meta.get("annotations") or {}
+        results = {}
+        for key, value in annotations.items():
+            if key.startswith(ANNOTATION_PREFIX):
+                parsed = NodeResult.from_annotation(value)
+                if parsed is not None:
+                    results[key.removeprefix(ANNOTATION_PREFIX)] = parsed
+        node_info = (body.get("status") or {}).get("nodeInfo") or {}
+        return cls(
+            name=str(meta.get("name", "")),
+            labels=dict(meta.get("labels") or {}),
+            boot_id=str(node_info.get("bootID", "")),
+            results=results,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class JobFacts:
+    """One agent Job of a policy, as far as planning cares."""
+
+    name: str
+    policy: str
+    node: str
+    spec_hash: str
+    boot_id: str
+    created_at: datetime
+    finished: bool = False
+    succeeded: bool = False
+    failure_reason: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckOrder:
+    node: str
+    reason: CheckReason
+    job_name: str
+    boot_id: str
+
+
+@dataclasses.dataclass(frozen=True)
+class WorstNode:
+    name: str
+    state: NodeState
+    message: str
+
+
+@dataclasses.dataclass(frozen=True)
+class PolicySummary:
+    nodes: int
+    compliant: int
+    drifted: int
+    failed: int
+    pending: int
+    in_flight: int
+    worst: tuple[WorstNode, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class RolloutPlan:
+    """What the daemon should do now for one policy."""
+
+    checks: tuple[CheckOrder, ...]
+    stale_jobs: tuple[str, ...]  # in-flight jobs of an old spec or a vanished node: delete
+    halted: bool
+    summary: PolicySummary
+    next_due_in: float | None  # seconds until the next recheck, None if nothing is scheduled
+
+
+def format_time(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
+
+
+def short_hash(*parts: str, length: int = 8) -> str:
+    digest = hashlib.sha256("\x00".join(parts).encode()).hexdigest()
+    return digest[:length]
+
+
+def spec_hash(spec: NodeSysctlPolicySpec) -> str:
+    """Hash of everything that changes what a node check does or decides.
+
+    Rollout pacing and restart settings are left out on purpose: editing them must not
+    recheck the whole fleet.
+    """
+    relevant = {
+        "ports": spec.ports.model_dump(mode="json", by_alias=True),
+        "remediation": spec.remediation.model_dump(mode="json", by_alias=True),
+        "image": spec.job.image,
+    }
+    return short_hash(json.dumps(relevant, sort_keys=True))
+
+
+def job_name(policy: str, node: str, check_key: str) -> str:
+    """Deterministic Job name for one check: a restarted operator derives the same name
+    for the same pending check, so a second create gets AlreadyExists instead of a twin."""
+    return f"nsc-{policy}-{short_hash(node, length=6)}-{short_hash(check_key, length=6)}"
+
+
+def recheck_jitter(policy: str, node: str, interval: float) -> float:
+    fraction = int(short_hash(policy, node), 16) / 16**8
+    return fraction * RECHECK_JITTER_FRACTION * interval
+
+
+def check_reason(
+    node: NodeFacts,
+    policy: str,
+    current_spec_hash: str,
+    now: datetime,
+    recheck_seconds: float,
+) -> tuple[CheckReason | None, float | None]:
+    """Why this node needs a check now (None if it doesn't) and, if not, seconds until due."""
+    result = node.results.get(policy)
+    if result is None:
+        return CheckReason.NEW, None
+    if result.spec_hash != current_spec_hash:
+        return CheckReason.SPEC_CHANGED, None
+    if node.boot_id and result.boot_id != node.boot_id:
+        return CheckReason.REBOOTED, None
+    due = result.checked_at + timedelta(
+        seconds=recheck_seconds + recheck_jitter(policy, node.name, recheck_seconds)
+    )
+    if now >= due:
+        return CheckReason.RECHECK_DUE, None
+    return None, (due - now).total_seconds()
+
+
+def current_state(node: NodeFacts, policy: str, current_spec_hash: str) -> NodeState:
+    result = node.results.get(policy)
+    if result is None or result.spec_hash != current_spec_hash:
+        return NodeState.PENDING
+    if node.boot_id and result.boot_id != node.boot_id:
+        return NodeState.PENDING
+    return result.status
+
+
+_SEVERITY = {
+    NodeState.FAILED: 0,
+    NodeState.DRIFTED: 1,
+    NodeState.PENDING: 2,
+    NodeState.REMEDIATED: 3,
+    NodeState.COMPLIANT: 4,
+}
+
+
+def summarize(
+    nodes: Sequence[NodeFacts],
+    policy: str,
+    current_spec_hash: str,
+    in_flight: int,
+) -> PolicySummary:
+    counts = dict.fromkeys(NodeState, 0)
+    ranked: list[WorstNode] = []
+    for node in nodes:
+        state = current_state(node, policy, current_spec_hash)
+        counts[state] += 1
+        if state in (NodeState.FAILED, NodeState.DRIFTED, NodeState.PENDING):
+            result = node.results.get(policy)
+            message = result.message if result and state != NodeState.PENDING else ""
+            ranked.append(WorstNode(node.name, state, message))
+    ranked.sort(key=lambda worst: (_SEVERITY[worst.state], worst.name))
+    return PolicySummary(
+        nodes=len(nodes),
+        compliant=counts[NodeState.COMPLIANT] + counts[NodeState.REMEDIATED],
+        drifted=counts[NodeState.DRIFTED],
+        failed=counts[NodeState.FAILED],
+        pending=counts[NodeState.PENDING],
+        in_flight=in_flight,
+        worst=tuple(ranked[:MAX_WORST_NODES]),
+    )
+
+
+def select_nodes(
+    spec: NodeSysctlPolicySpec, nodes: Iterable[NodeFacts], excluded: Iterable[str] = ()
+) -> list[NodeFacts]:
+    """Nodes the policy covers, minus those another policy takes precedence on."""
+    skip = set(excluded)
+    selected = [n for n in nodes if n.name not in skip and spec.node_selector.matches(n.labels)]
+    return sorted(selected, key=lambda n: n.name)
+
+
+def plan_rollout(
+    *,
+    policy: str,
+    spec: NodeSysctlPolicySpec,
+    nodes: Sequence[NodeFacts],
+    jobs: Iterable[JobFacts],
+    now: datetime,
+) -> RolloutPlan:
+    """Decide the next checks for one policy over its selected `nodes`.
+
+    - at most `maxConcurrent` checks run at once (counting those already running);
+    - once `maxFailedNodes` nodes have failed under the current spec, nothing new starts;
+    - running checks for an old spec or for a node that left the selection are stale.
+    """
+    current = spec_hash(spec)
+    by_name = {node.name: node for node in nodes}
+    running: dict[str, JobFacts] = {}
+    stale: list[str] = []
+    for job in jobs:
+        if job.finished:
+            continue
+        if job.spec_hash != current or job.node not in by_name:
+            stale.append(job.name)
+        else:
+            running[job.node] = job
+
+    summary = summarize(nodes, policy, current, in_flight=len(running))
+    halted = summary.failed >= spec.rollout.max_failed_nodes
+    budget = spec.rollout.max_concurrent_for(len(nodes)) - len(running)
+    recheck_seconds = spec.rollout.recheck_interval_seconds()
+
+    checks: list[CheckOrder] = []
+    next_due: float | None = None
+    for node in nodes:
+        if node.name in running:
+            continue
+        reason, due_in = check_reason(node, policy, current, now, recheck_seconds)
+        if reason is None:
+            if due_in is not None:
+                next_due = due_in if next_due is None else min(next_due, due_in)
+            continue
+        if halted or len(checks) >= budget:
+            continue
+        previous = node.results.get(policy)
+        check_key = "|".join(
+            [current, node.boot_id, format_time(previous.checked_at) if previous else "first"]
+        )
+        checks.append(
+            CheckOrder(node.name, reason, job_name(policy, node.name, check_key), node.boot_id)
+        )
+
+    # Failed nodes first would burn the failure budget fastest; new and changed nodes first
+    # gives the quickest coverage, so order by reason, then name (stable, testable).
+    order = list(CheckReason)
+    checks.sort(key=lambda c: (order.index(c.reason), c.node))
+    return RolloutPlan(
+        checks=tuple(checks),
+        stale_jobs=tuple(sorted(stale)),
+        halted=halted,
+        summary=summary,
+        next_due_in=next_due,
+    )
+
+
+def restart_wave(nodes: Iterable[NodeFacts], policy: str) -> tuple[str, tuple[str, ...]]:
+    """The remediated nodes still waiting for workload restarts, and a stable wave id.
+
+    The id is derived from which checks remediated which nodes, so an operator that restarts
+    mid-wave computes the same id and skips the workloads it already restarted.
+    """
+    pending = sorted(
+        (node.name, result.job)
+        for node in nodes
+        if (result := node.results.get(policy)) is not None and result.restart_pending
+    )
+    if not pending:
+        return "", ()
+    wave = short_hash(policy, *(f"{name}={job}" for name, job in pending), length=12)
+    return wave, tuple(name for name, _ in pending)
+
+
+def is_quiescent(plan: RolloutPlan) -> bool:
+    """No check running or about to start (a halted rollout counts): the moment to restart
+    the affected workloads once, for every node remediated so far."""
+    return not plan.checks and plan.summary.in_flight == 0
+
+
+def wants_restart(spec: NodeSysctlPolicySpec) -> bool:
+    return (
+        spec.restart is not None
+        and spec.restart.mode == "OnRemediation"
+        and spec.remediation.mode == "Enforce"
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class PolicyRanges:
+    """The node-facing part of a policy, for conflict detection between policies."""
+
+    name: str
+    created: str  # RFC 3339 creationTimestamp: the older policy wins a contested node
+    spec: NodeSysctlPolicySpec
+
+
+def incompatible(first: NodeSysctlPolicySpec, second: NodeSysctlPolicySpec) -> str:
+    """Why two policies cannot both hold on one node ("" if they can)."""
+    a, b = first.ports, second.ports
+    if (
+        first.remediation.narrow_range
+        and second.remediation.narrow_range
+        and (
+            (a.ephemeral_range.min, a.ephemeral_range.max)
+            != (b.ephemeral_range.min, b.ephemeral_range.max)
+        )
+    ):
+        return (
+            f"ephemeral ranges differ ({a.ephemeral_range.min}-{a.ephemeral_range.max} vs "
+            f"{b.ephemeral_range.min}-{b.ephemeral_range.max}); each would rewrite the other"
+        )
+    for mine, theirs in ((first, second), (second, first)):
+        if theirs.remediation.reserve_ports or not mine.remediation.narrow_range:
+            continue  # reserved ports stay safe inside any range; an unnarrowed range is kept
+        low, high = mine.ports.ephemeral_range.min, mine.ports.ephemeral_range.max
+        for protected in theirs.ports.reserved_ranges():
+            if protected.min <= high and low <= protected.max:
+                return (
+                    f"ephemeral range {low}-{high} covers ports {protected.min}-{protected.max} "
+                    "that the other policy keeps out of the range without reserving them"
+                )
+    return ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Conflict:
+    node: str
+    winner: str
+    loser: str
+    reason: str
+
+
+def find_conflicts(policies: Sequence[PolicyRanges], nodes: Iterable[NodeFacts]) -> list[Conflict]:
+    """Every (node, pair of policies) that select the node and cannot both hold on it.
+
+    Precedence: the older policy (then the smaller name) keeps the node; the other skips it.
+    """
+    ordered = sorted(policies, key=lambda p: (p.created, p.name))
+    conflicts: list[Conflict] = []
+    for node in nodes:
+        selecting = [p for p in ordered if p.spec.node_selector.matches(node.labels)]
+        for index, winner in enumerate(selecting):
+            for loser in selecting[index + 1 :]:
+                reason = incompatible(winner.spec, loser.spec)
+                if reason:
+                    conflicts.append(Conflict(node.name, winner.name, loser.name, reason))
+    return conflicts
+
+
+def selector_query(match_labels: Mapping[str, str], expressions: Iterable[Any]) -> str:
+    """A LabelSelector as the `labelSelector=` query string the API server understands."""
+    parts = [f"{key}={value}" for key, value in sorted(match_labels.items())]
+    for expr in expressions:
+        key, operator, values = expr.key, str(expr.operator), sorted(expr.values or [])
+        if operator == "In":
+            parts.append(f"{key} in ({','.join(values)})")
+        elif operator == "NotIn":
+            parts.append(f"{key} notin ({','.join(values)})")
+        elif operator == "Exists":
+            parts.append(key)
+        elif operator == "DoesNotExist":
+            parts.append(f"!{key}")
+    return ",".join(parts)

@@ -1,0 +1,484 @@
+"""One reconcile pass of one policy: the blocking I/O half of the operator.
+
+The Kopf daemon (`nodesysctl.handlers`) snapshots what the watches know (nodes, jobs, agent
+pods) on the event loop, then runs `PolicyReconciler.run_once` in a worker thread. Decisions
+come from the pure `nodesysctl.planning`; bodies from `nodesysctl.jobs`; calls from
+`nodesysctl.kube`. Nothing here imports Kopf.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from nodesysctl.agent.contract import AgentResult
+from nodesysctl.api import InvalidPolicy, LabelSelector, NodeSysctlPolicySpec, parse_spec
+from nodesysctl.jobs import (
+    ANNOTATION_BOOT_ID,
+    ANNOTATION_NODE,
+    LABEL_POLICY,
+    LABEL_SPEC_HASH,
+    RESTART_WAVE,
+    JobSettings,
+    StatusInputs,
+    build_agent_job,
+    build_conditions,
+    build_invalid_conditions,
+    build_node_result_patch,
+    build_restart_patch,
+    build_status,
+    merge_conditions,
+)
+from nodesysctl.kube import Kube, node_ref, policy_ref, workload_ref
+from nodesysctl.planning import (
+    JobFacts,
+    NodeFacts,
+    NodeResult,
+    NodeState,
+    PolicyRanges,
+    find_conflicts,
+    format_time,
+    is_quiescent,
+    parse_time,
+    plan_rollout,
+    restart_wave,
+    select_nodes,
+    selector_query,
+    spec_hash,
+    wants_restart,
+)
+
+logger = logging.getLogger(__name__)
+
+BUSY_POLL_SECONDS = 5.0  # while checks run; job/pod events usually wake us sooner
+IDLE_POLL_SECONDS = 300.0  # upper bound on sleeping when nothing is due
+INVALID_POLL_SECONDS = 3600.0  # an invalid spec waits for an edit (edits wake us at once)
+
+
+@dataclasses.dataclass(frozen=True)
+class PodOutcome:
+    """What the agent pod of a job reported when it terminated."""
+
+    job: str
+    exit_code: int | None
+    message: str
+    reason: str
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> PodOutcome | None:
+        labels = (body.get("metadata") or {}).get("labels") or {}
+        job = labels.get("batch.kubernetes.io/job-name") or labels.get("job-name")
+        if not job:
+            return None
+        for status in (body.get("status") or {}).get("containerStatuses") or []:
+            terminated = (status.get("state") or {}).get("terminated")
+            if status.get("name") == "agent" and terminated:
+                return cls(
+                    job=job,
+                    exit_code=terminated.get("exitCode"),
+                    message=terminated.get("message") or "",
+                    reason=terminated.get("reason") or "",
+                )
+        return None
+
+
+def job_facts_from_body(body: Mapping[str, Any]) -> JobFacts | None:
+    meta = body.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    annotations = meta.get("annotations") or {}
+    if LABEL_POLICY not in labels or ANNOTATION_NODE not in annotations:
+        return None
+    finished = succeeded = False
+    failure = ""
+    for cond in (body.get("status") or {}).get("conditions") or []:
+        if cond.get("status") != "True":
+            continue
+        if cond.get("type") == "Complete":
+            finished = succeeded = True
+        elif cond.get("type") == "Failed":
+            finished = True
+            failure = f"{cond.get('reason', 'Failed')}: {cond.get('message', '')}".strip(": ")
+    created = meta.get("creationTimestamp")
+    return JobFacts(
+        name=str(meta.get("name", "")),
+        policy=str(labels[LABEL_POLICY]),
+        node=str(annotations[ANNOTATION_NODE]),
+        spec_hash=str(labels.get(LABEL_SPEC_HASH, "")),
+        boot_id=str(annotations.get(ANNOTATION_BOOT_ID, "")),
+        created_at=parse_time(created) if created else datetime.now(UTC),
+        finished=finished,
+        succeeded=succeeded,
+        failure_reason=failure,
+    )
+
+
+class RestartLimiter:
+    """Cluster-wide token bucket for workload restarts (shared by all policies).
+
+    Restart storms are how remediation tools hurt clusters; this caps them no matter how
+    many nodes are remediated at once.
+    """
+
+    def __init__(self, per_minute: float, burst: int, clock: Callable[[], float] = time.monotonic):
+        self.rate = per_minute / 60.0
+        self.burst = float(burst)
+        self.tokens = float(burst)
+        self.clock = clock
+        self.stamp = clock()
+        self.lock = threading.Lock()
+
+    def try_take(self) -> bool:
+        with self.lock:
+            now = self.clock()
+            self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+            self.stamp = now
+            if self.tokens >= 1.0:
+                self.tokens -= 1.0
+                return True
+            return False
+
+
+@dataclasses.dataclass(frozen=True)
+class Snapshot:
+    """What the watches knew at the start of a pass (copied on the event loop)."""
+
+    name: str
+    uid: str
+    generation: int
+    created: str
+    spec: Mapping[str, Any]
+    status: Mapping[str, Any]
+    nodes: Sequence[NodeFacts]
+    jobs: Sequence[JobFacts]
+    pod_outcomes: Mapping[str, PodOutcome]
+    other_policies: Sequence[PolicyRanges]
+
+
+@dataclasses.dataclass(frozen=True)
+class PassResult:
+    delay: float
+    ranges: PolicyRanges | None  # for conflict detection by the other policies
+    recorded: Mapping[str, NodeResult]  # node -> result written this pass (write-through)
+
+
+def summarize_agent_result(result: AgentResult) -> str:
+    if result.errors:
+        return "; ".join(result.errors)
+    if result.drift:
+        return "; ".join(result.drift)
+    return "; ".join(result.actions) or str(result.status)
+
+
+class PolicyReconciler:
+    def __init__(self, kube: Kube, settings: JobSettings, limiter: RestartLimiter):
+        self.kube = kube
+        self.settings = settings
+        self.limiter = limiter
+
+    # The pass ---------------------------------------------------------------------------
+
+    def run_once(self, snap: Snapshot, now: datetime) -> PassResult:
+        try:
+            spec = parse_spec(snap.spec)
+        except InvalidPolicy as exc:
+            self._report_invalid(snap, str(exc), now)
+            return PassResult(INVALID_POLL_SECONDS, None, {})
+
+        ranges = PolicyRanges(snap.name, snap.created, spec)
+        conflicts = find_conflicts([ranges, *snap.other_policies], snap.nodes)
+        excluded = {c.node for c in conflicts if c.loser == snap.name}
+        selected = select_nodes(spec, snap.nodes, excluded)
+        recorded = self._record_finished(snap, spec, selected, now)
+        selected = [_with_result(n, snap.name, recorded.get(n.name)) for n in selected]
+
+        plan = plan_rollout(policy=snap.name, spec=spec, nodes=selected, jobs=snap.jobs, now=now)
+        for stale in plan.stale_jobs:
+            self.kube.delete_job(self.settings.namespace, stale)
+        for order in plan.checks:
+            job = build_agent_job(
+                policy=snap.name,
+                policy_uid=snap.uid,
+                spec=spec,
+                order=order,
+                settings=self.settings,
+            )
+            if self.kube.create_job(job):
+                logger.info("policy %s: checking node %s (%s)", snap.name, order.node, order.reason)
+        if plan.halted and not _condition_true(snap.status, "Degraded"):
+            self.kube.post_event(
+                policy_ref(snap.name, snap.uid),
+                warning=True,
+                reason="RolloutHalted",
+                message=f"{plan.summary.failed} nodes failed (maxFailedNodes="
+                f"{spec.rollout.max_failed_nodes}); no new checks until the policy changes",
+            )
+
+        last_restart = snap.status.get("lastRestart")
+        if is_quiescent(plan):
+            restarted = self._restart_wave(snap, spec, selected, now)
+            if restarted is not None:
+                last_restart = restarted
+                recorded = {**recorded, **self._clear_restart_pending(snap.name, selected)}
+
+        conflict_notes = tuple(
+            f"node {c.node}: {c.winner} takes precedence over {c.loser} ({c.reason})"
+            for c in conflicts
+            if snap.name in (c.winner, c.loser)
+        )
+        self._write_status(
+            snap,
+            StatusInputs(
+                generation=snap.generation,
+                mode=str(spec.remediation.mode),
+                summary=plan.summary,
+                halted=plan.halted,
+                conflicts=conflict_notes,
+                last_restart=last_restart,
+            ),
+            now,
+        )
+        if conflict_notes and not _condition_true(snap.status, "Conflict"):
+            self.kube.post_event(
+                policy_ref(snap.name, snap.uid),
+                warning=True,
+                reason="PolicyConflict",
+                message=conflict_notes[0],
+            )
+
+        busy = plan.checks or plan.summary.in_flight
+        delay = (
+            BUSY_POLL_SECONDS
+            if busy
+            else min(plan.next_due_in or IDLE_POLL_SECONDS, IDLE_POLL_SECONDS)
+        )
+        return PassResult(delay, ranges, recorded)
+
+    # Results ------------------------------------------------------------------------------
+
+    def _record_finished(
+        self,
+        snap: Snapshot,
+        spec: NodeSysctlPolicySpec,
+        selected: Sequence[NodeFacts],
+        now: datetime,
+    ) -> dict[str, NodeResult]:
+        """Turn each finished, not yet recorded Job of the current spec into a Node result."""
+        by_name = {node.name: node for node in selected}
+        current = spec_hash(spec)
+        recorded: dict[str, NodeResult] = {}
+        for job in snap.jobs:
+            node = by_name.get(job.node)
+            if not job.finished or node is None or job.spec_hash != current:
+                continue
+            previous = node.results.get(snap.name)
+            if previous is not None and previous.job == job.name:
+                continue  # already recorded
+            outcome = snap.pod_outcomes.get(job.name) or self._fetch_outcome(job.name)
+            result = self._result_from(job, outcome, spec, current, now)
+            self.kube.patch_node(job.node, build_node_result_patch(snap.name, result))
+            recorded[job.node] = result
+            self._announce(snap, job.node, result)
+        return recorded
+
+    def _fetch_outcome(self, job: str) -> PodOutcome | None:
+        for pod in self.kube.job_pods(self.settings.namespace, job):
+            outcome = PodOutcome.from_body(pod)
+            if outcome is not None:
+                return outcome
+        return None
+
+    def _result_from(
+        self,
+        job: JobFacts,
+        outcome: PodOutcome | None,
+        spec: NodeSysctlPolicySpec,
+        current: str,
+        now: datetime,
+    ) -> NodeResult:
+        def failed(message: str) -> NodeResult:
+            return NodeResult(NodeState.FAILED, current, job.boot_id, now, job.name, message)
+
+        if outcome is None or not outcome.message.strip():
+            return failed(job.failure_reason or "the agent reported no result")
+        try:
+            agent = AgentResult.parse_termination_message(outcome.message)
+        except ValueError as exc:
+            return failed(f"unreadable agent result: {exc}")
+        state = NodeState(str(agent.status))
+        return NodeResult(
+            status=state,
+            spec_hash=current,
+            boot_id=job.boot_id,
+            checked_at=now,
+            job=job.name,
+            message=summarize_agent_result(agent),
+            restart_pending=state == NodeState.REMEDIATED and wants_restart(spec),
+        )
+
+    def _announce(self, snap: Snapshot, node: str, result: NodeResult) -> None:
+        events = {
+            NodeState.REMEDIATED: (False, "Remediated"),
+            NodeState.DRIFTED: (True, "DriftDetected"),
+            NodeState.FAILED: (True, "CheckFailed"),
+        }
+        if result.status not in events:
+            return
+        warning, reason = events[result.status]
+        message = f"{snap.name}: {result.message}"
+        self.kube.post_event(node_ref(node), warning=warning, reason=reason, message=message)
+        self.kube.post_event(
+            policy_ref(snap.name, snap.uid),
+            warning=warning,
+            reason=reason,
+            message=f"node {node}: {result.message}",
+        )
+
+    # Restarts -----------------------------------------------------------------------------
+
+    def _restart_wave(
+        self,
+        snap: Snapshot,
+        spec: NodeSysctlPolicySpec,
+        selected: Sequence[NodeFacts],
+        now: datetime,
+    ) -> dict[str, Any] | None:
+        """Restart the workloads with pods on remediated nodes, once per wave.
+
+        Returns the `lastRestart` status when the wave is complete, None when there was no
+        wave or the rate limit stopped it (the next pass continues where this one stopped:
+        workloads already stamped with the wave id are skipped).
+        """
+        wave, nodes = restart_wave(selected, snap.name)
+        if not wave or spec.restart is None:
+            return None
+        pods = [pod for node in nodes for pod in self.kube.pods_on_node(node)]
+        restarted: list[str] = []
+        for kind in spec.restart.kinds:
+            for workload in self._candidates(str(kind), spec):
+                meta = workload["metadata"]
+                ident = f"{kind}/{meta['namespace']}/{meta['name']}"
+                if not _has_pod_on(workload, pods):
+                    continue
+                template_annotations = (
+                    workload["spec"]["template"].get("metadata", {}).get("annotations") or {}
+                )
+                if template_annotations.get(RESTART_WAVE) == wave:
+                    restarted.append(ident)  # done before an operator restart
+                    continue
+                ref = workload_ref(str(kind), meta["namespace"], meta["name"], meta["uid"])
+                if kind == "Deployment" and workload["spec"].get("paused"):
+                    self.kube.post_event(
+                        ref,
+                        warning=True,
+                        reason="RestartSkipped",
+                        message=f"paused Deployment not restarted after {snap.name} remediated "
+                        f"nodes {', '.join(nodes[:5])}; resume it and restart by hand",
+                    )
+                    continue
+                if not self.limiter.try_take():
+                    logger.info(
+                        "policy %s: restart rate limit reached; continuing later", snap.name
+                    )
+                    return None
+                self.kube.patch_workload(
+                    str(kind), meta["namespace"], meta["name"], build_restart_patch(now, wave)
+                )
+                restarted.append(ident)
+                self.kube.post_event(
+                    ref,
+                    warning=False,
+                    reason="Restarted",
+                    message=f"rollout restart by NodeSysctlPolicy {snap.name} after remediation "
+                    f"of nodes {', '.join(nodes[:5])}",
+                )
+        return {
+            "wave": wave,
+            "at": format_time(now),
+            "nodes": len(nodes),
+            "workloads": restarted[:10],
+            "count": len(restarted),
+        }
+
+    def _candidates(self, kind: str, spec: NodeSysctlPolicySpec) -> list[dict[str, Any]]:
+        assert spec.restart is not None
+        selector = spec.restart.selector
+        query = selector_query(selector.match_labels, selector.match_expressions)
+        return self.kube.list_workloads(kind, spec.restart.namespaces, query)
+
+    def _clear_restart_pending(
+        self, policy: str, selected: Sequence[NodeFacts]
+    ) -> dict[str, NodeResult]:
+        cleared: dict[str, NodeResult] = {}
+        for node in selected:
+            result = node.results.get(policy)
+            if result is not None and result.restart_pending:
+                done = dataclasses.replace(result, restart_pending=False)
+                self.kube.patch_node(node.name, build_node_result_patch(policy, done))
+                cleared[node.name] = done
+        return cleared
+
+    # Status -------------------------------------------------------------------------------
+
+    def _write_status(self, snap: Snapshot, inputs: StatusInputs, now: datetime) -> None:
+        status = build_status(inputs)
+        status["conditions"] = merge_conditions(
+            snap.status.get("conditions") or [], build_conditions(inputs), now
+        )
+        if not _same_status(snap.status, status):
+            self.kube.patch_policy_status(snap.name, status)
+
+    def _report_invalid(self, snap: Snapshot, message: str, now: datetime) -> None:
+        conditions = merge_conditions(
+            snap.status.get("conditions") or [],
+            build_invalid_conditions(message, snap.generation),
+            now,
+        )
+        status = {"observedGeneration": snap.generation, "conditions": conditions}
+        if _same_status(snap.status, status):
+            return  # reported already for this generation
+        self.kube.patch_policy_status(snap.name, status)
+        self.kube.post_event(
+            policy_ref(snap.name, snap.uid), warning=True, reason="InvalidSpec", message=message
+        )
+
+
+def _with_result(node: NodeFacts, policy: str, result: NodeResult | None) -> NodeFacts:
+    if result is None:
+        return node
+    return dataclasses.replace(node, results={**node.results, policy: result})
+
+
+def _condition_true(status: Mapping[str, Any], kind: str) -> bool:
+    return any(
+        c.get("type") == kind and c.get("status") == "True" for c in status.get("conditions") or []
+    )
+
+
+def _same_status(current: Mapping[str, Any], wanted: Mapping[str, Any]) -> bool:
+    """Whether writing `wanted` would change anything (transition times aside)."""
+    for key, value in wanted.items():
+        if key == "conditions":
+            have = {
+                c.get("type"): {**c, "lastTransitionTime": None} for c in current.get(key) or []
+            }
+            for cond in value:
+                if have.get(cond["type"]) != {**cond, "lastTransitionTime": None}:
+                    return False
+        elif current.get(key) != value:
+            return False
+    return True
+
+
+def _has_pod_on(workload: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> bool:
+    namespace = workload["metadata"]["namespace"]
+    selector = LabelSelector.model_validate(workload["spec"].get("selector") or {})
+    return any(
+        pod["metadata"].get("namespace") == namespace
+        and selector.matches(pod["metadata"].get("labels") or {})
+        for pod in pods
+    )

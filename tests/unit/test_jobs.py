@@ -1,0 +1,120 @@
+"""Rendering of agent Jobs, restart patches and policy status."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from nodesysctl.agent.contract import AgentSpec
+from nodesysctl.api import parse_spec
+from nodesysctl.jobs import (
+    RESTART_WAVE,
+    RESTARTED_AT,
+    JobSettings,
+    StatusInputs,
+    build_agent_job,
+    build_conditions,
+    build_restart_patch,
+    merge_conditions,
+)
+from nodesysctl.planning import CheckOrder, CheckReason, PolicySummary
+
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+
+
+def render(**spec_overrides: Any) -> dict[str, Any]:
+    raw: dict[str, Any] = {"ports": {"protectedPorts": [10250]}}
+    raw.update(spec_overrides)
+    return build_agent_job(
+        policy="nodeport-safe",
+        policy_uid="uid-1",
+        spec=parse_spec(raw),
+        order=CheckOrder("worker-1", CheckReason.NEW, "nsc-nodeport-safe-abc-def", "boot-1"),
+        settings=JobSettings(namespace="jobs", image="example/agent:1"),
+    )
+
+
+def test_job_is_pinned_privileged_host_network_without_token() -> None:
+    job = render()
+    pod = job["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    terms = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert terms["nodeSelectorTerms"][0]["matchFields"][0]["values"] == ["worker-1"]
+    assert pod["hostNetwork"] is True
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["restartPolicy"] == "Never"
+    assert container["securityContext"]["privileged"] is True
+    assert container["image"] == "example/agent:1"
+    assert job["metadata"]["namespace"] == "jobs"
+    assert job["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
+    assert job["spec"]["activeDeadlineSeconds"] == 120
+    assert job["spec"]["backoffLimit"] == 1
+    assert job["spec"]["ttlSecondsAfterFinished"] == 600
+
+
+def test_job_passes_the_agent_spec_and_mounts_sysctl_dir() -> None:
+    job = render()
+    pod = job["spec"]["template"]["spec"]
+    args = pod["containers"][0]["args"]
+    spec = AgentSpec.model_validate(json.loads(args[args.index("--spec-json") + 1]))
+    assert spec.policy == "nodeport-safe"
+    assert [(r.min, r.max) for r in spec.reserved_ranges] == [(30000, 32767), (10250, 10250)]
+    assert pod["volumes"][0]["hostPath"]["path"] == "/etc/sysctl.d"
+    assert pod["containers"][0]["volumeMounts"][0]["mountPath"] == "/host/etc/sysctl.d"
+
+
+def test_no_host_mount_without_persistence_and_tolerations_pass_through() -> None:
+    toleration = {
+        "key": "node-role.kubernetes.io/control-plane",
+        "operator": "Exists",
+        "effect": "NoSchedule",
+    }
+    job = render(
+        remediation={"persist": False},
+        job={"tolerations": [toleration], "priorityClassName": "system-node-critical"},
+    )
+    pod = job["spec"]["template"]["spec"]
+    assert pod["volumes"] == []
+    assert pod["tolerations"][0]["key"] == toleration["key"]
+    assert pod["priorityClassName"] == "system-node-critical"
+
+
+def test_restart_patch_is_what_kubectl_rollout_restart_sets() -> None:
+    patch = build_restart_patch(NOW, "wave1")
+    annotations = patch["spec"]["template"]["metadata"]["annotations"]
+    assert annotations[RESTARTED_AT] == "2026-11-25T12:00:00Z"
+    assert annotations[RESTART_WAVE] == "wave1"
+
+
+def summary(**counts: int) -> PolicySummary:
+    base = {"nodes": 3, "compliant": 3, "drifted": 0, "failed": 0, "pending": 0, "in_flight": 0}
+    base.update(counts)
+    return PolicySummary(worst=(), **base)
+
+
+def by_type(conditions: list[dict[str, Any]]) -> dict[str, str]:
+    return {c["type"]: c["status"] for c in conditions}
+
+
+def test_conditions_follow_the_rollout() -> None:
+    ready = build_conditions(StatusInputs(1, "Enforce", summary(), halted=False))
+    assert by_type(ready)["Ready"] == "True"
+    assert by_type(ready)["Progressing"] == "False"
+    running = build_conditions(
+        StatusInputs(1, "Enforce", summary(compliant=1, pending=2, in_flight=2), halted=False)
+    )
+    assert by_type(running)["Ready"] == "False"
+    assert by_type(running)["Progressing"] == "True"
+    halted = build_conditions(StatusInputs(1, "Enforce", summary(failed=2), halted=True))
+    assert by_type(halted)["Degraded"] == "True"
+    assert "halted" in next(c for c in halted if c["type"] == "Degraded")["message"]
+
+
+def test_transition_time_kept_while_status_unchanged() -> None:
+    first = merge_conditions([], [{"type": "Ready", "status": "True"}], NOW)
+    later = datetime(2026, 11, 26, tzinfo=UTC)
+    same = merge_conditions(first, [{"type": "Ready", "status": "True"}], later)
+    flipped = merge_conditions(first, [{"type": "Ready", "status": "False"}], later)
+    assert same[0]["lastTransitionTime"] == "2026-11-25T12:00:00Z"
+    assert flipped[0]["lastTransitionTime"] == "2026-11-26T00:00:00Z"

@@ -1,0 +1,252 @@
+"""Rollout planning: which nodes get checked, in what order, and what the status says."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from nodesysctl.api import parse_spec
+from nodesysctl.planning import (
+    CheckReason,
+    JobFacts,
+    NodeFacts,
+    NodeResult,
+    NodeState,
+    PolicyRanges,
+    find_conflicts,
+    is_quiescent,
+    job_name,
+    plan_rollout,
+    restart_wave,
+    selector_query,
+    spec_hash,
+)
+
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+POLICY = "nodeport-safe"
+
+
+def make_spec(**overrides: Any) -> Any:
+    raw: dict[str, Any] = {
+        "ports": {"ephemeralRange": {"min": 32768, "max": 60999}},
+        "rollout": {"maxConcurrent": 2, "maxFailedNodes": 2, "recheckInterval": "1h"},
+    }
+    raw.update(overrides)
+    return parse_spec(raw)
+
+
+def node(
+    name: str,
+    *,
+    boot: str = "boot-1",
+    labels: dict[str, str] | None = None,
+    result: NodeResult | None = None,
+) -> NodeFacts:
+    return NodeFacts(name, labels or {}, boot, {POLICY: result} if result else {})
+
+
+def result(
+    spec: Any,
+    status: NodeState = NodeState.COMPLIANT,
+    *,
+    boot: str = "boot-1",
+    age: timedelta = timedelta(minutes=5),
+    restart: bool = False,
+) -> NodeResult:
+    return NodeResult(status, spec_hash(spec), boot, NOW - age, "nsc-job", "msg", restart)
+
+
+def job(
+    node_name: str,
+    spec: Any,
+    *,
+    finished: bool = False,
+    spec_hash_: str | None = None,
+) -> JobFacts:
+    return JobFacts(
+        name=f"job-{node_name}",
+        policy=POLICY,
+        node=node_name,
+        spec_hash=spec_hash_ or spec_hash(spec),
+        boot_id="boot-1",
+        created_at=NOW,
+        finished=finished,
+    )
+
+
+def test_new_nodes_are_checked_up_to_the_concurrency_limit() -> None:
+    spec = make_spec()
+    nodes = [node(f"n{i}") for i in range(5)]
+    plan = plan_rollout(policy=POLICY, spec=spec, nodes=nodes, jobs=[], now=NOW)
+    assert [c.node for c in plan.checks] == ["n0", "n1"]
+    assert {c.reason for c in plan.checks} == {CheckReason.NEW}
+    assert plan.summary.pending == 5
+
+
+def test_running_checks_count_against_the_limit() -> None:
+    spec = make_spec()
+    nodes = [node(f"n{i}") for i in range(5)]
+    plan = plan_rollout(policy=POLICY, spec=spec, nodes=nodes, jobs=[job("n0", spec)], now=NOW)
+    assert [c.node for c in plan.checks] == ["n1"]
+    assert plan.summary.in_flight == 1
+
+
+def test_percent_concurrency_rounds_down_but_never_below_one() -> None:
+    spec = make_spec(rollout={"maxConcurrent": "10%"})
+    nodes = [node(f"n{i}") for i in range(5)]
+    plan = plan_rollout(policy=POLICY, spec=spec, nodes=nodes, jobs=[], now=NOW)
+    assert len(plan.checks) == 1
+
+
+def test_compliant_node_is_left_alone_until_the_recheck_is_due() -> None:
+    spec = make_spec()
+    fresh = node("fresh", result=result(spec, age=timedelta(minutes=5)))
+    plan = plan_rollout(policy=POLICY, spec=spec, nodes=[fresh], jobs=[], now=NOW)
+    assert plan.checks == ()
+    assert plan.next_due_in is not None
+    assert 55 * 60 - 1 <= plan.next_due_in <= 55 * 60 + 6 * 60  # interval + up to 10% jitter
+    assert plan.summary.compliant == 1
+
+    stale = node("stale", result=result(spec, age=timedelta(hours=2)))
+    plan = plan_rollout(policy=POLICY, spec=spec, nodes=[stale], jobs=[], now=NOW)
+    assert [c.reason for c in plan.checks] == [CheckReason.RECHECK_DUE]
+
+
+def test_reboot_and_spec_change_trigger_a_check() -> None:
+    spec = make_spec()
+    rebooted = node("rebooted", boot="boot-2", result=result(spec, boot="boot-1"))
+    other_spec = make_spec(ports={"ephemeralRange": {"min": 40000, "max": 60999}})
+    changed = node("changed", result=result(other_spec))
+    plan = plan_rollout(policy=POLICY, spec=spec, nodes=[changed, rebooted], jobs=[], now=NOW)
+    assert {c.node: c.reason for c in plan.checks} == {
+        "changed": CheckReason.SPEC_CHANGED,
+        "rebooted": CheckReason.REBOOTED,
+    }
+    assert {c.node: c.boot_id for c in plan.checks}["rebooted"] == "boot-2"
+
+
+def test_failure_budget_halts_new_checks() -> None:
+    spec = make_spec()
+    failed = [node(f"bad{i}", result=result(spec, NodeState.FAILED)) for i in range(2)]
+    plan = plan_rollout(policy=POLICY, spec=spec, nodes=[*failed, node("new")], jobs=[], now=NOW)
+    assert plan.halted
+    assert plan.checks == ()
+    assert plan.summary.failed == 2
+    assert [w.name for w in plan.summary.worst] == ["bad0", "bad1", "new"]
+
+
+def test_jobs_of_an_old_spec_or_a_vanished_node_are_stale() -> None:
+    spec = make_spec()
+    plan = plan_rollout(
+        policy=POLICY,
+        spec=spec,
+        nodes=[node("n0")],
+        jobs=[job("n0", spec, spec_hash_="old"), job("gone", spec)],
+        now=NOW,
+    )
+    assert plan.stale_jobs == ("job-gone", "job-n0")
+    assert [c.node for c in plan.checks] == ["n0"]
+
+
+def test_job_names_are_deterministic_and_change_per_check() -> None:
+    spec = make_spec()
+    first = plan_rollout(policy=POLICY, spec=spec, nodes=[node("n0")], jobs=[], now=NOW)
+    again = plan_rollout(policy=POLICY, spec=spec, nodes=[node("n0")], jobs=[], now=NOW)
+    assert first.checks[0].job_name == again.checks[0].job_name
+    later = node("n0", result=result(spec, age=timedelta(hours=3)))
+    recheck = plan_rollout(policy=POLICY, spec=spec, nodes=[later], jobs=[], now=NOW)
+    assert recheck.checks[0].job_name != first.checks[0].job_name
+    long_name = job_name("p" * 40, "node-" + "x" * 240, "key")
+    assert len(long_name) <= 63
+
+
+def test_summary_counts_states_and_keeps_at_most_ten_worst() -> None:
+    spec = make_spec(rollout={"maxFailedNodes": 100})
+    nodes = [node(f"d{i:02}", result=result(spec, NodeState.DRIFTED)) for i in range(15)]
+    nodes.append(node("ok", result=result(spec, NodeState.REMEDIATED)))
+    plan = plan_rollout(policy=POLICY, spec=spec, nodes=nodes, jobs=[], now=NOW)
+    assert plan.summary.drifted == 15
+    assert plan.summary.compliant == 1
+    assert len(plan.summary.worst) == 10
+
+
+def test_restart_wave_is_stable_and_only_for_pending_nodes() -> None:
+    spec = make_spec()
+    nodes = [
+        node("b", result=result(spec, NodeState.REMEDIATED, restart=True)),
+        node("a", result=result(spec, NodeState.REMEDIATED, restart=True)),
+        node("c", result=result(spec, NodeState.COMPLIANT)),
+    ]
+    wave, pending = restart_wave(nodes, POLICY)
+    assert pending == ("a", "b")
+    assert wave == restart_wave(list(reversed(nodes)), POLICY)[0]
+    assert restart_wave(nodes[2:], POLICY) == ("", ())
+
+
+def test_quiescent_only_without_running_or_planned_checks() -> None:
+    spec = make_spec()
+    busy = plan_rollout(policy=POLICY, spec=spec, nodes=[node("n0")], jobs=[], now=NOW)
+    assert not is_quiescent(busy)
+    done = plan_rollout(
+        policy=POLICY, spec=spec, nodes=[node("n0", result=result(spec))], jobs=[], now=NOW
+    )
+    assert is_quiescent(done)
+
+
+def test_conflicting_ranges_go_to_the_older_policy() -> None:
+    first = make_spec()
+    second = make_spec(ports={"ephemeralRange": {"min": 40000, "max": 60999}})
+    compatible = make_spec()
+    nodes = [node("n0")]
+    conflicts = find_conflicts(
+        [
+            PolicyRanges("young", "2026-11-02T00:00:00Z", second),
+            PolicyRanges("old", "2026-11-01T00:00:00Z", first),
+            PolicyRanges("twin", "2026-11-03T00:00:00Z", compatible),
+        ],
+        nodes,
+    )
+    assert [(c.winner, c.loser) for c in conflicts] == [("old", "young"), ("young", "twin")]
+    assert "ephemeral ranges differ" in conflicts[0].reason
+
+
+@pytest.mark.parametrize(
+    ("labels", "expressions", "query"),
+    [
+        ({"app": "web"}, [], "app=web"),
+        ({}, [{"key": "tier", "operator": "In", "values": ["b", "a"]}], "tier in (a,b)"),
+        ({}, [{"key": "x", "operator": "DoesNotExist"}], "!x"),
+    ],
+)
+def test_selector_query(
+    labels: dict[str, str], expressions: list[dict[str, Any]], query: str
+) -> None:
+    from nodesysctl.api import LabelSelector
+
+    selector = LabelSelector.model_validate(
+        {"matchLabels": labels, "matchExpressions": expressions}
+    )
+    assert selector_query(selector.match_labels, selector.match_expressions) == query
+
+
+def test_node_result_annotation_round_trip_and_garbage() -> None:
+    spec = make_spec()
+    original = result(spec, NodeState.REMEDIATED, restart=True)
+    assert NodeResult.from_annotation(original.to_annotation()) == original
+    assert NodeResult.from_annotation("{not json") is None
+    assert NodeResult.from_annotation('{"status": "Bogus"}') is None
+
+
+def test_node_facts_ignore_heartbeat_fields() -> None:
+    body = {
+        "metadata": {"name": "n0", "labels": {"a": "b"}, "resourceVersion": "1"},
+        "status": {"nodeInfo": {"bootID": "x"}, "conditions": [{"lastHeartbeatTime": "t1"}]},
+    }
+    beat = {
+        **body,
+        "metadata": {**body["metadata"], "resourceVersion": "2"},
+        "status": {"nodeInfo": {"bootID": "x"}, "conditions": [{"lastHeartbeatTime": "t2"}]},
+    }
+    assert NodeFacts.from_body(body) == NodeFacts.from_body(beat)
