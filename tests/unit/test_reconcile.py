@@ -1,0 +1,314 @@
+"""Handler-level tests of one reconcile pass, with an in-memory stand-in for the API calls.
+
+These cover the decision paths in seconds; the end-to-end tests in tests/e2e prove the same
+behaviour against a real control plane and real network namespaces.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from nodesysctl.api import parse_spec
+from nodesysctl.jobs import RESTART_WAVE, JobSettings
+from nodesysctl.planning import (
+    ANNOTATION_PREFIX,
+    JobFacts,
+    NodeFacts,
+    NodeResult,
+    NodeState,
+    spec_hash,
+)
+from nodesysctl.reconcile import PodOutcome, PolicyReconciler, RestartLimiter, Snapshot
+
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+POLICY = "nodeport-safe"
+SPEC: dict[str, Any] = {
+    "rollout": {"maxConcurrent": 5, "maxFailedNodes": 1},
+    "restart": {"selector": {"matchLabels": {"restart": "yes"}}},
+}
+
+
+class RecordingKube:
+    """Records every write; serves the reads a pass makes from fixed data."""
+
+    def __init__(
+        self,
+        workloads: list[dict[str, Any]] | None = None,
+        pods: Mapping[str, list[dict[str, Any]]] | None = None,
+    ) -> None:
+        self.jobs_created: list[dict[str, Any]] = []
+        self.jobs_deleted: list[str] = []
+        self.node_patches: list[tuple[str, dict[str, Any]]] = []
+        self.status_patches: list[dict[str, Any]] = []
+        self.workload_patches: list[tuple[str, str, dict[str, Any]]] = []
+        self.events: list[tuple[str, str, str]] = []
+        self.workloads = workloads or []
+        self.pods = pods or {}
+
+    def create_job(self, body: Mapping[str, Any]) -> bool:
+        self.jobs_created.append(dict(body))
+        return True
+
+    def delete_job(self, namespace: str, name: str) -> None:
+        self.jobs_deleted.append(name)
+
+    def job_pods(self, namespace: str, job: str) -> list[dict[str, Any]]:
+        return []
+
+    def patch_node(self, name: str, patch: Mapping[str, Any]) -> None:
+        self.node_patches.append((name, dict(patch)))
+
+    def patch_policy_status(self, name: str, status: Mapping[str, Any]) -> None:
+        self.status_patches.append(dict(status))
+
+    def pods_on_node(self, node: str) -> list[dict[str, Any]]:
+        return self.pods.get(node, [])
+
+    def list_workloads(
+        self, kind: str, namespaces: Iterable[str], label_selector: str
+    ) -> list[dict[str, Any]]:
+        assert label_selector == "restart=yes"
+        return [w for w in self.workloads if w["kind"] == kind]
+
+    def patch_workload(
+        self, kind: str, namespace: str, name: str, patch: Mapping[str, Any]
+    ) -> None:
+        self.workload_patches.append((kind, name, dict(patch)))
+
+    def post_event(
+        self, involved: Mapping[str, Any], *, warning: bool, reason: str, message: str
+    ) -> None:
+        self.events.append((involved["kind"], involved["name"], reason))
+
+
+def reconciler(kube: RecordingKube, per_minute: float = 600, burst: int = 10) -> PolicyReconciler:
+    return PolicyReconciler(
+        kube,
+        JobSettings(namespace="jobs"),  # type: ignore[arg-type]
+        RestartLimiter(per_minute, burst),
+    )
+
+
+def snapshot(
+    nodes: list[NodeFacts],
+    *,
+    spec: dict[str, Any] | None = None,
+    jobs: list[JobFacts] | None = None,
+    outcomes: dict[str, PodOutcome] | None = None,
+    status: dict[str, Any] | None = None,
+) -> Snapshot:
+    return Snapshot(
+        name=POLICY,
+        uid="uid-1",
+        generation=2,
+        created="2026-11-01T00:00:00Z",
+        spec=spec if spec is not None else SPEC,
+        status=status or {},
+        nodes=nodes,
+        jobs=jobs or [],
+        pod_outcomes=outcomes or {},
+        other_policies=[],
+    )
+
+
+def agent_message(status: str) -> str:
+    return json.dumps(
+        {
+            "policy": POLICY,
+            "status": status,
+            "mode": "Enforce",
+            "checkedAt": "2026-11-25T12:00:00Z",
+            "actions": ["set range"],
+        }
+    )
+
+
+def finished_job(node: str, *, succeeded: bool = True, reason: str = "") -> JobFacts:
+    return JobFacts(
+        f"job-{node}",
+        POLICY,
+        node,
+        spec_hash(parse_spec(SPEC)),
+        "boot-1",
+        NOW,
+        finished=True,
+        succeeded=succeeded,
+        failure_reason=reason,
+    )
+
+
+def test_first_pass_creates_jobs_and_reports_progress() -> None:
+    kube = RecordingKube()
+    result = reconciler(kube).run_once(snapshot([NodeFacts("n1", {}, "boot-1", {})]), NOW)
+    assert [j["metadata"]["annotations"]["nodesysctl.io/node"] for j in kube.jobs_created] == ["n1"]
+    conditions = {c["type"]: c["status"] for c in kube.status_patches[-1]["conditions"]}
+    assert conditions["Progressing"] == "True"
+    assert kube.status_patches[-1]["observedGeneration"] == 2
+    assert result.delay <= 5
+
+
+def test_invalid_spec_reports_once_and_creates_nothing() -> None:
+    kube = RecordingKube()
+    bad = {"ports": {"ephemeralRange": {"min": 40000, "max": 30000}}}
+    reconciler(kube).run_once(snapshot([NodeFacts("n1", {}, "b", {})], spec=bad), NOW)
+    assert kube.jobs_created == []
+    assert kube.events == [("NodeSysctlPolicy", POLICY, "InvalidSpec")]
+    invalid = next(c for c in kube.status_patches[0]["conditions"] if c["type"] == "Invalid")
+    assert invalid["status"] == "True"
+    assert "ephemeralRange" in invalid["message"]
+    # Same generation again: the status already says so, nothing is written twice.
+    again = RecordingKube()
+    reconciler(again).run_once(
+        snapshot([NodeFacts("n1", {}, "b", {})], spec=bad, status=kube.status_patches[0]), NOW
+    )
+    assert again.status_patches == []
+    assert again.events == []
+
+
+def test_finished_job_is_recorded_on_the_node_with_events() -> None:
+    kube = RecordingKube()
+    outcome = PodOutcome("job-n1", 0, agent_message("Remediated"), "Completed")
+    result = reconciler(kube).run_once(
+        snapshot(
+            [NodeFacts("n1", {}, "boot-1", {})],
+            jobs=[finished_job("n1")],
+            outcomes={"job-n1": outcome},
+        ),
+        NOW,
+    )
+    node, patch = kube.node_patches[0]
+    stored = NodeResult.from_annotation(
+        patch["metadata"]["annotations"][ANNOTATION_PREFIX + POLICY]
+    )
+    assert node == "n1"
+    assert stored is not None
+    assert stored.status == NodeState.REMEDIATED
+    assert stored.restart_pending is True
+    assert ("Node", "n1", "Remediated") in kube.events
+    # No workload had pods there, so the (empty) restart wave completed in the same pass.
+    assert result.recorded["n1"].status == NodeState.REMEDIATED
+    assert result.recorded["n1"].restart_pending is False
+    assert kube.jobs_created == []  # the recorded result counts: no second check
+
+
+@pytest.mark.parametrize(
+    ("outcome", "reason", "expected"),
+    [
+        (
+            None,
+            "DeadlineExceeded: Job was active longer than specified deadline",
+            "DeadlineExceeded",
+        ),
+        (PodOutcome("job-n1", 1, "garbage{", "Error"), "", "unreadable agent result"),
+    ],
+)
+def test_job_without_a_readable_result_is_a_failed_node(
+    outcome: PodOutcome | None, reason: str, expected: str
+) -> None:
+    kube = RecordingKube()
+    reconciler(kube).run_once(
+        snapshot(
+            [NodeFacts("n1", {}, "boot-1", {}), NodeFacts("n2", {}, "boot-1", {})],
+            jobs=[finished_job("n1", succeeded=False, reason=reason)],
+            outcomes={"job-n1": outcome} if outcome else {},
+        ),
+        NOW,
+    )
+    stored = NodeResult.from_annotation(
+        kube.node_patches[0][1]["metadata"]["annotations"][ANNOTATION_PREFIX + POLICY]
+    )
+    assert stored is not None
+    assert stored.status == NodeState.FAILED
+    assert expected in stored.message
+    # maxFailedNodes=1: the rollout halts; n2 is not checked, Degraded + an Event say why.
+    assert kube.jobs_created == []
+    assert ("NodeSysctlPolicy", POLICY, "RolloutHalted") in kube.events
+    degraded = next(c for c in kube.status_patches[-1]["conditions"] if c["type"] == "Degraded")
+    assert degraded["status"] == "True"
+
+
+def remediated(node: str, restart: bool = True) -> NodeFacts:
+    result = NodeResult(
+        NodeState.REMEDIATED,
+        spec_hash(parse_spec(SPEC)),
+        "boot-1",
+        NOW - timedelta(minutes=1),
+        f"job-{node}",
+        "fixed",
+        restart,
+    )
+    return NodeFacts(node, {}, "boot-1", {POLICY: result})
+
+
+def deployment(name: str, app: str, *, paused: bool = False, wave: str = "") -> dict[str, Any]:
+    annotations = {RESTART_WAVE: wave} if wave else {}
+    return {
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": "apps", "uid": f"uid-{name}"},
+        "spec": {
+            "selector": {"matchLabels": {"app": app}},
+            "paused": paused,
+            "template": {"metadata": {"annotations": annotations}},
+        },
+    }
+
+
+def pod(app: str) -> dict[str, Any]:
+    return {"metadata": {"namespace": "apps", "labels": {"app": app}}}
+
+
+def test_restart_once_per_wave_skipping_paused_and_unaffected() -> None:
+    kube = RecordingKube(
+        workloads=[
+            deployment("web", "web"),
+            deployment("frozen", "frozen", paused=True),
+            deployment("elsewhere", "elsewhere"),
+        ],
+        pods={"n1": [pod("web"), pod("frozen")]},
+    )
+    result = reconciler(kube).run_once(snapshot([remediated("n1"), remediated("n2", False)]), NOW)
+    assert [(kind, name) for kind, name, _ in kube.workload_patches] == [("Deployment", "web")]
+    assert ("Deployment", "frozen", "RestartSkipped") in kube.events
+    assert kube.status_patches[-1]["lastRestart"]["workloads"] == ["Deployment/apps/web"]
+    # The wave is done: n1's restart flag is cleared on the node.
+    assert result.recorded["n1"].restart_pending is False
+
+    # A restarted operator that sees the same wave skips the workload it already stamped.
+    wave = kube.workload_patches[0][2]["spec"]["template"]["metadata"]["annotations"][RESTART_WAVE]
+    again = RecordingKube(
+        workloads=[deployment("web", "web", wave=wave)], pods={"n1": [pod("web")]}
+    )
+    reconciler(again).run_once(snapshot([remediated("n1")]), NOW)
+    assert again.workload_patches == []
+
+
+def test_restart_rate_limit_defers_the_rest_of_the_wave() -> None:
+    kube = RecordingKube(
+        workloads=[deployment("a", "a"), deployment("b", "b")], pods={"n1": [pod("a"), pod("b")]}
+    )
+    result = reconciler(kube, per_minute=0.001, burst=1).run_once(snapshot([remediated("n1")]), NOW)
+    assert len(kube.workload_patches) == 1
+    assert "n1" not in result.recorded  # still pending: the next pass continues the wave
+
+
+def test_restarts_wait_until_the_rollout_is_quiet() -> None:
+    kube = RecordingKube(workloads=[deployment("web", "web")], pods={"n1": [pod("web")]})
+    reconciler(kube).run_once(snapshot([remediated("n1"), NodeFacts("n2", {}, "boot-1", {})]), NOW)
+    assert kube.jobs_created  # n2 still has to be checked
+    assert kube.workload_patches == []
+
+
+def test_unchanged_status_is_not_written_again() -> None:
+    kube = RecordingKube()
+    nodes = [remediated("n1", restart=False)]
+    reconciler(kube).run_once(snapshot(nodes), NOW)
+    written = kube.status_patches[-1]
+    again = RecordingKube()
+    reconciler(again).run_once(snapshot(nodes, status=written), NOW + timedelta(seconds=30))
+    assert again.status_patches == []
+    assert again.jobs_created == []
