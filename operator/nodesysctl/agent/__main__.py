@@ -1,0 +1,3 @@
+from nodesysctl.agent.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,338 @@
+"""The node agent's input (`AgentSpec`) and output (`AgentResult`), as JSON with camelCase keys.
+
+Pure: pydantic and `nodesysctl.ports` only. The operator builds an `AgentSpec` from a policy,
+passes it to the Job, and reads the `AgentResult` back from the pod's termination message, which
+Kubernetes truncates at 4 KiB: `AgentResult.to_json()` therefore always fits in
+`MAX_RESULT_BYTES`, cutting lists and long strings first (never the status or the counts).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any, Self
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+from nodesysctl.ports import MAX_PORT, PortRange, contains_all
+
+# Kubernetes cuts termination messages at 4096 bytes; keep a margin below it.
+MAX_RESULT_BYTES = 4000
+MAX_SOCKETS = 20
+MAX_MESSAGES = 10
+MAX_MESSAGE_CHARS = 300
+MAX_NAME_CHARS = 253
+MAX_RESERVED_TEXT_CHARS = 300
+
+_POLICY_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+# systemd-sysctl and `sysctl --system` only read `*.conf`; no path separators allowed.
+_PERSIST_FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*\.conf$")
+
+
+class Mode(StrEnum):
+    ENFORCE = "Enforce"
+    AUDIT = "Audit"
+
+
+class Status(StrEnum):
+    COMPLIANT = "Compliant"  # nothing to do
+    REMEDIATED = "Remediated"  # drift found, fixed and read back verified
+    DRIFTED = "Drifted"  # drift found and not fixed (Audit mode)
+    FAILED = "Failed"  # an error; see `errors`
+
+
+def clip(text: str, limit: int) -> str:
+    """`text` cut to at most `limit` characters, marked with an ellipsis when cut."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def cap_messages(messages: list[str], count: int, chars: int) -> list[str]:
+    """At most `count` (>= 2) entries of at most `chars` characters; the last says what was cut."""
+    clipped = [clip(m, chars) for m in messages]
+    if len(clipped) <= count:
+        return clipped
+    return [*clipped[: count - 1], f"… and {len(clipped) - count + 1} more"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        serialize_by_alias=True,
+        frozen=True,
+        extra="forbid",
+    )
+
+
+class PortRangeModel(_Model):
+    """`{"min": 30000, "max": 32767}`, inclusive."""
+
+    min: int = Field(ge=1, le=MAX_PORT)
+    max: int = Field(ge=1, le=MAX_PORT)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        if self.min > self.max:
+            raise ValueError(f"min {self.min} is greater than max {self.max}")
+        return self
+
+    def to_range(self) -> PortRange:
+        return PortRange(self.min, self.max)
+
+    @classmethod
+    def from_range(cls, port_range: PortRange) -> PortRangeModel:
+        return cls(min=port_range.lo, max=port_range.hi)
+
+
+def _policy_name(name: str) -> str:
+    if len(name) > MAX_NAME_CHARS or not _POLICY_NAME.match(name):
+        raise ValueError(f"policy {name!r} is not a valid Kubernetes object name")
+    return name
+
+
+class AgentSpec(_Model):
+    """What the agent checks and fixes on one node; built by the operator from a policy."""
+
+    policy: Annotated[str, AfterValidator(_policy_name)]
+    mode: Mode
+    ephemeral_range: PortRangeModel
+    reserved_ranges: list[PortRangeModel] = Field(default_factory=list)
+    narrow_range: bool = True
+    reserve_ports: bool = True
+    persist: bool = True
+    persist_file: str = ""  # empty: `99-nodesysctl-<policy>.conf`
+
+    @field_validator("persist_file")
+    @classmethod
+    def _plain_conf_file_name(cls, name: str) -> str:
+        if name and (len(name) > 255 or not _PERSIST_FILE.match(name)):
+            raise ValueError(
+                f"persistFile {name!r} must be a plain file name ending in .conf "
+                "(letters, digits, '.', '_', '-'; no directories)"
+            )
+        return name
+
+    @model_validator(mode="after")
+    def _leaves_ephemeral_ports(self) -> Self:
+        # Reserving every port of the ephemeral range would leave the node unable to connect out.
+        wanted = [r.to_range() for r in self.reserved_ranges]
+        if self.reserve_ports and contains_all(wanted, [self.ephemeral_range.to_range()]):
+            raise ValueError("reservedRanges cover the whole ephemeralRange")
+        return self
+
+    @property
+    def persist_file_name(self) -> str:
+        return self.persist_file or f"99-nodesysctl-{self.policy}.conf"
+
+    @property
+    def ephemeral(self) -> PortRange:
+        return self.ephemeral_range.to_range()
+
+    @property
+    def reserved(self) -> tuple[PortRange, ...]:
+        return tuple(r.to_range() for r in self.reserved_ranges)
+
+
+class _ResultModel(_Model):
+    # A newer agent may add fields; an older operator must still read the result.
+    model_config = ConfigDict(extra="ignore")
+
+
+class SysctlState(_ResultModel):
+    """The node's values at one point in time; null means it could not be read or parsed."""
+
+    ip_local_port_range: PortRangeModel | None = None
+    ip_local_reserved_ports: str | None = None  # normalised, as the kernel prints it
+    persisted: bool = False  # the persistence file exists with the expected content
+
+    @field_validator("ip_local_reserved_ports")
+    @classmethod
+    def _clip_reserved(cls, text: str | None) -> str | None:
+        return None if text is None else clip(text, MAX_RESERVED_TEXT_CHARS)
+
+
+class ConflictingSocket(_ResultModel):
+    """A socket whose local port is inside a range the policy reserves."""
+
+    proto: str  # tcp | tcp6 | udp | udp6
+    local_address: str
+    port: int
+    state: str  # LISTEN, ESTABLISHED, TIME_WAIT, ... (UNCONN for unconnected UDP)
+
+
+class AgentResultError(ValueError):
+    """A termination message that is not an `AgentResult`."""
+
+
+class AgentResult(_ResultModel):
+    policy: str
+    node: str = ""
+    mode: Mode | None = None  # null only when the spec itself was unreadable
+    status: Status
+    before: SysctlState = Field(default_factory=SysctlState)
+    after: SysctlState = Field(default_factory=SysctlState)
+    drift: list[str] = Field(default_factory=list)
+    actions: list[str] = Field(default_factory=list)
+    conflicting_sockets: list[ConflictingSocket] = Field(default_factory=list)
+    conflicting_socket_count: int = 0
+    errors: list[str] = Field(default_factory=list)
+    agent_version: str = ""
+    checked_at: datetime
+
+    @field_validator("policy", "node", "agent_version")
+    @classmethod
+    def _clip_name(cls, text: str) -> str:
+        return clip(text, MAX_NAME_CHARS)
+
+    @field_validator("drift", "actions", "errors")
+    @classmethod
+    def _cap_messages(cls, messages: list[str]) -> list[str]:
+        return cap_messages(messages, MAX_MESSAGES, MAX_MESSAGE_CHARS)
+
+    @field_validator("conflicting_sockets")
+    @classmethod
+    def _cap_sockets(cls, sockets: list[ConflictingSocket]) -> list[ConflictingSocket]:
+        return sockets[:MAX_SOCKETS]
+
+    @field_validator("checked_at")
+    @classmethod
+    def _utc(cls, when: datetime) -> datetime:
+        if when.tzinfo is None:
+            raise ValueError("checkedAt must carry a time zone")
+        return when.astimezone(UTC)
+
+    @field_serializer("checked_at")
+    def _rfc3339(self, when: datetime) -> str:
+        return when.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.status is Status.FAILED else 0
+
+    def to_json(self) -> str:
+        """One compact JSON line of at most `MAX_RESULT_BYTES` bytes (UTF-8)."""
+        result = self
+        for shrink in _SHRINK_STEPS:
+            text = result.model_dump_json()
+            if len(text.encode()) <= MAX_RESULT_BYTES:
+                return text
+            result = shrink(result)
+        text = result.model_dump_json()
+        # The last step leaves only bounded fields; this is proven by the worst-case unit test.
+        assert len(text.encode()) <= MAX_RESULT_BYTES, len(text.encode())
+        return text
+
+    @classmethod
+    def parse_termination_message(cls, text: str) -> AgentResult:
+        """Read a result back from a termination message (or, as a fallback, its last JSON line).
+
+        Raises `AgentResultError` naming what was wrong and the start of the text.
+        """
+        stripped = text.strip()
+        if not stripped:
+            raise AgentResultError("the termination message is empty: the agent wrote no result")
+        # With terminationMessagePolicy FallbackToLogsOnError the text is a log tail that ends
+        # with the result line; try that line when the whole text is not JSON.
+        candidates = [stripped]
+        json_lines = [ln for ln in stripped.splitlines() if ln.lstrip().startswith("{")]
+        if json_lines and json_lines[-1] != stripped:
+            candidates.append(json_lines[-1])
+        problems: list[str] = []
+        for candidate in candidates:
+            try:
+                return cls.model_validate_json(candidate)
+            except ValidationError as exc:
+                problems.append(_describe(exc))
+        raise AgentResultError(
+            f"not an agent result ({'; '.join(problems)}): {clip(stripped, 200)!r}"
+        )
+
+
+def _describe(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(part) for part in first["loc"]) or "the text"
+    return f"{where}: {first['msg']}"
+
+
+def _shrink_messages(count: int, chars: int) -> Callable[[AgentResult], AgentResult]:
+    def shrink(result: AgentResult) -> AgentResult:
+        return result.model_copy(
+            update={
+                field: cap_messages(getattr(result, field), count, chars)
+                for field in ("drift", "actions", "errors")
+            }
+        )
+
+    return shrink
+
+
+def _shrink_sockets(count: int) -> Callable[[AgentResult], AgentResult]:
+    def shrink(result: AgentResult) -> AgentResult:
+        return result.model_copy(update={"conflicting_sockets": result.conflicting_sockets[:count]})
+
+    return shrink
+
+
+def _shrink_texts(result: AgentResult) -> AgentResult:
+    def short(state: SysctlState) -> SysctlState:
+        text = state.ip_local_reserved_ports
+        return state.model_copy(
+            update={"ip_local_reserved_ports": None if text is None else clip(text, 64)}
+        )
+
+    return result.model_copy(
+        update={
+            "before": short(result.before),
+            "after": short(result.after),
+            "policy": clip(result.policy, 63),
+            "node": clip(result.node, 63),
+            "agent_version": clip(result.agent_version, 32),
+        }
+    )
+
+
+# Tried in order until the result fits. After the last one every string is short enough that
+# even 6-byte JSON escapes fit; the first error is always kept.
+_SHRINK_STEPS: list[Callable[[AgentResult], AgentResult]] = [
+    _shrink_sockets(5),
+    _shrink_messages(MAX_MESSAGES, 120),
+    _shrink_sockets(0),
+    _shrink_messages(4, 80),
+    _shrink_texts,
+    _shrink_messages(2, 40),
+]
+
+
+def parse_spec_json(text: str) -> AgentSpec:
+    """Parse the agent's input; raises `ValueError` with a readable, one-line message."""
+    try:
+        return AgentSpec.model_validate_json(text)
+    except ValidationError as exc:
+        details = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'spec'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ValueError(f"invalid agent spec: {details}") from exc
+
+
+def policy_hint(text: str) -> str:
+    """The `policy` of a spec that failed validation, if one can be seen, for the result."""
+    try:
+        raw: Any = json.loads(text)
+    except ValueError:
+        return ""
+    policy = raw.get("policy") if isinstance(raw, dict) else None
+    return policy if isinstance(policy, str) else ""

@@ -1,0 +1,360 @@
+"""One agent run: read everything, decide, and in Enforce mode write, verify and persist.
+
+The order matters (see docs/agent.md): nothing is written unless every value parsed; reserved
+ports are written before the range so the protected ports are reserved before the range moves;
+each write is read back and verified before the next one; the first failure stops all writes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import TypeVar
+
+from nodesysctl.agent import persist
+from nodesysctl.agent.contract import (
+    MAX_SOCKETS,
+    AgentResult,
+    AgentSpec,
+    ConflictingSocket,
+    Mode,
+    PortRangeModel,
+    Status,
+    SysctlState,
+)
+from nodesysctl.agent.sockets import in_ranges, read_sockets
+from nodesysctl.agent.sysctl import PORT_RANGE_KEY, RESERVED_PORTS_KEY, ProcSys
+from nodesysctl.ports import (
+    PortRange,
+    PortSet,
+    format_port_range,
+    format_reserved_ports,
+    intersect_ranges,
+    merge_ranges,
+    parse_port_range,
+    parse_reserved_ports,
+    port_count,
+    subtract_ranges,
+)
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+def agent_version() -> str:
+    try:
+        return version("nodesysctl")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+@dataclass(frozen=True)
+class AgentPaths:
+    proc_sys: Path = Path("/proc/sys")
+    proc_net: Path = Path("/proc/net")
+    sysctl_dir: Path = Path("/host/etc/sysctl.d")
+
+
+class VerifyError(Exception):
+    """A value read back after a write is not the value that was written."""
+
+
+@dataclass(frozen=True)
+class _Observed:
+    """The node's values as read; `None` where a value could not be read or parsed."""
+
+    port_range: PortRange | None
+    reserved: PortSet | None
+    persisted: bool
+
+    def state(self) -> SysctlState:
+        return SysctlState(
+            ip_local_port_range=(
+                None if self.port_range is None else PortRangeModel.from_range(self.port_range)
+            ),
+            ip_local_reserved_ports=(
+                None if self.reserved is None else format_reserved_ports(self.reserved)
+            ),
+            persisted=self.persisted,
+        )
+
+
+@dataclass
+class _Step:
+    """One write: `apply` writes and verifies, raising on any failure."""
+
+    todo: str  # "write X = 1 (was 2)", for errors
+    done: str  # "wrote X = 1 (was 2)", for actions
+    apply: Callable[[], None]
+
+
+@dataclass
+class _Report:
+    drift: list[str] = field(default_factory=list)
+    actions: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+def _ports_text(ranges: PortSet) -> str:
+    return format_reserved_ports(ranges) or "(none)"
+
+
+def _read_port_range(sysctl: ProcSys) -> PortRange:
+    return parse_port_range(sysctl.read(PORT_RANGE_KEY))
+
+
+def _read_reserved(sysctl: ProcSys) -> PortSet:
+    return parse_reserved_ports(sysctl.read(RESERVED_PORTS_KEY))
+
+
+def _describe_error(what: str, exc: Exception) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f" ({exc.filename})" if exc.filename and str(exc.filename) not in what else ""
+        return f"{what}: {exc.strerror}{where}"
+    return f"{what}: {exc}"
+
+
+class _Agent:
+    def __init__(self, spec: AgentSpec, paths: AgentPaths) -> None:
+        self.spec = spec
+        self.sysctl = ProcSys(paths.proc_sys)
+        self.proc_net = paths.proc_net
+        self.sysctl_dir = paths.sysctl_dir
+        self.persist_path = paths.sysctl_dir / spec.persist_file_name
+        self.report = _Report()
+        # Whether the persistence file is part of compliance (Enforce mode only).
+        self.enforce_persist = spec.persist and spec.mode is Mode.ENFORCE
+
+    def expected_file(self, port_range: PortRange, reserved: PortSet) -> str:
+        return persist.render(
+            self.spec.policy,
+            port_range if self.spec.narrow_range else None,
+            reserved if self.spec.reserve_ports else None,
+        )
+
+    def persisted(self, port_range: PortRange | None, reserved: PortSet | None) -> bool:
+        """Whether the file holds exactly what it should for these values (best effort)."""
+        if not self.spec.persist or port_range is None or reserved is None:
+            return False
+        try:
+            existing = persist.read_if_exists(self.persist_path)
+        except (OSError, UnicodeDecodeError) as exc:
+            log.warning("cannot read %s: %s", self.persist_path, exc)
+            return False
+        return existing == self.expected_file(port_range, reserved)
+
+    def observe(self) -> _Observed:
+        """Read the current values without judging them; for the `after` state."""
+        try:
+            port_range: PortRange | None = _read_port_range(self.sysctl)
+        except (OSError, ValueError):
+            port_range = None
+        try:
+            reserved: PortSet | None = _read_reserved(self.sysctl)
+        except (OSError, ValueError):
+            reserved = None
+        return _Observed(port_range, reserved, self.persisted(port_range, reserved))
+
+    def read_all(self) -> tuple[PortRange | None, PortSet | None, str | None]:
+        """Read and parse everything a decision needs; every failure becomes an error."""
+        errors = self.report.errors
+        port_range: PortRange | None = None
+        reserved: PortSet | None = None
+        existing_file: str | None = None
+        try:
+            port_range = _read_port_range(self.sysctl)
+        except (OSError, ValueError) as exc:
+            errors.append(_describe_error(f"cannot read {PORT_RANGE_KEY}", exc))
+        try:
+            reserved = _read_reserved(self.sysctl)
+        except (OSError, ValueError) as exc:
+            errors.append(_describe_error(f"cannot read {RESERVED_PORTS_KEY}", exc))
+        if self.enforce_persist:
+            if not self.sysctl_dir.is_dir():
+                errors.append(
+                    f"sysctl directory {self.sysctl_dir} does not exist "
+                    "(is the host's /etc/sysctl.d mounted?)"
+                )
+            else:
+                try:
+                    existing_file = persist.read_if_exists(self.persist_path)
+                except (OSError, UnicodeDecodeError) as exc:
+                    errors.append(_describe_error(f"cannot read {self.persist_path}", exc))
+        return port_range, reserved, existing_file
+
+    def check_sockets(self) -> tuple[list[ConflictingSocket], int]:
+        found = in_ranges(read_sockets(self.proc_net), self.spec.reserved)
+        return (
+            [
+                ConflictingSocket(
+                    proto=s.proto, local_address=s.local_address, port=s.port, state=s.state
+                )
+                for s in found[:MAX_SOCKETS]
+            ],
+            len(found),
+        )
+
+    def plan(
+        self, port_range: PortRange, reserved: PortSet, existing_file: str | None
+    ) -> list[_Step]:
+        """Record the drift and return the writes that fix it, in the order they must run."""
+        spec = self.spec
+        drift = self.report.drift
+        steps: list[_Step] = []
+
+        target_reserved = reserved
+        if spec.reserve_ports:
+            missing = subtract_ranges(spec.reserved, reserved)
+            if missing:
+                target_reserved = merge_ranges([*reserved, *spec.reserved])
+                drift.append(
+                    f"{RESERVED_PORTS_KEY} is missing {port_count(missing)} protected port(s): "
+                    f"{_ports_text(missing)} (current: {_ports_text(reserved)})"
+                )
+                steps.append(self.reserved_step(reserved, target_reserved))
+
+        target_range = port_range
+        if spec.narrow_range and not spec.ephemeral.contains_range(port_range):
+            target_range = spec.ephemeral
+            overlap = intersect_ranges([port_range], spec.reserved)
+            overlap_note = (
+                f"; it overlaps protected ports {_ports_text(overlap)}" if overlap else ""
+            )
+            drift.append(
+                f"{PORT_RANGE_KEY} {port_range} is not within the allowed ephemeral range "
+                f"{spec.ephemeral}{overlap_note}"
+            )
+            steps.append(self.range_step(port_range, target_range))
+
+        if self.enforce_persist:
+            expected = self.expected_file(target_range, target_reserved)
+            if existing_file != expected:
+                state = "is missing" if existing_file is None else "has different content"
+                drift.append(f"persistence file {self.persist_path} {state}")
+                steps.append(self.persist_step(existing_file, expected))
+        return steps
+
+    def reserved_step(self, current: PortSet, target: PortSet) -> _Step:
+        change = f"{RESERVED_PORTS_KEY} = {_ports_text(target)} (was {_ports_text(current)})"
+
+        def apply() -> None:
+            self.write_verified(
+                RESERVED_PORTS_KEY, target, format_reserved_ports, parse_reserved_ports
+            )
+
+        return _Step(f"write {change}", f"wrote {change}", apply)
+
+    def range_step(self, current: PortRange, target: PortRange) -> _Step:
+        change = (
+            f"{PORT_RANGE_KEY} = {format_port_range(target)} (was {format_port_range(current)})"
+        )
+
+        def apply() -> None:
+            self.write_verified(PORT_RANGE_KEY, target, format_port_range, parse_port_range)
+
+        return _Step(f"write {change}", f"wrote {change}", apply)
+
+    def persist_step(self, existing: str | None, expected: str) -> _Step:
+        def apply() -> None:
+            persist.write_atomically(self.persist_path, expected)
+            if persist.read_if_exists(self.persist_path) != expected:
+                raise VerifyError(f"{self.persist_path} does not hold what was written")
+
+        verb = "create" if existing is None else "rewrite"
+        past = "created" if existing is None else "rewrote"
+        target = f"persistence file {self.persist_path}"
+        return _Step(f"{verb} {target}", f"{past} {target}", apply)
+
+    def write_verified(
+        self, key: str, value: T, render: Callable[[T], str], parse: Callable[[str], T]
+    ) -> None:
+        text = render(value)
+        # The parser is the only judge of what the kernel holds: refuse to write a text it would
+        # not read back as the intended value.
+        if parse(text) != value:
+            raise VerifyError(f"refusing to write {text!r}: it does not parse back as intended")
+        self.sysctl.write(key, text)
+        actual = parse(self.sysctl.read(key))
+        if actual != value:
+            raise VerifyError(f"read back {render(actual)!r} after writing {text!r}")
+
+    def execute(self, steps: list[_Step]) -> None:
+        for index, step in enumerate(steps):
+            log.info("%s", step.todo)
+            try:
+                step.apply()
+            except (OSError, ValueError, VerifyError) as exc:
+                self.report.errors.append(_describe_error(f"failed to {step.todo}", exc))
+                skipped = [s.todo for s in steps[index + 1 :]]
+                if skipped:
+                    self.report.errors.append("not done after the failure: " + "; ".join(skipped))
+                return
+            self.report.actions.append(step.done)
+
+
+def run_agent(
+    spec: AgentSpec,
+    paths: AgentPaths,
+    *,
+    node: str = "",
+    now: datetime | None = None,
+) -> AgentResult:
+    """Check (and in Enforce mode fix) one node; never raises for node-side problems."""
+    agent = _Agent(spec, paths)
+    report = agent.report
+    checked_at = now or datetime.now(UTC)
+    port_range, reserved, existing_file = agent.read_all()
+    sockets, socket_count = agent.check_sockets()
+    before = _Observed(port_range, reserved, agent.persisted(port_range, reserved)).state()
+
+    def result(status: Status, after: SysctlState) -> AgentResult:
+        return AgentResult(
+            policy=spec.policy,
+            node=node,
+            mode=spec.mode,
+            status=status,
+            before=before,
+            after=after,
+            drift=report.drift,
+            actions=report.actions,
+            conflicting_sockets=sockets,
+            conflicting_socket_count=socket_count,
+            errors=report.errors,
+            agent_version=agent_version(),
+            checked_at=checked_at,
+        )
+
+    if report.errors or port_range is None or reserved is None:
+        log.error("not changing anything: %s", "; ".join(report.errors))
+        return result(Status.FAILED, before)
+
+    steps = agent.plan(port_range, reserved, existing_file)
+    for sentence in report.drift:
+        log.info("drift: %s", sentence)
+    if not report.drift:
+        return result(Status.COMPLIANT, before)
+    if spec.mode is Mode.AUDIT:
+        return result(Status.DRIFTED, before)
+
+    agent.execute(steps)
+    after = agent.observe().state()
+    return result(Status.FAILED if report.errors else Status.REMEDIATED, after)
+
+
+def failed_result(
+    message: str, *, policy: str = "", node: str = "", now: datetime | None = None
+) -> AgentResult:
+    """The result for a run that could not start (no or bad spec)."""
+    return AgentResult(
+        policy=policy,
+        node=node,
+        status=Status.FAILED,
+        errors=[message],
+        agent_version=agent_version(),
+        checked_at=now or datetime.now(UTC),
+    )
