@@ -1,9 +1,10 @@
-"""The `nodesysctl` command: run the operator (and, later, inspect a cluster)."""
+"""The `nodesysctl` command: run the operator, or show what it did to each node."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import sys
 from collections.abc import Sequence
 
@@ -39,6 +40,23 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _status(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from nodesysctl.kube import Kube, new_api_client
+    from nodesysctl.planning import NodeFacts
+    from nodesysctl.report import build_rows, render
+
+    kube = Kube(new_api_client())
+    policies = [
+        p for p in kube.list_policies() if not args.policy or p["metadata"]["name"] == args.policy
+    ]
+    nodes = [NodeFacts.from_body(n) for n in kube.list_nodes()]
+    width = shutil.get_terminal_size((120, 40)).columns
+    print(render(build_rows(policies, nodes, datetime.now(UTC)), width=width))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     defaults = OperatorConfig.from_env()
     parser = argparse.ArgumentParser(prog="nodesysctl", description=__doc__)
@@ -56,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--liveness", default=None, help="e.g. http://0.0.0.0:8080/healthz")
     run.add_argument("-v", "--verbose", action="store_true")
     run.set_defaults(func=_run)
+    status = commands.add_parser("status", help="print each selected node's state per policy")
+    status.add_argument("--policy", help="only this NodeSysctlPolicy")
+    status.set_defaults(func=_status)
     return parser
 
 

@@ -111,6 +111,9 @@ async def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> Non
     settings.watching.label_selectors["batch", "jobs"] = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
     settings.watching.label_selectors["v1", "pods"] = f"{LABEL_APP}={AGENT_APP}"
     settings.posting.level = logging.WARNING
+    # Discover the API once at start-up instead of watching CRDs and Namespaces: the operator
+    # then needs no permission on either (the CRD is installed before the operator runs).
+    settings.scanning.disabled = True
     logger.info("nodesysctl operator configured: %s", config)
 
 

@@ -145,6 +145,18 @@ class Kube:
             if exc.status != 404:  # deleted meanwhile
                 raise
 
+    def list_policies(self) -> list[dict[str, Any]]:
+        return list(
+            _json(
+                self.custom.list_cluster_custom_object(
+                    GROUP, VERSION, PLURAL, _preload_content=False
+                )
+            )["items"]
+        )
+
+    def list_nodes(self) -> list[dict[str, Any]]:
+        return list(_json(self.core.list_node(_preload_content=False))["items"])
+
     # --- Workloads ------------------------------------------------------------------------
 
     def pods_on_node(self, node: str) -> list[dict[str, Any]]:

@@ -1,0 +1,74 @@
+"""Pure rendering of `nodesysctl status`: one row per (node, policy), sized for a terminal."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from nodesysctl.api import InvalidPolicy, NodeSysctlPolicySpec, parse_spec
+from nodesysctl.planning import NodeFacts, NodeState, current_state, spec_hash
+
+HEADERS = ("NODE", "POLICY", "STATE", "CHECKED", "DETAIL")
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    node: str
+    policy: str
+    state: str
+    checked: str
+    detail: str
+
+
+def age(moment: datetime, now: datetime) -> str:
+    seconds = max(0, int((now - moment).total_seconds()))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def build_rows(
+    policies: Sequence[Mapping[str, Any]], nodes: Iterable[NodeFacts], now: datetime
+) -> list[Row]:
+    """Every node a policy selects, with the state the operator would report for it."""
+    parsed: list[tuple[str, NodeSysctlPolicySpec | None]] = []
+    for body in policies:
+        name = body["metadata"]["name"]
+        try:
+            parsed.append((name, parse_spec(body.get("spec") or {})))
+        except InvalidPolicy:
+            parsed.append((name, None))
+    rows = []
+    for node in sorted(nodes, key=lambda n: n.name):
+        for name, spec in parsed:
+            if spec is None:
+                rows.append(Row(node.name, name, "Invalid", "-", "the policy spec is invalid"))
+                continue
+            if not spec.node_selector.matches(node.labels):
+                continue
+            state = current_state(node, name, spec_hash(spec))
+            result = node.results.get(name)
+            checked = age(result.checked_at, now) + " ago" if result else "never"
+            detail = result.message if result and state != NodeState.PENDING else ""
+            rows.append(Row(node.name, name, state.value, checked, detail))
+    return rows
+
+
+def render(rows: Sequence[Row], width: int = 120) -> str:
+    """A plain-text table; the last column is cut to fit `width`."""
+    if not rows:
+        return "no node is selected by any NodeSysctlPolicy"
+    table = [HEADERS, *[dataclasses.astuple(r) for r in rows]]
+    widths = [max(len(str(line[i])) for line in table) for i in range(len(HEADERS) - 1)]
+    lines = []
+    for line in table:
+        head = "  ".join(str(cell).ljust(w) for cell, w in zip(line, widths, strict=False))
+        room = max(10, width - len(head) - 2)
+        detail = str(line[-1])
+        if len(detail) > room:
+            detail = detail[: room - 1] + "…"
+        lines.append(f"{head}  {detail}".rstrip())
+    return "\n".join(lines)

@@ -1,0 +1,49 @@
+"""`nodesysctl status` rendering."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from nodesysctl.api import parse_spec
+from nodesysctl.planning import NodeFacts, NodeResult, NodeState, spec_hash
+from nodesysctl.report import build_rows, render
+
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+WORKERS = {"spec": {"nodeSelector": {"matchLabels": {"role": "worker"}}}}
+
+
+def policy(name: str, spec: dict[str, object]) -> dict[str, object]:
+    return {"metadata": {"name": name}, **spec}
+
+
+def test_rows_show_state_age_and_detail_for_selected_nodes_only() -> None:
+    spec = parse_spec(WORKERS["spec"])
+    fixed = NodeResult(
+        NodeState.REMEDIATED,
+        spec_hash(spec),
+        "b",
+        NOW - timedelta(minutes=3),
+        "job",
+        "set net.ipv4.ip_local_port_range to 32768 60999",
+    )
+    nodes = [
+        NodeFacts("w1", {"role": "worker"}, "b", {"safe": fixed}),
+        NodeFacts("w2", {"role": "worker"}, "b", {}),
+        NodeFacts("cp", {"role": "control-plane"}, "b", {}),
+    ]
+    rows = build_rows([policy("safe", WORKERS)], nodes, NOW)
+    assert [(r.node, r.state, r.checked) for r in rows] == [
+        ("w1", "Remediated", "3m ago"),
+        ("w2", "Pending", "never"),
+    ]
+    text = render(rows, width=80)
+    assert text.splitlines()[0].split() == ["NODE", "POLICY", "STATE", "CHECKED", "DETAIL"]
+    assert all(len(line) <= 80 for line in text.splitlines())
+    assert "…" in text  # the long detail was cut to fit
+
+
+def test_invalid_policy_and_empty_cluster_are_explained() -> None:
+    bad = policy("bad", {"spec": {"ports": {"ephemeralRange": {"min": 5, "max": 1}}}})
+    rows = build_rows([bad], [NodeFacts("n", {}, "b", {})], NOW)
+    assert rows[0].state == "Invalid"
+    assert render([]) == "no node is selected by any NodeSysctlPolicy"
