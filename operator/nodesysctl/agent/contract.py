@@ -156,7 +156,7 @@ class SysctlState(_ResultModel):
 
     ip_local_port_range: PortRangeModel | None = None
     ip_local_reserved_ports: str | None = None  # normalised, as the kernel prints it
-    persisted: bool = False  # the persistence file exists with the expected content
+    persisted: bool = False  # the persistence file holds exactly these values (survives reboot)
 
     @field_validator("ip_local_reserved_ports")
     @classmethod
