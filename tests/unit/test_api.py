@@ -1,0 +1,238 @@
+"""Behaviour of the `nodesysctl.api` models beyond what the CRD sync test covers: helpers,
+selector semantics, and the messages `parse_spec` gives."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from nodesysctl.api import (
+    InvalidPolicy,
+    LabelSelector,
+    Mode,
+    NodeSysctlPolicySpec,
+    PortRange,
+    PortsSpec,
+    RestartMode,
+    RolloutSpec,
+    WorkloadKind,
+    parse_policy,
+    parse_spec,
+)
+
+
+def test_empty_spec_gets_the_documented_defaults() -> None:
+    spec = parse_spec({})
+    assert spec.ports.ephemeral_range == PortRange(min=32768, max=60999)
+    assert spec.ports.node_port_range == PortRange(min=30000, max=32767)
+    assert spec.ports.protected_ports == []
+    assert spec.remediation.mode is Mode.ENFORCE
+    assert spec.remediation.narrow_range
+    assert spec.remediation.reserve_ports
+    assert spec.remediation.persist
+    assert spec.remediation.sysctl_dir == "/etc/sysctl.d"
+    assert spec.rollout.max_concurrent == "25%"
+    assert spec.rollout.max_failed_nodes == 1
+    assert spec.rollout.recheck_interval_seconds() == 3600
+    assert spec.restart is None
+    assert spec.job.active_deadline_seconds == 120
+    assert spec.job.backoff_limit == 1
+    assert spec.job.ttl_seconds_after_finished == 600
+    assert spec.node_selector.matches({"any": "node"})
+
+
+def test_restart_defaults_to_opt_in_deployments() -> None:
+    restart = parse_spec({"restart": {}}).restart
+    assert restart is not None
+    assert restart.mode is RestartMode.ON_REMEDIATION
+    assert restart.kinds == [WorkloadKind.DEPLOYMENT]
+    assert restart.selector.matches({"nodesysctl.io/restart": "true"})
+    assert not restart.selector.matches({"app": "web"})
+    assert restart.namespaces == []
+
+
+def test_snake_case_names_work_too() -> None:
+    spec = NodeSysctlPolicySpec(rollout=RolloutSpec(max_concurrent=3, recheck_interval="10m"))
+    assert spec.rollout.max_concurrent_for(100) == 3
+    assert spec.model_dump(by_alias=True)["rollout"]["recheckInterval"] == "10m"
+
+
+@pytest.mark.parametrize(
+    ("max_concurrent", "matched", "expected"),
+    [
+        ("25%", 0, 1),
+        ("25%", 3, 1),
+        ("25%", 4, 1),
+        ("25%", 8, 2),
+        ("25%", 103, 25),
+        ("100%", 7, 7),
+        ("1%", 50, 1),
+        (3, 0, 3),
+        (3, 100, 3),
+    ],
+)
+def test_max_concurrent_for(max_concurrent: int | str, matched: int, expected: int) -> None:
+    rollout = RolloutSpec(max_concurrent=max_concurrent)
+    assert rollout.max_concurrent_for(matched) == expected
+
+
+@given(percent=st.integers(1, 100), matched=st.integers(0, 10_000))
+def test_percent_is_at_least_one_and_never_more_than_the_nodes(percent: int, matched: int) -> None:
+    allowed = RolloutSpec(max_concurrent=f"{percent}%").max_concurrent_for(matched)
+    assert 1 <= allowed <= max(1, matched)
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("1m", 60), ("90s", 90), ("1.5m", 90), ("1h30m", 5400), ("168h", 604800), ("60000ms", 60)],
+)
+def test_recheck_interval_seconds(text: str, seconds: float) -> None:
+    assert RolloutSpec(recheck_interval=text).recheck_interval_seconds() == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["59s", "169h", "1d", "1 h", "h", "", "-1h", "1h ", "1H"])
+def test_recheck_interval_refused(text: str) -> None:
+    with pytest.raises(InvalidPolicy, match="recheckInterval must be a Go duration"):
+        parse_spec({"rollout": {"recheckInterval": text}})
+
+
+@pytest.mark.parametrize("value", [0, -1, "0%", "101%", "25", "25 %", "%", "1.5%"])
+def test_max_concurrent_refused(value: int | str) -> None:
+    with pytest.raises(InvalidPolicy, match="maxConcurrent must be a positive integer"):
+        parse_spec({"rollout": {"maxConcurrent": value}})
+
+
+def test_reserved_ranges_are_the_nodeport_range_then_each_protected_port() -> None:
+    ports = PortsSpec(protected_ports=[10250, 2379])
+    assert ports.reserved_ranges() == [
+        PortRange(min=30000, max=32767),
+        PortRange(min=10250, max=10250),
+        PortRange(min=2379, max=2379),
+    ]
+
+
+SELECTOR_CASES = [
+    ({}, {}, True),
+    ({"matchLabels": {"role": "worker"}}, {"role": "worker", "zone": "a"}, True),
+    ({"matchLabels": {"role": "worker"}}, {"role": "infra"}, False),
+    ({"matchLabels": {"role": ""}}, {}, False),
+    ({"matchLabels": {"role": ""}}, {"role": ""}, True),
+    (
+        {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a", "b"]}]},
+        {"zone": "b"},
+        True,
+    ),
+    ({"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]}, {}, False),
+    ({"matchExpressions": [{"key": "zone", "operator": "NotIn", "values": ["a"]}]}, {}, True),
+    (
+        {"matchExpressions": [{"key": "zone", "operator": "NotIn", "values": ["a"]}]},
+        {"zone": "a"},
+        False,
+    ),
+    ({"matchExpressions": [{"key": "gpu", "operator": "Exists"}]}, {"gpu": ""}, True),
+    ({"matchExpressions": [{"key": "gpu", "operator": "Exists"}]}, {}, False),
+    ({"matchExpressions": [{"key": "gpu", "operator": "DoesNotExist"}]}, {}, True),
+    ({"matchExpressions": [{"key": "gpu", "operator": "DoesNotExist"}]}, {"gpu": "x"}, False),
+    (
+        {
+            "matchLabels": {"role": "worker"},
+            "matchExpressions": [{"key": "gpu", "operator": "DoesNotExist"}],
+        },
+        {"role": "worker", "gpu": "1"},
+        False,
+    ),
+]
+
+
+@pytest.mark.parametrize(("selector", "labels", "expected"), SELECTOR_CASES)
+def test_label_selector_matches(
+    selector: dict[str, object], labels: dict[str, str], expected: bool
+) -> None:
+    assert LabelSelector.model_validate(selector).matches(labels) is expected
+
+
+def test_every_problem_is_listed_with_its_path() -> None:
+    with pytest.raises(InvalidPolicy) as refused:
+        parse_spec(
+            {
+                "ports": {"ephemeralRange": {"min": 1024, "max": 65000}},
+                "remediation": {"mode": "Fix"},
+                "rollout": {"maxFailedNodes": 0},
+                "job": {"tolerations": [{"operator": "Exists", "value": "x"}]},
+                "typo": True,
+            }
+        )
+    assert set(refused.value.problems) == {
+        "spec.ports.ephemeralRange: ephemeralRange must not overlap nodePortRange: host "
+        "connections would take source ports that NodePort Services own",
+        'spec.remediation.mode: Unsupported value: "Fix": supported values: "Enforce", "Audit"',
+        "spec.rollout.maxFailedNodes: Invalid value: 0: spec.rollout.maxFailedNodes in body "
+        "should be greater than or equal to 1",
+        "spec.job.tolerations[0].value: a toleration with operator Exists must not set value",
+        'spec.typo: unknown field "spec.typo"',
+    }
+    assert str(refused.value).startswith("invalid NodeSysctlPolicy: ")
+    assert "\n" not in str(refused.value), "one line, fit for a condition message"
+    assert isinstance(refused.value, ValueError)
+
+
+def test_several_broken_rules_on_one_object_are_each_listed() -> None:
+    with pytest.raises(InvalidPolicy) as refused:
+        parse_spec({"ports": {"ephemeralRange": {"min": 100, "max": 600}}})
+    assert [problem.split(": ", 1)[1] for problem in refused.value.problems] == [
+        "ephemeralRange.min must be at least 1024, ports below are for host services",
+        "ephemeralRange must span at least 1000 ports, fewer starves outgoing connections",
+    ]
+
+
+def test_wrong_types_are_refused_not_coerced() -> None:
+    with pytest.raises(InvalidPolicy) as refused:
+        parse_spec({"ports": {"protectedPorts": ["10250"]}, "remediation": {"persist": "yes"}})
+    assert refused.value.problems == (
+        'spec.ports.protectedPorts[0]: Invalid value: "10250": '
+        "spec.ports.protectedPorts[0] in body must be of type integer",
+        'spec.remediation.persist: Invalid value: "yes": '
+        "spec.remediation.persist in body must be of type boolean",
+    )
+
+
+def test_int_or_string_type_error_is_one_problem() -> None:
+    with pytest.raises(InvalidPolicy) as refused:
+        parse_spec({"rollout": {"maxConcurrent": True}})
+    assert refused.value.problems == (
+        "spec.rollout.maxConcurrent: Invalid value: true: spec.rollout.maxConcurrent in body "
+        "must be of type integer,string",
+    )
+
+
+def test_parse_policy_checks_the_envelope() -> None:
+    body = {"apiVersion": "nodesysctl.io/v1", "kind": "NodeSysctlPolicy", "spec": {}}
+    with pytest.raises(InvalidPolicy) as refused:
+        parse_policy(body)
+    assert "apiVersion: Unsupported value" in str(refused.value)
+    assert "metadata: Required value" in str(refused.value)
+
+
+def test_parse_policy_keeps_the_rest_of_the_metadata_and_ignores_kopf_status() -> None:
+    policy = parse_policy(
+        {
+            "apiVersion": "nodesysctl.io/v1alpha1",
+            "kind": "NodeSysctlPolicy",
+            "metadata": {"name": "p", "uid": "123", "generation": 4},
+            "spec": {},
+            "status": {"nodes": 3, "kopf": {"progress": {}}},
+        }
+    )
+    assert policy.metadata.name == "p"
+    assert policy.status is not None
+    assert policy.status.nodes == 3
+
+
+def test_api_imports_no_kubernetes_client_and_no_kopf() -> None:
+    code = "import sys, nodesysctl.api; print(sorted({'kubernetes', 'kopf'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
