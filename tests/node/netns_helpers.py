@@ -74,7 +74,16 @@ class NetNs:
         return self.run("cat", path)
 
     def write(self, path: str, value: str) -> None:
-        self.run("sh", "-c", 'printf "%s\\n" "$1" > "$2"', "sh", value, path)
+        # One write(2) call per kernel-sized chunk, as a shell's buffered printf does not promise:
+        # a number split between two calls would be read as two ports.
+        code = (
+            "import os, sys\n"
+            "fd = os.open(sys.argv[1], os.O_WRONLY)\n"
+            "data = sys.argv[2].encode() + b'\\n'\n"
+            "while data:\n"
+            "    data = data[os.write(fd, data):]\n"
+        )
+        self.run(sys.executable, "-c", code, path, value)
 
     def run_agent(
         self,

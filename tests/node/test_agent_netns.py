@@ -76,6 +76,29 @@ def test_existing_reserved_ports_are_merged_not_replaced(
     assert run.result.after.ip_local_reserved_ports == "8080,9000-9010,10250,30000-32767"
 
 
+def test_a_long_reserved_list_is_read_and_merged_intact(
+    netns: NetNs, sysctl_dir: Path, termination_log: Path
+) -> None:
+    # Longer than a page and than Python's default read buffer: the kernel answers only the
+    # first read(2) of a bitmap sysctl, and takes long writes in several chunks.
+    every_other = ",".join(str(port) for port in range(40000, 44000, 2))
+    netns.write(RESERVED_PORTS, every_other)
+    assert netns.read(RESERVED_PORTS) == every_other + "\n"
+
+    run = netns.run_agent(SPEC, sysctl_dir=sysctl_dir, termination_log=termination_log)
+
+    assert run.result.status is Status.REMEDIATED, run.result.errors
+    merged = f"10250,30000-32767,{every_other}"
+    assert netns.read(RESERVED_PORTS) == merged + "\n"
+    assert f"net.ipv4.ip_local_reserved_ports = {merged}\n" in (
+        (sysctl_dir / SPEC["persistFile"]).read_text()
+    )
+    # The result stays within the termination message limit; the list in it is cut.
+    assert len(termination_log.read_bytes()) <= 4000
+    assert run.result.after.ip_local_reserved_ports is not None
+    assert run.result.after.ip_local_reserved_ports.endswith("…")
+
+
 def test_audit_mode_changes_nothing(netns: NetNs, sysctl_dir: Path, termination_log: Path) -> None:
     netns.write(PORT_RANGE, "1024 65000")
     netns.write(RESERVED_PORTS, "8080")
