@@ -453,3 +453,11 @@ def test_policy_name_limit_matches_the_crd_rule() -> None:
 def test_worst_nodes_limit_matches_the_crd() -> None:
     worst = openapi_schema()["properties"]["status"]["properties"]["worstNodes"]
     assert worst["maxItems"] == api.MAX_WORST_NODES
+
+
+def test_design_doc_lists_every_cel_message() -> None:
+    """docs/design.md is the contract people code against; keep its validation table true."""
+    design = (REPO / "docs" / "design.md").read_text()
+    for path, node in walk(openapi_schema()):
+        for rule in node.get("x-kubernetes-validations", []):
+            assert f"`{rule['message']}`" in design, f"{path}: {rule['message']}"
