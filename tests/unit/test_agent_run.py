@@ -371,3 +371,13 @@ def test_node_reads_use_the_given_root(node: FakeNode) -> None:
         node.root / "sys" / "net" / "ipv4" / "ip_local_port_range"
     )
     assert os.fspath(node.paths.sysctl_dir).endswith("sysctl.d")
+
+
+def test_a_value_too_long_to_read_in_one_call_fails(
+    node: FakeNode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("nodesysctl.agent.sysctl.READ_LIMIT", 16)
+    node.reserved = "8080,9000-9010,10250,30000-32767\n"
+    result = node.run()
+    assert result.status is Status.FAILED
+    assert "ip_local_reserved_ports holds more than 16 bytes" in result.errors[0]
