@@ -68,13 +68,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     node = os.environ.get(NODE_ENV, "")
     now = datetime.now(UTC)
-    termination_log = _parser().get_default("termination_log")
+    parser = _parser()
     try:
-        args = _parser().parse_args(argv)
+        # Known arguments first, so that a bad one still leaves the result where it was asked.
+        args, unknown = parser.parse_known_args(argv)
     except _UsageError as exc:
-        _emit(failed_result(f"bad arguments: {exc}", node=node, now=now), termination_log)
+        default_log = parser.get_default("termination_log")
+        _emit(failed_result(f"bad arguments: {exc}", node=node, now=now), default_log)
         return EXIT_BAD_INPUT
     termination_log = args.termination_log
+    if unknown:
+        message = f"bad arguments: unrecognized arguments: {' '.join(unknown)}"
+        _emit(failed_result(message, node=node, now=now), termination_log)
+        return EXIT_BAD_INPUT
 
     spec_text = args.spec_json if args.spec_json is not None else os.environ.get(SPEC_ENV)
     if spec_text is None:
