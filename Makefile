@@ -31,7 +31,7 @@ lint: $(STAMP) ## ruff, mypy --strict, import contracts
 
 .PHONY: controlplane
 controlplane: ## Build (or reuse) etcd, kube-apiserver, controller-manager, scheduler and kubectl
-	hack/build-controlplane.sh
+	bash hack/build-controlplane.sh
 
 .PHONY: unit
 unit: $(STAMP) ## Fast tests: pure logic and the agent on real network namespaces
@@ -39,7 +39,7 @@ unit: $(STAMP) ## Fast tests: pure logic and the agent on real network namespace
 
 .PHONY: test
 test: lint controlplane ## Everything: lint, unit, netns, integration and end-to-end tests
-	source hack/controlplane-env.sh && $(BIN)/pytest
+	NODESYSCTL_REQUIRE_CONTROLPLANE=1 NODESYSCTL_REQUIRE_NETNS=1 $(BIN)/pytest
 
 .PHONY: fmt
 fmt: $(STAMP) ## Format and autofix

@@ -1,0 +1,256 @@
+"""The dev cluster: a :class:`ControlPlane`, a :class:`SimulatedKubelet` and its nodes."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import secrets
+from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import yaml
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from .controlplane import ControlPlane
+from .kubelet import SimulatedKubelet
+from .nodes import SimulatedNode, netns_name
+from .waiting import wait_for
+
+log = logging.getLogger(__name__)
+
+NOT_READY_TAINT = "node.kubernetes.io/not-ready"
+
+
+class DevCluster:
+    """A real control plane plus simulated nodes.
+
+    >>> with DevCluster() as cluster:
+    ...     node = cluster.add_node("n1", {"pool": "a"},
+    ...                             sysctls={"net.ipv4.ip_local_port_range": "1024 65000"})
+    ...     core = client.CoreV1Api(cluster.api)
+    """
+
+    def __init__(self, control_plane: ControlPlane | None = None, **kubelet_options: Any) -> None:
+        self.control_plane = control_plane or ControlPlane()
+        self.tag = secrets.token_hex(3)  # keeps this cluster's netns names apart from others'
+        self._kubelet_options = kubelet_options
+        self._kubelet: SimulatedKubelet | None = None
+        self._api: Any = None
+        self.nodes: dict[str, SimulatedNode] = {}
+
+    # ----------------------------------------------------------------- lifecycle
+    def __enter__(self) -> DevCluster:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        self.control_plane.start()
+        try:
+            self._api = self.control_plane.api_client()
+            self._kubelet = SimulatedKubelet(
+                self.control_plane.api_client,
+                self.control_plane.dir / "kubelet",
+                **self._kubelet_options,
+            )
+            self._kubelet.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        """Stop the kubelet (killing agent processes), remove every node's netns and host
+        root, stop the control plane and remove its directory."""
+        if self._kubelet is not None:
+            self._kubelet.stop()
+        for node in list(self.nodes.values()):
+            node.destroy()
+        self.nodes.clear()
+        if self._api is not None:
+            self._api.close()
+            self._api = None
+        self.control_plane.stop()
+
+    # ----------------------------------------------------------------- access
+    @property
+    def api(self) -> Any:
+        """The shared admin ApiClient (thread-safe for ordinary calls)."""
+        if self._api is None:
+            raise RuntimeError("the dev cluster is not started")
+        return self._api
+
+    @property
+    def kubelet(self) -> SimulatedKubelet:
+        if self._kubelet is None:
+            raise RuntimeError("the dev cluster is not started")
+        return self._kubelet
+
+    @property
+    def kubelet_errors(self) -> list[str]:
+        """Unexpected errors of the simulated kubelet's threads (empty when all is well)."""
+        return list(self._kubelet.errors) if self._kubelet is not None else []
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.control_plane.admin_kubeconfig
+
+    @property
+    def server(self) -> str:
+        return self.control_plane.server
+
+    @property
+    def dir(self) -> Path:
+        return self.control_plane.dir
+
+    def kubectl(self, *args: str, **kwargs: Any) -> Any:
+        """The built kubectl as admin; see :meth:`ControlPlane.kubectl`."""
+        return self.control_plane.kubectl(*args, **kwargs)
+
+    # ----------------------------------------------------------------- nodes
+    def add_node(
+        self,
+        name: str,
+        labels: Mapping[str, str] | None = None,
+        *,
+        netns: bool = True,
+        sysctls: Mapping[str, str] | None = None,
+        capacity: Mapping[str, str] | None = None,
+        taints: list[dict[str, str]] | None = None,
+        wait_ready: bool = True,
+    ) -> SimulatedNode:
+        """Create a simulated node: the machine (netns or fake /proc/sys) with ``sysctls``
+        applied, then its Node object and Lease. With ``wait_ready`` it returns once the node
+        is schedulable (Ready and without the not-ready taint)."""
+        if name in self.nodes:
+            raise ValueError(f"node {name} exists already")
+        node = SimulatedNode(
+            name,
+            root=self.dir / "nodes" / name,
+            labels=labels,
+            netns=netns_name(self.tag, name) if netns else None,
+            sysctls=sysctls,
+            capacity=capacity,
+            taints=taints,
+        )
+        self.nodes[name] = node
+        try:
+            node.create()
+            self.kubelet.register(node)
+        except BaseException:
+            self.nodes.pop(name, None)
+            node.destroy()
+            raise
+        if wait_ready:
+            self.wait_node_schedulable(name)
+        return node
+
+    def add_nodes(
+        self,
+        names: Iterable[str],
+        labels: Mapping[str, str] | None = None,
+        *,
+        netns: bool = False,
+        sysctls: Mapping[str, str] | None = None,
+        parallel: int = 8,
+        wait_ready: bool = True,
+    ) -> list[SimulatedNode]:
+        """Many nodes at once (default: without netns, for scale)."""
+        names = list(names)
+        with ThreadPoolExecutor(parallel) as pool:
+            nodes = list(
+                pool.map(
+                    lambda n: self.add_node(
+                        n, labels, netns=netns, sysctls=sysctls, wait_ready=False
+                    ),
+                    names,
+                )
+            )
+        if wait_ready:
+            for name in names:
+                self.wait_node_schedulable(name, timeout=120)
+        return nodes
+
+    def remove_node(self, name: str) -> None:
+        node = self.nodes.pop(name, None)
+        if node is not None:
+            node.delete()
+
+    def wait_node_schedulable(self, name: str, timeout: float = 60) -> None:
+        core: Any = client.CoreV1Api(self.api)
+
+        def schedulable() -> bool:
+            node = core.read_node(name)
+            ready = any(
+                c.type == "Ready" and c.status == "True" for c in node.status.conditions or []
+            )
+            tainted = any(t.key == NOT_READY_TAINT for t in node.spec.taints or [])
+            return ready and not tainted
+
+        wait_for(schedulable, timeout=timeout, what=f"node {name} to be schedulable")
+
+    # ----------------------------------------------------------------- namespaces and objects
+    def create_namespace(self, name: str, labels: Mapping[str, str] | None = None) -> str:
+        """Create a namespace and wait for its "default" ServiceAccount (pods need it)."""
+        core: Any = client.CoreV1Api(self.api)
+        core.create_namespace({"metadata": {"name": name, "labels": dict(labels or {})}})
+        wait_for(
+            lambda: core.read_namespaced_service_account("default", name),
+            timeout=30,
+            what=f"ServiceAccount {name}/default",
+        )
+        return name
+
+    def delete_namespace(self, name: str) -> None:
+        try:
+            client.CoreV1Api(self.api).delete_namespace(name)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+    def apply_file(self, path: Path | str, *, server_side: bool = True) -> str:
+        """``kubectl apply`` (server-side by default) with the built kubectl."""
+        args = ["apply", "-f", str(path)]
+        if server_side:
+            args += ["--server-side", "--field-manager=devcluster"]
+        return str(self.kubectl(*args).stdout)
+
+    def install_crds(self, directory: Path, timeout: float = 60) -> list[str]:
+        """Apply every CRD YAML in ``directory`` and wait until each is Established."""
+        names: list[str] = []
+        for path in sorted(directory.glob("*.yaml")):
+            for doc in yaml.safe_load_all(path.read_text()):
+                if doc and doc.get("kind") == "CustomResourceDefinition":
+                    names.append(doc["metadata"]["name"])
+            self.apply_file(path)
+        ext: Any = client.ApiextensionsV1Api(self.api)
+
+        def established(name: str) -> bool:
+            crd = ext.read_custom_resource_definition(name)
+            return any(
+                c.type == "Established" and c.status == "True"
+                for c in (crd.status.conditions or [])
+            )
+
+        for name in names:
+            wait_for(
+                functools.partial(established, name),
+                timeout=timeout,
+                what=f"CRD {name} Established",
+            )
+        return names
+
+
+def env_flag(name: str) -> bool:
+    return os.environ.get(name, "").lower() in ("1", "true", "yes")
