@@ -517,6 +517,18 @@ class WorstNode(_StatusModel):
     message: Annotated[StrictStr, Field(max_length=1024)] = ""
 
 
+class LastRestart(_StatusModel):
+    """The last completed restart wave: which workloads were restarted after which checks."""
+
+    wave: Annotated[StrictStr, Field(max_length=64)]
+    at: Annotated[StrictStr, Field(max_length=64)]
+    nodes: Annotated[StrictInt, Field(ge=0)] = 0
+    count: Annotated[StrictInt, Field(ge=0)] = 0
+    workloads: Annotated[
+        list[Annotated[StrictStr, Field(max_length=512)]], Field(max_length=10)
+    ] = []
+
+
 class NodeSysctlPolicyStatus(_StatusModel):
     observed_generation: Annotated[StrictInt, Field(ge=0)] | None = None
     conditions: Annotated[
@@ -534,6 +546,7 @@ class NodeSysctlPolicyStatus(_StatusModel):
         AfterValidator(_unique_by("name")),
         Field(max_length=MAX_WORST_NODES, json_schema_extra=_MAP_LIST),
     ] = []
+    last_restart: LastRestart | None = None
 
 
 # --- the whole object ---------------------------------------------------------------------------

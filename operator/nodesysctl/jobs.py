@@ -144,7 +144,8 @@ def build_agent_job(
             "runAsUser": 0,
             "readOnlyRootFilesystem": True,
         },
-        "resources": spec.job.resources or DEFAULT_AGENT_RESOURCES,
+        "resources": spec.job.resources.model_dump(mode="json", exclude_defaults=True)
+        or DEFAULT_AGENT_RESOURCES,
         "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "File",
         "volumeMounts": mounts,
@@ -170,7 +171,10 @@ def build_agent_job(
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
-        "tolerations": [dict(t) for t in spec.job.tolerations],
+        "tolerations": [
+            t.model_dump(mode="json", by_alias=True, exclude_none=True)
+            for t in spec.job.tolerations
+        ],
         "containers": [container],
         "volumes": volumes,
     }

@@ -76,8 +76,17 @@ def test_no_host_mount_without_persistence_and_tolerations_pass_through() -> Non
     )
     pod = job["spec"]["template"]["spec"]
     assert pod["volumes"] == []
-    assert pod["tolerations"][0]["key"] == toleration["key"]
+    assert pod["tolerations"] == [toleration]  # exactly the corev1 shape, nothing added
     assert pod["priorityClassName"] == "system-node-critical"
+
+
+def test_resources_default_unless_the_policy_sets_them() -> None:
+    default = render()["spec"]["template"]["spec"]["containers"][0]["resources"]
+    assert default["limits"]["memory"] == "128Mi"
+    custom = render(job={"resources": {"requests": {"cpu": "50m"}}})
+    assert custom["spec"]["template"]["spec"]["containers"][0]["resources"] == {
+        "requests": {"cpu": "50m"}
+    }
 
 
 def test_restart_patch_is_what_kubectl_rollout_restart_sets() -> None:
