@@ -230,10 +230,14 @@ class DevCluster:
         """Apply every CRD YAML in ``directory`` and wait until each is Established."""
         names: list[str] = []
         for path in sorted(directory.glob("*.yaml")):
-            for doc in yaml.safe_load_all(path.read_text()):
-                if doc and doc.get("kind") == "CustomResourceDefinition":
-                    names.append(doc["metadata"]["name"])
-            self.apply_file(path)
+            found = [
+                doc["metadata"]["name"]
+                for doc in yaml.safe_load_all(path.read_text())
+                if isinstance(doc, dict) and doc.get("kind") == "CustomResourceDefinition"
+            ]
+            if found:  # skip kustomization.yaml and the like
+                self.apply_file(path)
+                names += found
         ext: Any = client.ApiextensionsV1Api(self.api)
 
         def established(name: str) -> bool:

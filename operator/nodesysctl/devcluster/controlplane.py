@@ -45,6 +45,13 @@ class ControlPlaneError(RuntimeError):
     """A component failed to start or to become ready; the message has its log tail."""
 
 
+class KubectlError(subprocess.CalledProcessError):
+    """kubectl failed; unlike its base class, the message shows kubectl's stderr."""
+
+    def __str__(self) -> str:
+        return f"{super().__str__()}\nstderr: {self.stderr}"
+
+
 def free_port() -> int:
     """A loopback TCP port nobody listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -201,7 +208,7 @@ class ControlPlane:
             argv, input=input, capture_output=True, text=True, timeout=timeout, check=False
         )
         if check and proc.returncode != 0:
-            raise subprocess.CalledProcessError(proc.returncode, argv, proc.stdout, proc.stderr)
+            raise KubectlError(proc.returncode, argv, proc.stdout, proc.stderr)
         return proc
 
     # ----------------------------------------------------------------- lifecycle
