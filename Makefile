@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP) ## Create .venv with the package and its dev tools
 
 .PHONY: lint
-lint: $(STAMP) ## ruff, mypy --strict, import contracts
+lint: $(STAMP) scan ## ruff, mypy --strict, import contracts, and `make scan`
 	$(BIN)/ruff check operator tests
 	$(BIN)/ruff format --check operator tests
 	$(BIN)/mypy operator/nodesysctl
@@ -32,6 +32,27 @@ lint: $(STAMP) ## ruff, mypy --strict, import contracts
 .PHONY: controlplane
 controlplane: ## Build (or reuse) etcd, kube-apiserver, controller-manager, scheduler and kubectl
 	bash hack/build-controlplane.sh
+
+SCAN_VENV := build/venv-scan
+SCAN_STAMP := $(SCAN_VENV)/.installed-stamp
+SCAN_OUT := build/scan
+
+# checkov and hadolint get their own virtualenv: checkov's pins (packaging==23.2, ...) would
+# fight the project's dev tools in .venv.
+$(SCAN_STAMP): manifests/scan/requirements.txt
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH"; exit 1; }
+	$(PYTHON) -m venv $(SCAN_VENV)
+	$(SCAN_VENV)/bin/pip install --quiet --upgrade pip==25.3
+	$(SCAN_VENV)/bin/pip install --quiet -r manifests/scan/requirements.txt
+	touch $@
+
+.PHONY: scan
+scan: $(STAMP) $(SCAN_STAMP) controlplane ## checkov on the rendered overlays, the agent Job and the Dockerfile; hadolint
+	$(BIN)/python manifests/scan/render.py $(SCAN_OUT)
+	$(SCAN_VENV)/bin/checkov --config-file .checkov.yaml --framework kubernetes -d $(SCAN_OUT)/overlays
+	$(SCAN_VENV)/bin/checkov --config-file manifests/scan/agent-job.checkov.yaml --framework kubernetes -d $(SCAN_OUT)/agent-job
+	$(SCAN_VENV)/bin/checkov --config-file .checkov.yaml --framework dockerfile -f Dockerfile
+	$(SCAN_VENV)/bin/hadolint Dockerfile
 
 .PHONY: unit
 unit: $(STAMP) ## Fast tests: pure logic and the agent on real network namespaces
