@@ -594,7 +594,8 @@ class SimulatedKubelet:
             finally:
                 with self._lock:
                     self._processes.pop(uid, None)
-        code = proc.returncode if proc.returncode >= 0 else 128 - proc.returncode
+        returncode = proc.wait()
+        code = returncode if returncode >= 0 else 128 - returncode  # killed by a signal
         message = termination_file.read_bytes()[:TERMINATION_MESSAGE_LIMIT].decode(errors="replace")
         policy = container.get("terminationMessagePolicy", "File")
         if not message and code != 0 and policy == "FallbackToLogsOnError":
@@ -746,3 +747,5 @@ def _kill(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=10)
