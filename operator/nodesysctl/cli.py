@@ -24,11 +24,10 @@ def _run(args: argparse.Namespace) -> int:
         restarts_per_minute=args.restarts_per_minute,
         restart_burst=args.restart_burst,
     )
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
     kopf.configure(verbose=args.verbose)
+    if not args.verbose:
+        # Kopf logs every spy handler's success at INFO: one line per Node heartbeat.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     kopf.run(
         # Namespaced kinds (our Jobs and their Pods) are watched in the job namespace only;
         # Nodes and policies are cluster-scoped and watched cluster-wide regardless.
