@@ -1,0 +1,314 @@
+"""Every overlay on the real API server: it dry-runs and applies, Pod Security admits the operator
+pod (and, in the job namespace only, the privileged agent pod), and the operator's
+ServiceAccount can do exactly what it needs (`kubectl auth can-i` ... yes) and none of a list of
+dangerous things (... no).
+
+The session's dev cluster is shared with other tests, so each overlay is removed again after its
+checks (the CRD stays: the session's `crds_installed` owns it), and the two namespaces are
+deleted, and waited for, at the end of the module.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from nodesysctl.api import NodeSysctlPolicySpec
+from nodesysctl.devcluster.cluster import DevCluster
+from nodesysctl.devcluster.waiting import wait_for
+from nodesysctl.jobs import JobSettings, build_agent_job
+from nodesysctl.planning import CheckOrder, CheckReason
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+OVERLAYS_DIR = REPO / "manifests" / "overlays"
+OVERLAYS = sorted(p.name for p in OVERLAYS_DIR.iterdir() if (p / "kustomization.yaml").is_file())
+OPERATOR_NS = "nodesysctl-system"
+JOB_NS = "nodesysctl-jobs"
+POD_LABEL = "app.kubernetes.io/name=nodesysctl-operator"
+PSA_WARNING = "would violate PodSecurity"
+
+Kubectl = Callable[..., subprocess.CompletedProcess[str]]
+
+# (verb, resource, scope): scope is a namespace, "-A" (all namespaces) or "" (cluster-scoped).
+# Each must be ALLOWED: the calls the operator and Kopf make.
+ALLOWED = [
+    ("get", "nodesysctlpolicies.nodesysctl.io", ""),
+    ("list", "nodesysctlpolicies.nodesysctl.io", ""),
+    ("watch", "nodesysctlpolicies.nodesysctl.io", ""),
+    ("patch", "nodesysctlpolicies.nodesysctl.io", ""),
+    ("patch", "nodesysctlpolicies.nodesysctl.io/status", ""),
+    ("get", "nodes", ""),
+    ("list", "nodes", ""),
+    ("watch", "nodes", ""),
+    ("patch", "nodes", ""),
+    ("list", "pods", "-A"),
+    ("list", "deployments.apps", "-A"),
+    ("patch", "deployments.apps", "shop"),
+    ("list", "statefulsets.apps", "-A"),
+    ("patch", "statefulsets.apps", "shop"),
+    ("list", "daemonsets.apps", "-A"),
+    ("patch", "daemonsets.apps", "kube-system"),
+    ("create", "events", "default"),
+    ("create", "events", "shop"),
+    ("create", "events", OPERATOR_NS),
+    ("create", "jobs.batch", JOB_NS),
+    ("delete", "jobs.batch", JOB_NS),
+    ("get", "jobs.batch", JOB_NS),
+    ("list", "jobs.batch", JOB_NS),
+    ("watch", "jobs.batch", JOB_NS),
+    ("get", "pods", JOB_NS),
+    ("list", "pods", JOB_NS),
+    ("watch", "pods", JOB_NS),
+]
+# Each must be DENIED.
+DENIED = [
+    ("get", "secrets", OPERATOR_NS),
+    ("list", "secrets", "-A"),
+    ("watch", "secrets", "-A"),
+    ("get", "configmaps", "kube-system"),
+    ("create", "pods/exec", JOB_NS),
+    ("create", "pods/exec", "shop"),
+    ("create", "pods/attach", JOB_NS),
+    ("create", "pods/portforward", JOB_NS),
+    ("get", "nodes/proxy", ""),
+    ("create", "pods", JOB_NS),
+    ("create", "pods", "shop"),
+    ("patch", "pods", JOB_NS),
+    ("delete", "pods", JOB_NS),
+    ("delete", "pods", "shop"),
+    ("create", "pods/eviction", "shop"),
+    ("get", "pods", "shop"),
+    ("watch", "pods", "-A"),
+    ("create", "nodes", ""),
+    ("update", "nodes", ""),
+    ("delete", "nodes", ""),
+    ("patch", "nodes/status", ""),
+    ("create", "customresourcedefinitions.apiextensions.k8s.io", ""),
+    ("update", "customresourcedefinitions.apiextensions.k8s.io", ""),
+    ("patch", "customresourcedefinitions.apiextensions.k8s.io", ""),
+    ("delete", "customresourcedefinitions.apiextensions.k8s.io", ""),
+    ("create", "nodesysctlpolicies.nodesysctl.io", ""),
+    ("update", "nodesysctlpolicies.nodesysctl.io", ""),
+    ("delete", "nodesysctlpolicies.nodesysctl.io", ""),
+    ("create", "deployments.apps", "shop"),
+    ("update", "deployments.apps", "shop"),
+    ("delete", "deployments.apps", "shop"),
+    ("patch", "deployments.apps/scale", "shop"),
+    ("delete", "daemonsets.apps", "kube-system"),
+    ("create", "jobs.batch", "default"),
+    ("create", "jobs.batch", OPERATOR_NS),
+    ("create", "jobs.batch", "kube-system"),
+    ("patch", "jobs.batch", JOB_NS),
+    ("create", "cronjobs.batch", JOB_NS),
+    ("create", "clusterrolebindings.rbac.authorization.k8s.io", ""),
+    ("create", "clusterroles.rbac.authorization.k8s.io", ""),
+    ("patch", "clusterroles.rbac.authorization.k8s.io", ""),
+    ("escalate", "clusterroles.rbac.authorization.k8s.io", ""),
+    ("bind", "clusterroles.rbac.authorization.k8s.io", ""),
+    ("create", "rolebindings.rbac.authorization.k8s.io", JOB_NS),
+    ("impersonate", "serviceaccounts", "kube-system"),
+    ("impersonate", "users", ""),
+    ("impersonate", "groups", ""),
+    ("create", "serviceaccounts/token", OPERATOR_NS),
+    ("create", "serviceaccounts", JOB_NS),
+    ("create", "namespaces", ""),
+    ("patch", "namespaces", ""),  # could relabel a namespace's Pod Security level
+    ("delete", "namespaces", ""),
+    ("update", "events", "default"),
+    ("delete", "events", "default"),
+    ("create", "certificatesigningrequests.certificates.k8s.io", ""),
+    ("create", "mutatingwebhookconfigurations.admissionregistration.k8s.io", ""),
+]
+
+
+def render(kubectl: Kubectl, overlay: str) -> list[dict[str, Any]]:
+    out = kubectl("kustomize", str(OVERLAYS_DIR / overlay))
+    return [doc for doc in yaml.safe_load_all(out.stdout) if doc]
+
+
+def as_yaml(docs: list[dict[str, Any]]) -> str:
+    return yaml.safe_dump_all(docs, sort_keys=False)
+
+
+def service_account(docs: list[dict[str, Any]]) -> str:
+    [account] = [d for d in docs if d["kind"] == "ServiceAccount"]
+    return f"system:serviceaccount:{OPERATOR_NS}:{account['metadata']['name']}"
+
+
+def can_i(kubectl: Kubectl, user: str, verb: str, resource: str, scope: str) -> bool:
+    args = ["auth", "can-i", verb]
+    if "/" in resource:
+        resource, subresource = resource.split("/", 1)
+        args += [resource, f"--subresource={subresource}"]
+    else:
+        args.append(resource)
+    if scope == "-A":
+        args.append("--all-namespaces")
+    elif scope:
+        args.append(f"--namespace={scope}")
+    out = kubectl(*args, f"--as={user}", check=False)
+    answer = out.stdout.strip()
+    assert answer in {"yes", "no"}, f"kubectl {' '.join(args)}: {out.stdout}{out.stderr}"
+    return answer == "yes"
+
+
+@pytest.fixture(scope="module")
+def namespaces(devcluster: DevCluster, crds_installed: list[str]) -> Iterator[None]:
+    """Our two namespaces (from the default overlay), deleted and waited for at module end.
+
+    A server-side dry-run creates nothing, so namespaced objects can only dry-run in
+    namespaces that exist: they are applied first (what a GitOps tool's ordering does too)."""
+    assert "nodesysctlpolicies.nodesysctl.io" in crds_installed
+    kubectl = devcluster.kubectl
+    found = [d for d in render(kubectl, "default") if d["kind"] == "Namespace"]
+    kubectl("apply", "-f", "-", input=as_yaml(found))
+    yield
+    kubectl("delete", "namespace", OPERATOR_NS, JOB_NS, "--ignore-not-found", "--wait", timeout=180)
+
+
+@pytest.fixture(scope="module", params=OVERLAYS)
+def installed(
+    request: pytest.FixtureRequest, devcluster: DevCluster, namespaces: None
+) -> Iterator[tuple[str, list[dict[str, Any]], subprocess.CompletedProcess[str]]]:
+    """One overlay, dry-run and then really applied with `kubectl apply -k`; removed afterwards
+    (all but the CRD, which the session shares, and the namespaces)."""
+    overlay: str = request.param
+    kubectl = devcluster.kubectl
+    directory = str(OVERLAYS_DIR / overlay)
+    docs = render(kubectl, overlay)
+    kubectl("apply", "-k", directory, "--dry-run=server")
+    kubectl("apply", "-k", directory, "--server-side", "--dry-run=server", "--field-manager=t")
+    applied = kubectl("apply", "-k", directory)
+    try:
+        yield overlay, docs, applied
+    finally:
+        removable = [d for d in docs if d["kind"] not in {"CustomResourceDefinition", "Namespace"}]
+        kubectl(
+            "delete",
+            "-f",
+            "-",
+            "--ignore-not-found",
+            "--wait",
+            input=as_yaml(removable),
+            timeout=120,
+        )
+
+
+def test_apply_is_clean_and_idempotent(
+    installed: tuple[str, list[dict[str, Any]], subprocess.CompletedProcess[str]],
+    kubectl: Kubectl,
+) -> None:
+    overlay, docs, applied = installed
+    assert PSA_WARNING not in applied.stderr, applied.stderr
+    # Applying the same overlay again changes nothing (no field the server rewrites).
+    again = kubectl("apply", "-k", str(OVERLAYS_DIR / overlay))
+    lines = [line for line in again.stdout.splitlines() if line.strip()]
+    assert len(lines) == len(docs)
+    assert all(line.endswith(" unchanged") for line in lines), again.stdout
+    # And a server-side apply by another manager (what Flux does) finds no conflict.
+    kubectl("apply", "-k", str(OVERLAYS_DIR / overlay), "--server-side", "--field-manager=gitops")
+
+
+def test_restricted_namespace_admits_the_operator_pod(
+    installed: tuple[str, list[dict[str, Any]], subprocess.CompletedProcess[str]],
+    devcluster: DevCluster,
+) -> None:
+    """The ReplicaSet controller's pod creation passes Pod Security "restricted" (enforce)."""
+    [deployment] = [d for d in installed[1] if d["kind"] == "Deployment"]
+    selector = ",".join(
+        f"{k}={v}" for k, v in deployment["spec"]["selector"]["matchLabels"].items()
+    )
+
+    def pod_created() -> bool:
+        pods = devcluster.kubectl("get", "pods", "-n", OPERATOR_NS, "-l", selector, "-o", "json")
+        return bool(json.loads(pods.stdout)["items"])
+
+    wait_for(pod_created, timeout=60, what="the operator pod to be created")
+    events = devcluster.kubectl(
+        "get", "events", "-n", OPERATOR_NS, "--field-selector", "reason=FailedCreate", "-o", "json"
+    )
+    assert not json.loads(events.stdout)["items"]
+
+
+def test_operator_is_allowed_what_it_needs(
+    installed: tuple[str, list[dict[str, Any]], subprocess.CompletedProcess[str]],
+    kubectl: Kubectl,
+) -> None:
+    user = service_account(installed[1])
+    refused = [case for case in ALLOWED if not can_i(kubectl, user, *case)]
+    assert not refused, f"{user} must be allowed: {refused}"
+
+
+def test_operator_is_denied_everything_else(
+    installed: tuple[str, list[dict[str, Any]], subprocess.CompletedProcess[str]],
+    kubectl: Kubectl,
+) -> None:
+    assert len(DENIED) >= 10
+    user = service_account(installed[1])
+    granted = [case for case in DENIED if can_i(kubectl, user, *case)]
+    assert not granted, f"{user} must be denied: {granted}"
+
+
+def sample_agent_job() -> dict[str, Any]:
+    spec = NodeSysctlPolicySpec.model_validate({"remediation": {"persist": True}})
+    order = CheckOrder(
+        node="no-such-node", reason=CheckReason.NEW, job_name="nodesysctl-rbac-probe", boot_id="b"
+    )
+    job = build_agent_job(
+        policy="rbac-probe", policy_uid="0", spec=spec, order=order, settings=JobSettings()
+    )
+    # No owner: the policy does not exist, and the garbage collector would race this test.
+    del job["metadata"]["ownerReferences"]
+    return job
+
+
+def test_agent_job_runs_only_in_the_job_namespace(
+    installed: tuple[str, list[dict[str, Any]], subprocess.CompletedProcess[str]],
+    devcluster: DevCluster,
+) -> None:
+    """As the operator: the privileged agent Job is created in the job namespace and its pod
+    admitted there; nowhere else (RBAC), and its pod never in the restricted namespace (PSA)."""
+    overlay, docs, _ = installed
+    if overlay != "default":
+        pytest.skip("the Job is the same for every overlay; checked once, with the default")
+    kubectl = devcluster.kubectl
+    user = f"--as={service_account(docs)}"
+    job = sample_agent_job()
+    kubectl("create", "-f", "-", user, input=json.dumps(job))
+    try:
+
+        def pod_created() -> bool:
+            pods = kubectl(
+                "get", "pods", "-n", JOB_NS, "-l",
+                f"batch.kubernetes.io/job-name={job['metadata']['name']}", "-o", "json",
+            )  # fmt: skip
+            return bool(json.loads(pods.stdout)["items"])
+
+        wait_for(pod_created, timeout=60, what="the agent Job's pod to be admitted")
+    finally:
+        kubectl("delete", "job", job["metadata"]["name"], "-n", JOB_NS, user, "--wait=false")
+
+    elsewhere = {**job, "metadata": {**job["metadata"], "namespace": OPERATOR_NS}}
+    refused = kubectl("create", "-f", "-", user, "--dry-run=server", check=False,
+                      input=json.dumps(elsewhere))  # fmt: skip
+    assert refused.returncode != 0
+    assert "forbidden" in refused.stderr.lower(), refused.stderr
+
+    # Even an admin cannot run the agent's pod in the operator's (restricted) namespace.
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "agent-probe", "namespace": OPERATOR_NS},
+        "spec": job["spec"]["template"]["spec"],
+    }
+    denied = kubectl("create", "-f", "-", "--dry-run=server", check=False, input=json.dumps(pod))
+    assert denied.returncode != 0
+    assert "violates PodSecurity" in denied.stderr, denied.stderr
