@@ -1,8 +1,10 @@
 """Certificates and kubeconfigs for the dev control plane, made with the ``openssl`` CLI.
 
 One throw-away CA signs everything: the API server's serving certificate (SANs 127.0.0.1,
-localhost and the in-cluster names) and one client certificate per identity. The service
-account token signing key is a separate RSA key pair. Nothing here is meant for production.
+localhost and the in-cluster names) and one client certificate per identity. A second CA, the
+front proxy's, signs the client certificate the API server shows aggregated API servers (and
+lets the controller-manager and scheduler read the requestheader config they look for). The
+service account token signing key is a separate RSA key pair. Nothing here is for production.
 
 The openssl CLI is used instead of the ``cryptography`` package so the project needs no
 extra Python dependency; every machine this project runs on has ``openssl``.
@@ -65,6 +67,8 @@ class Pki:
     service_account_key: Path  # private, signs tokens (apiserver) and legacy tokens (kcm)
     service_account_pub: Path  # public, verifies tokens
     clients: dict[str, KeyPair]
+    front_proxy_ca: KeyPair  # signs the API server's client cert towards aggregated APIs
+    front_proxy_client: KeyPair
 
 
 class OpenSSLError(RuntimeError):
@@ -85,6 +89,17 @@ def _ec_key(path: Path) -> None:
         "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", str(path),
         cwd=path.parent,
     )  # fmt: skip
+
+
+def _ca(directory: Path, stem: str, subject: str) -> KeyPair:
+    pair = KeyPair(directory / f"{stem}.crt", directory / f"{stem}.key")
+    _ec_key(pair.key)
+    _openssl(
+        "req", "-x509", "-new", "-key", str(pair.key), "-subj", subject,
+        "-config", str(directory / "openssl.cnf"), "-extensions", "ca", "-days", DAYS,
+        "-sha256", "-out", str(pair.cert), cwd=directory,
+    )  # fmt: skip
+    return pair
 
 
 def _signed(directory: Path, stem: str, subject: str, section: str, ca: KeyPair) -> KeyPair:
@@ -120,13 +135,11 @@ def make_pki(directory: Path, *, extra_sans: tuple[str, ...] = ("IP:10.0.0.1",))
     ]
     (directory / "openssl.cnf").write_text(_OPENSSL_CONFIG.format(sans=",".join(sans)))
 
-    ca = KeyPair(directory / "ca.crt", directory / "ca.key")
-    _ec_key(ca.key)
-    _openssl(
-        "req", "-x509", "-new", "-key", str(ca.key), "-subj", "/CN=nodesysctl-devcluster-ca",
-        "-config", str(directory / "openssl.cnf"), "-extensions", "ca", "-days", DAYS,
-        "-sha256", "-out", str(ca.cert), cwd=directory,
-    )  # fmt: skip
+    ca = _ca(directory, "ca", "/CN=nodesysctl-devcluster-ca")
+    front_proxy_ca = _ca(directory, "front-proxy-ca", "/CN=nodesysctl-devcluster-front-proxy-ca")
+    front_proxy_client = _signed(
+        directory, "front-proxy-client", "/CN=front-proxy-client", "client", front_proxy_ca
+    )
     apiserver = _signed(directory, "apiserver", "/CN=kube-apiserver", "server", ca)
     clients = {
         stem: _signed(directory, stem, subject, "client", ca)
@@ -138,7 +151,9 @@ def make_pki(directory: Path, *, extra_sans: tuple[str, ...] = ("IP:10.0.0.1",))
         cwd=directory,
     )  # fmt: skip
     _openssl("pkey", "-in", str(sa_key), "-pubout", "-out", str(sa_pub), cwd=directory)
-    return Pki(directory, ca, apiserver, sa_key, sa_pub, clients)
+    return Pki(
+        directory, ca, apiserver, sa_key, sa_pub, clients, front_proxy_ca, front_proxy_client
+    )
 
 
 def write_kubeconfig(path: Path, *, server: str, ca: Path, client: KeyPair, user: str) -> Path:

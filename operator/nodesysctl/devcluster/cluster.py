@@ -6,6 +6,9 @@ import functools
 import logging
 import os
 import secrets
+import shutil
+import subprocess
+import tempfile
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -16,7 +19,7 @@ import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from .controlplane import ControlPlane
+from .controlplane import DIR_PREFIX, OWNER_FILE, ControlPlane
 from .kubelet import SimulatedKubelet
 from .nodes import SimulatedNode, netns_name
 from .waiting import wait_for
@@ -24,6 +27,38 @@ from .waiting import wait_for
 log = logging.getLogger(__name__)
 
 NOT_READY_TAINT = "node.kubernetes.io/not-ready"
+NETNS_LIST = "netns.list"  # every netns this cluster made, for reap_stale_clusters()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def reap_stale_clusters(tmp: Path | None = None) -> list[Path]:
+    """Remove what dev clusters of dead processes left (a SIGKILLed pytest): their network
+    namespaces and directories. Their components died with them (PR_SET_PDEATHSIG)."""
+    reaped = []
+    for directory in sorted((tmp or Path(tempfile.gettempdir())).glob(f"{DIR_PREFIX}*")):
+        try:
+            owner = int((directory / OWNER_FILE).read_text())
+        except (OSError, ValueError):
+            continue  # being set up right now, or not ours
+        if _alive(owner):
+            continue
+        netns_list = directory / NETNS_LIST
+        if netns_list.exists():
+            for name in netns_list.read_text().split():
+                subprocess.run(["ip", "netns", "delete", name], capture_output=True, check=False)
+        shutil.rmtree(directory, ignore_errors=True)
+        log.warning("removed the leftovers of a dead dev cluster: %s", directory)
+        reaped.append(directory)
+    return reaped
 
 
 class DevCluster:
@@ -57,6 +92,7 @@ class DevCluster:
         self.stop()
 
     def start(self) -> None:
+        reap_stale_clusters()
         self.control_plane.start()
         try:
             self._api = self.control_plane.api_client()
@@ -146,6 +182,9 @@ class DevCluster:
         )
         self.nodes[name] = node
         try:
+            if node.netns:
+                with (self.dir / NETNS_LIST).open("a") as netns_list:
+                    netns_list.write(node.netns + "\n")
             node.create()
             self.kubelet.register(node)
         except BaseException:

@@ -39,6 +39,8 @@ SERVICE_CLUSTER_IP_RANGE = "10.0.0.0/24"
 SERVICE_NODE_PORT_RANGE = "30000-32767"
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 LOG_TAIL_LINES = 60
+DIR_PREFIX = "nodesysctl-devcluster-"
+OWNER_FILE = "owner.pid"  # the Python process that runs the cluster (for reap_stale_clusters)
 
 
 class ControlPlaneError(RuntimeError):
@@ -147,7 +149,7 @@ class ControlPlane:
     ) -> None:
         self.binaries = binaries or find_binaries()
         self._own_dir = directory is None
-        self.dir = directory or Path(tempfile.mkdtemp(prefix="nodesysctl-devcluster-"))
+        self.dir = directory or Path(tempfile.mkdtemp(prefix=DIR_PREFIX))
         self.dir.mkdir(parents=True, exist_ok=True)
         self.keep_dir = (
             keep_dir
@@ -228,6 +230,7 @@ class ControlPlane:
         started = time.monotonic()
         atexit.register(self.stop)
         try:
+            (self.dir / OWNER_FILE).write_text(f"{os.getpid()}\n")
             self.log_dir.mkdir(exist_ok=True)
             self._pki = make_pki(self.dir / "pki")
             self._write_kubeconfigs()
@@ -326,6 +329,13 @@ class ControlPlane:
                 f"--tls-cert-file={pki.apiserver.cert}",
                 f"--tls-private-key-file={pki.apiserver.key}",
                 f"--client-ca-file={pki.ca.cert}",
+                f"--requestheader-client-ca-file={pki.front_proxy_ca.cert}",
+                "--requestheader-allowed-names=front-proxy-client",
+                "--requestheader-username-headers=X-Remote-User",
+                "--requestheader-group-headers=X-Remote-Group",
+                "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+                f"--proxy-client-cert-file={pki.front_proxy_client.cert}",
+                f"--proxy-client-key-file={pki.front_proxy_client.key}",
                 "--authorization-mode=Node,RBAC",
                 f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
                 f"--service-account-key-file={pki.service_account_pub}",

@@ -489,6 +489,17 @@ class SimulatedKubelet:
         self._patch_status(pod, self._running_status(pod, now()))
 
     # ----------------------------------------------------------------- agent pods
+    def pod_log(self, namespace: str, name: str, container: str | None = None) -> str:
+        """stdout+stderr of an agent pod's container (the API server cannot proxy logs to a
+        simulated node). Empty if the pod never ran here."""
+        pattern = f"{container or '*'}.log"
+        texts = [
+            path.read_text(errors="replace")
+            for pod_dir in sorted(self.pods_dir.glob(f"{namespace}_{name}_*"))
+            for path in sorted(pod_dir.glob(pattern))
+        ]
+        return "".join(texts)
+
     def _run_agent_pod(self, pod: Json, node: SimulatedNode) -> None:
         meta, spec = pod["metadata"], pod["spec"]
         uid = meta["uid"]
