@@ -162,16 +162,22 @@ def can_i(kubectl: Kubectl, user: str, verb: str, resource: str, scope: str) -> 
 
 @pytest.fixture(scope="module")
 def namespaces(devcluster: DevCluster, crds_installed: list[str]) -> Iterator[None]:
-    """Our two namespaces (from the default overlay), deleted and waited for at module end.
+    """Our two namespaces (from the default overlay). Those this module created are deleted,
+    and waited for, at its end; one that existed before (e.g. the e2e tests' job namespace) is
+    left alone.
 
     A server-side dry-run creates nothing, so namespaced objects can only dry-run in
     namespaces that exist: they are applied first (what a GitOps tool's ordering does too)."""
     assert "nodesysctlpolicies.nodesysctl.io" in crds_installed
     kubectl = devcluster.kubectl
     found = [d for d in render(kubectl, "default") if d["kind"] == "Namespace"]
+    names = [d["metadata"]["name"] for d in found]
+    existing = kubectl("get", "namespaces", *names, "--ignore-not-found", "-o", "name").stdout
+    created = [name for name in names if f"namespace/{name}" not in existing.split()]
     kubectl("apply", "-f", "-", input=as_yaml(found))
     yield
-    kubectl("delete", "namespace", OPERATOR_NS, JOB_NS, "--ignore-not-found", "--wait", timeout=180)
+    if created:
+        kubectl("delete", "namespace", *created, "--ignore-not-found", "--wait", timeout=180)
 
 
 @pytest.fixture(scope="module", params=OVERLAYS)
