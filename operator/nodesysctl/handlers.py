@@ -130,6 +130,7 @@ def node_event(type: str | None, body: kopf.Body, name: str, memo: Any, **_: Any
     """Wake the policies when something that matters changed; heartbeats change nothing."""
     state = _state(memo)
     if type == "DELETED":
+        state.written = {key: value for key, value in state.written.items() if key[1] != name}
         if state.last_node_facts.pop(name, None) is not None:
             state.wake()
         return
@@ -161,8 +162,12 @@ def agent_event(labels: kopf.Labels, memo: Any, **_: Any) -> None:
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
 def policy_event(name: str, memo: Any, **_: Any) -> None:
-    """Edits of a policy wake its daemon (Kopf's daemon body is live, but it sleeps)."""
-    _state(memo).wake([name])
+    """Any policy change wakes every policy daemon: its own body is live but it sleeps, and
+    the others may now conflict with it (or no longer). Passes that change nothing write
+    nothing, so this settles after one round."""
+    state = _state(memo)
+    state.wakeup(name)
+    state.wake()
 
 
 # --- The policy's own work ---------------------------------------------------------------
@@ -183,10 +188,13 @@ async def reconcile_policy(name: str, uid: str, body: kopf.Body, memo: Any, **kw
             result = await asyncio.to_thread(state.reconciler.run_once, snap, datetime.now(UTC))
             for node, written in result.recorded.items():
                 state.written[(name, node)] = written
-            if result.ranges is None:
-                state.policy_ranges.pop(name, None)
-            else:
-                state.policy_ranges[name] = result.ranges
+            if state.policy_ranges.get(name) != result.ranges:
+                # Others decide conflicts from these ranges: let them see the new ones.
+                if result.ranges is None:
+                    state.policy_ranges.pop(name, None)
+                else:
+                    state.policy_ranges[name] = result.ranges
+                state.wake(p for p in state.wakeups if p != name)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wakeup.wait(), timeout=result.delay)
     finally:

@@ -469,3 +469,34 @@ def test_deleting_a_policy_leaves_no_jobs_annotations_or_finalizers(
         or (key.startswith("nodesysctl.io/") and not key.startswith("nodesysctl.io/simulated"))
     ]
     assert ours == []
+
+
+# --- conflicts between policies ---------------------------------------------------------------
+
+
+def test_conflicting_policies_are_reported_on_both_and_the_older_one_wins(
+    operator: OperatorProcess,
+    policies: Policies,
+    node_factory: Any,
+    api_client: Any,
+    test_id: str,
+) -> None:
+    node: SimulatedNode = node_factory(sysctls=WIDENED)
+    older, younger = f"{test_id}-older", f"{test_id}-younger"
+    policies.create(older, enforce_spec(node_factory.selector))
+    wait_node_state(api_client, node.name, older, NodeState.REMEDIATED)
+    policies.create(
+        younger,
+        enforce_spec(node_factory.selector, ports={"ephemeralRange": {"min": 40000, "max": 60999}}),
+    )
+
+    for name in (older, younger):
+        body = wait_policy(
+            policies, name, lambda b: condition(b, "Conflict").get("status") == "True", "Conflict"
+        )
+        assert f"{older} takes precedence over {younger}" in condition(body, "Conflict")["message"]
+    assert events_for(api_client, younger, "PolicyConflict")
+    # The younger policy skips the contested node: no Job of its own, the older range stays.
+    assert policy_jobs(api_client, younger) == []
+    assert node.get_sysctl(RANGE) == KERNEL_DEFAULT_RANGE
+    assert policies.get(younger)["status"]["nodes"] == 0

@@ -15,7 +15,7 @@ def test_operator_dir_is_not_a_package() -> None:
 def test_import_operator_from_repo_root_is_stdlib() -> None:
     # A fresh interpreter with the repo root first on sys.path, as `python -c` from the root has.
     out = subprocess.run(
-        [sys.executable, "-c", "import operator, sys; print(operator.__file__, operator.add(2, 3))"],
+        [sys.executable, "-c", "import operator; print(operator.__file__, operator.add(2, 3))"],
         cwd=REPO,
         capture_output=True,
         text=True,
