@@ -86,12 +86,13 @@ def start_operator(
     request: pytest.FixtureRequest,
 ) -> Iterator[Callable[..., OperatorProcess]]:
     """`start_operator()` starts one more operator process (previous ones should be stopped or
-    killed first); all are stopped at the end, and their logs are attached on failure."""
+    killed first), as admin unless given a `kubeconfig`; all are stopped at the end, and their
+    logs are attached on failure."""
     started: list[OperatorProcess] = []
 
-    def start(*extra: str) -> OperatorProcess:
+    def start(*extra: str, kubeconfig: Path | None = None) -> OperatorProcess:
         log_path = tmp_path / f"operator-{len(started)}.log"
-        proc = OperatorProcess(devcluster.kubeconfig, log_path, *extra).start()
+        proc = OperatorProcess(kubeconfig or devcluster.kubeconfig, log_path, *extra).start()
         started.append(proc)
         return proc
 
