@@ -259,6 +259,20 @@ class ControlPlane:
         elif self.keep_dir:
             log.warning("keeping the dev cluster directory %s", self.dir)
 
+    def restart(self, name: str) -> None:
+        """Restart one component in place (same flags, ports and data directory) and wait
+        until it is ready again: etcd or kube-apiserver going down under clients, for fault
+        tests. A component stopped beforehand (``component(name).stop()``) is just started."""
+        comp = self.component(name)
+        comp.stop()
+        comp.start()
+        if name == "etcd":
+            self._wait_for_etcd()
+        elif name == "kube-apiserver":
+            self._wait_for_apiserver()
+        else:
+            self._wait_for_controllers()
+
     def check_running(self) -> None:
         """Raise :class:`ControlPlaneError` (with the log tail) if a component has died."""
         for comp in self.components:
