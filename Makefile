@@ -62,6 +62,14 @@ unit: $(STAMP) ## Fast tests: pure logic and the agent on real network namespace
 test: lint controlplane ## Everything: lint, unit, netns, integration and end-to-end tests
 	NODESYSCTL_REQUIRE_CONTROLPLANE=1 NODESYSCTL_REQUIRE_NETNS=1 $(BIN)/pytest
 
+.PHONY: faults
+faults: $(STAMP) controlplane ## The fault matrix (tests/faults, ~10 min): crashes, control-plane restarts, bad Jobs
+	NODESYSCTL_FAULTS=1 NODESYSCTL_REQUIRE_CONTROLPLANE=1 $(BIN)/pytest tests/faults -m faults -v
+
+.PHONY: bench
+bench: $(STAMP) controlplane ## Benchmark (~25 min): convergence vs floor, API cost, idle memory/CPU -> bench/results
+	$(BIN)/python -m bench
+
 .PHONY: fmt
 fmt: $(STAMP) ## Format and autofix
 	$(BIN)/ruff format operator tests

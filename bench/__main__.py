@@ -1,0 +1,108 @@
+"""`python -m bench`: convergence against the floor, API cost, idle memory/CPU; a table and JSON.
+
+python -m bench                          # the full run (docs/performance.md)
+python -m bench --sizes 50 --idle-sizes 200 --window 10 --heartbeats 200   # a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from .convergence import Fleet, converge
+from .harness import REPO, BenchCluster
+from .idle import idle_at
+
+log = logging.getLogger("bench")
+
+
+def _ints(text: str) -> list[int]:
+    return [int(part) for part in text.split(",") if part]
+
+
+def table(results: dict[str, Any]) -> str:
+    lines = [
+        f"Convergence (a quarter of the nodes drifted; maxConcurrent {results['max_concurrent']})",
+        f"{'nodes':>6} {'floor s':>8} {'operator s':>10} {'ratio':>6} {'op req/node':>11} "
+        f"{'op writes/node':>14} {'op CPU s':>8}",
+    ]
+    for row in results["convergence"]:
+        lines.append(
+            f"{row['nodes']:>6} {row['floor_seconds']:>8.1f} {row['operator_seconds']:>10.1f} "
+            f"{row['ratio']:>6.2f} {row['operator_requests_per_node_total']:>11.2f} "
+            f"{row['operator_writes_per_node']:>14.2f} {row['operator_cpu_seconds']:>8.1f}"
+        )
+    lines += [
+        "",
+        "Idle operator (every node compliant, nothing due)",
+        f"{'nodes':>6} {'peak RSS MiB':>12} {'RSS MiB':>8} {'idle CPU %':>10} "
+        f"{'idle writes':>11} {'jobs':>5} {'ms/ignored update':>17} {'hb writes':>9}",
+    ]
+    for row in results["idle"]:
+        lines.append(
+            f"{row['nodes']:>6} {row['peak_rss_mib']:>12.1f} {row['rss_mib']:>8.1f} "
+            f"{row['idle_cpu_percent']:>10.2f} {sum(row['idle_writes'].values()):>11} "
+            f"{row['jobs_created_while_idle']:>5} {row['cpu_ms_per_ignored_update']:>17.3f} "
+            f"{sum(row['heartbeat_writes'].values()):>9}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--sizes", type=_ints, default=[50, 200, 1000])
+    parser.add_argument("--idle-sizes", type=_ints, default=[1000, 5000])
+    parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument("--window", type=float, default=60.0, help="idle window, seconds")
+    parser.add_argument("--heartbeats", type=int, default=5000)
+    parser.add_argument("--out", type=Path, default=None, help="JSON file for the results")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("nodesysctl.devcluster").setLevel(logging.WARNING)
+    if sorted(args.sizes) != args.sizes or sorted(args.idle_sizes) != args.idle_sizes:
+        parser.error("sizes grow: give them in increasing order")
+    results: dict[str, Any] = {
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "kernel": platform.release(),
+            "load_average_at_start": os.getloadavg(),
+        },
+        "max_concurrent": args.concurrency,
+        "convergence": [],
+        "idle": [],
+    }
+    started = time.monotonic()
+    with BenchCluster() as bench:
+        fleet = Fleet(bench)
+        for size in args.sizes:
+            log.info("convergence at %d nodes", size)
+            row = converge(bench, fleet, size, args.concurrency)
+            log.info("%s", json.dumps(row))
+            results["convergence"].append(row)
+        for size in args.idle_sizes:
+            log.info("idle operator at %d nodes", size)
+            row = idle_at(bench, fleet, size, window=args.window, heartbeats=args.heartbeats)
+            log.info("%s", json.dumps(row))
+            results["idle"].append(row)
+    results["load_average_at_end"] = os.getloadavg()
+    results["total_seconds"] = round(time.monotonic() - started, 1)
+    out = args.out or REPO / "bench" / "results" / f"bench-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    print(table(results))
+    print(f"\nresults: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

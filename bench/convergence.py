@@ -1,0 +1,261 @@
+"""Convergence: the operator against the floor (the same Jobs created by a plain script).
+
+Nodes are fake /proc/sys trees (no netns). Every node already holds the NodePort range in
+ip_local_reserved_ports and the policy's persistence file; every fourth node has its ephemeral
+range widened to `1024 65000` (the drift). Before each run every node is reset to exactly that.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from kubernetes import client, watch
+
+from nodesysctl.agent.persist import render
+from nodesysctl.api import parse_spec
+from nodesysctl.devcluster.nodes import SimulatedNode
+from nodesysctl.devcluster.waiting import wait_for
+from nodesysctl.jobs import JobSettings, build_agent_job, persist_file_name
+from nodesysctl.planning import CheckOrder, CheckReason, job_name
+from nodesysctl.ports import PortRange
+
+from .harness import JOB_NAMESPACE, WRITE_VERBS, BenchCluster, diff_counts, utcnow
+
+TIER_LABEL = "bench.nodesysctl.io/tier"
+RANGE = "net.ipv4.ip_local_port_range"
+RESERVED = "net.ipv4.ip_local_reserved_ports"
+WIDENED = "1024 65000"
+DEFAULT_RANGE = "32768 60999"
+NODE_PORTS = "30000-32767"
+FLOOR_NAMESPACE = "bench-floor"
+
+
+def policy_spec(tiers: list[str], max_concurrent: int | str) -> dict[str, Any]:
+    return {
+        "nodeSelector": {
+            "matchExpressions": [{"key": TIER_LABEL, "operator": "In", "values": tiers}]
+        },
+        "remediation": {"mode": "Enforce"},
+        "rollout": {
+            "maxConcurrent": max_concurrent,
+            "maxFailedNodes": 10,
+            "recheckInterval": "1h",
+        },
+    }
+
+
+class Fleet:
+    """The simulated nodes, created tier by tier (50, then up to 200, then up to 1000...)."""
+
+    def __init__(self, bench: BenchCluster) -> None:
+        self.bench = bench
+        self.nodes: list[SimulatedNode] = []
+        self.tiers: list[str] = []
+
+    def grow(self, size: int) -> float:
+        """Add nodes up to `size`; returns the seconds it took (until all are Ready)."""
+        start = time.monotonic()
+        tier = str(size)
+        names = [f"bench-{i:05d}" for i in range(len(self.nodes), size)]
+        drifted = [n for n in names if int(n.rsplit("-", 1)[1]) % 4 == 0]
+        healthy = [n for n in names if n not in set(drifted)]
+        labels = {TIER_LABEL: tier}
+        reserved = {RESERVED: NODE_PORTS}
+        cluster = self.bench.cluster
+        made = cluster.add_nodes(drifted, labels, sysctls={**reserved, RANGE: WIDENED})
+        made += cluster.add_nodes(healthy, labels, sysctls=reserved)
+        self.nodes += sorted(made, key=lambda n: n.name)
+        self.tiers.append(tier)
+        return time.monotonic() - start
+
+    def reset(self, policy: str) -> None:
+        """Drift every fourth node again; the rest compliant, with the persistence file."""
+        persisted = render(policy, PortRange(32768, 60999), (PortRange(30000, 32767),))
+        for index, node in enumerate(self.nodes):
+            node.set_sysctl(RANGE, WIDENED if index % 4 == 0 else DEFAULT_RANGE)
+            node.set_sysctl(RESERVED, NODE_PORTS)
+            directory = node.host_path("/etc/sysctl.d")
+            for old in directory.glob("*"):
+                old.unlink()
+            (directory / persist_file_name(policy)).write_text(persisted)
+
+    def compliant(self) -> int:
+        # A fake tree keeps what the agent wrote (a kernel would print a TAB): compare numbers.
+        return sum(node.get_sysctl(RANGE).split() == ["32768", "60999"] for node in self.nodes)
+
+
+@dataclass
+class RunResult:
+    seconds: float
+    jobs: int
+    failed_jobs: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def run_floor(bench: BenchCluster, fleet: Fleet, policy: str, concurrency: int) -> RunResult:
+    """Create one Job per node (the operator's own Job body) keeping `concurrency` in flight,
+    and wait for all of them. No status, no annotations, no events: the lower bound."""
+    spec = parse_spec(policy_spec(fleet.tiers, concurrency))
+    settings = JobSettings(namespace=FLOOR_NAMESPACE)
+    bodies = [
+        build_agent_job(
+            policy=policy,
+            policy_uid="00000000-0000-0000-0000-000000000000",
+            spec=spec,
+            order=CheckOrder(
+                node.name, CheckReason.NEW, job_name(policy, node.name, "floor"), node.boot_id
+            ),
+            settings=settings,
+        )
+        for node in fleet.nodes
+    ]
+    for body in bodies:
+        body["metadata"].pop("ownerReferences")  # no policy object exists for the floor
+    batch: Any = client.BatchV1Api(bench.api)
+    finished: queue.Queue[tuple[str, bool]] = queue.Queue()
+    stop = threading.Event()
+    ready = threading.Event()
+
+    def watch_jobs() -> None:
+        seen: set[str] = set()
+        stream = watch.Watch()  # type: ignore[no-untyped-call]
+        ready.set()
+        while not stop.is_set():
+            for event in stream.stream(  # type: ignore[no-untyped-call]
+                batch.list_namespaced_job, FLOOR_NAMESPACE, timeout_seconds=5, deserialize=False
+            ):
+                job = event["object"]
+                name = job["metadata"]["name"]
+                for cond in (job.get("status") or {}).get("conditions") or []:
+                    done = cond["type"] in ("Complete", "Failed") and cond["status"] == "True"
+                    if done and name not in seen:
+                        seen.add(name)
+                        finished.put((name, cond["type"] == "Complete"))
+                if stop.is_set():
+                    break
+
+    watcher = threading.Thread(target=watch_jobs, daemon=True)
+    watcher.start()
+    ready.wait(10)
+    start = time.monotonic()
+    pending = list(bodies)
+    in_flight = 0
+    done = failed = 0
+    try:
+        while done < len(bodies):
+            while pending and in_flight < concurrency:
+                batch.create_namespaced_job(FLOOR_NAMESPACE, pending.pop(0))
+                in_flight += 1
+            _, ok = finished.get(timeout=600)
+            in_flight -= 1
+            done += 1
+            failed += not ok
+    finally:
+        stop.set()
+    seconds = time.monotonic() - start
+    watcher.join(timeout=15)
+    return RunResult(seconds, len(bodies), failed)
+
+
+def _clean_floor(bench: BenchCluster) -> None:
+    bench.cluster.delete_namespace(FLOOR_NAMESPACE)
+
+    def gone() -> bool:
+        try:
+            client.CoreV1Api(bench.api).read_namespace(FLOOR_NAMESPACE)
+        except client.ApiException as exc:
+            return bool(exc.status == 404)
+        return False
+
+    wait_for(gone, timeout=600, what=f"namespace {FLOOR_NAMESPACE} deleted", interval=1.0)
+
+
+def run_operator(bench: BenchCluster, fleet: Fleet, policy: str, concurrency: int) -> RunResult:
+    """Apply the policy to a running, idle operator; done when every node is compliant and the
+    status says Ready for this generation."""
+    operator = bench.start_operator(f"operator-{policy}")
+    try:
+        metrics_before = bench.scrape_metrics()
+        cpu_before = operator.stats().cpu_seconds
+        since = utcnow()
+        start = time.monotonic()
+        bench.create_policy(policy, policy_spec(fleet.tiers, concurrency))
+
+        def converged() -> dict[str, Any] | None:
+            body = bench.policy(policy)
+            status = (body or {}).get("status") or {}
+            ready = any(
+                c["type"] == "Ready" and c["status"] == "True"
+                for c in status.get("conditions") or []
+            )
+            done = (
+                body is not None
+                and ready
+                and status.get("observedGeneration") == body["metadata"]["generation"]
+                and status.get("compliant") == len(fleet.nodes)
+            )
+            return body if done else None
+
+        body = wait_for(converged, timeout=1800, what=f"{policy} Ready", interval=0.25)
+        seconds = time.monotonic() - start
+        until = utcnow()
+        cpu = operator.stats().cpu_seconds - cpu_before
+        metrics_after = bench.scrape_metrics()
+        bench.wait_audit_flushed()
+        requests = bench.audit.count(since, until)
+        jobs = bench.count_jobs(JOB_NAMESPACE)
+        per_node = {k: round(v / len(fleet.nodes), 2) for k, v in requests.items()}
+        writes = sum(v for k, v in requests.items() if k.split()[0] in WRITE_VERBS)
+        all_clients = diff_counts(metrics_after, metrics_before)
+        result = RunResult(
+            seconds,
+            jobs,
+            body["status"].get("failed", 0),
+            {
+                "operator_cpu_seconds": round(cpu, 2),
+                "operator_requests": requests,
+                "operator_requests_per_node": per_node,
+                "operator_requests_per_node_total": round(
+                    sum(requests.values()) / len(fleet.nodes), 2
+                ),
+                "operator_writes_per_node": round(writes / len(fleet.nodes), 2),
+                "all_clients_requests_per_node": {
+                    k: round(v / len(fleet.nodes), 2) for k, v in all_clients.items()
+                },
+                "nodes_compliant_on_disk": fleet.compliant(),
+            },
+        )
+        bench.delete_policy(policy)
+        return result
+    finally:
+        operator.stop()
+
+
+def converge(bench: BenchCluster, fleet: Fleet, size: int, concurrency: int) -> dict[str, Any]:
+    grow_seconds = fleet.grow(size)
+    policy = f"bench-{size}"
+    fleet.reset(policy)
+    bench.cluster.create_namespace(FLOOR_NAMESPACE)
+    floor = run_floor(bench, fleet, policy, concurrency)
+    floor_compliant = fleet.compliant()
+    _clean_floor(bench)
+    fleet.reset(policy)
+    operator = run_operator(bench, fleet, policy, concurrency)
+    return {
+        "nodes": size,
+        "drifted": sum(1 for i in range(size) if i % 4 == 0),
+        "max_concurrent": concurrency,
+        "create_nodes_seconds": round(grow_seconds, 1),
+        "floor_seconds": round(floor.seconds, 2),
+        "floor_failed_jobs": floor.failed_jobs,
+        "floor_nodes_compliant_on_disk": floor_compliant,
+        "operator_seconds": round(operator.seconds, 2),
+        "operator_jobs": operator.jobs,
+        "operator_failed_nodes": operator.failed_jobs,
+        "ratio": round(operator.seconds / floor.seconds, 3),
+        **operator.extra,
+    }

@@ -1,0 +1,179 @@
+"""The idle operator at scale: memory, CPU, steady-state API traffic and ignored Node updates.
+
+"Idle" = one policy selecting every Node, and every Node already carries a current Compliant
+result for it (pre-seeded annotations, as the operator itself writes them), so nothing is due
+for an hour. A fresh operator process is started at each size, so its peak RSS (VmHWM) covers
+its start-up (the initial list of every Node) and the idle window.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from nodesysctl.api import parse_spec
+from nodesysctl.devcluster.nodes import SimulatedNode
+from nodesysctl.devcluster.waiting import wait_for
+from nodesysctl.planning import ANNOTATION_PREFIX, NodeResult, NodeState, spec_hash
+
+from .convergence import Fleet
+from .harness import JOB_NAMESPACE, WRITE_VERBS, BenchCluster, utcnow
+
+IDLE_POLICY = "bench-idle"
+IDLE_SPEC: dict[str, Any] = {
+    "remediation": {"mode": "Enforce"},
+    "rollout": {"maxConcurrent": "10%", "recheckInterval": "1h"},
+}
+
+
+def seed_results(bench: BenchCluster, nodes: list[SimulatedNode]) -> float:
+    """Write a current Compliant result of the idle policy on each node; returns seconds."""
+    start = time.monotonic()
+    current = spec_hash(parse_spec(IDLE_SPEC))
+    now = datetime.now(UTC)
+    patches = [
+        (
+            node.name,
+            {
+                "metadata": {
+                    "annotations": {
+                        ANNOTATION_PREFIX + IDLE_POLICY: NodeResult(
+                            NodeState.COMPLIANT, current, node.boot_id, now, "seeded", "seeded"
+                        ).to_annotation()
+                    }
+                }
+            },
+        )
+        for node in nodes
+    ]
+    bench.patch_nodes(patches, status=False)
+    return time.monotonic() - start
+
+
+def heartbeat_patches(nodes: list[SimulatedNode], updates: int) -> list[tuple[str, Any]]:
+    """Status patches that change only the Ready condition's lastHeartbeatTime (what a real
+    kubelet writes every nodeStatusUpdateFrequency, or on every change of a condition)."""
+    patches = []
+    for index in range(updates):
+        node = nodes[index % len(nodes)]
+        stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        patches.append(
+            (
+                node.name,
+                {
+                    "status": {
+                        "conditions": [
+                            {
+                                "type": "Ready",
+                                "status": "True",
+                                "reason": "KubeletReady",
+                                "message": "simulated kubelet is ready",
+                                "lastHeartbeatTime": stamp,
+                            }
+                        ]
+                    }
+                },
+            )
+        )
+    return patches
+
+
+def measure_idle(
+    bench: BenchCluster, fleet: Fleet, *, window: float, heartbeats: int
+) -> dict[str, Any]:
+    size = len(fleet.nodes)
+    operator = bench.start_operator(f"operator-idle-{size}")
+    try:
+        start = time.monotonic()
+
+        def ready() -> bool:
+            status = (bench.policy(IDLE_POLICY) or {}).get("status") or {}
+            return status.get("compliant") == size and any(
+                c["type"] == "Ready" and c["status"] == "True" for c in status["conditions"]
+            )
+
+        wait_for(ready, timeout=600, what=f"{IDLE_POLICY} Ready at {size} nodes", interval=0.5)
+        ready_seconds = time.monotonic() - start
+        startup = operator.stats()
+        jobs_before = bench.count_jobs(JOB_NAMESPACE)
+
+        # Steady state: nothing changes, nothing is due. The lease renewals of every node go on.
+        _wait_cpu_settled(operator)  # the pass that wrote Ready and the start-up are over
+        bench.wait_audit_flushed()
+        since = utcnow()
+        before = operator.stats()
+        time.sleep(window)  # the measurement window itself: nothing is supposed to happen
+        after = operator.stats()
+        until = utcnow()
+        bench.wait_audit_flushed()
+        idle_requests = bench.audit.count(since, until)
+        idle_writes = {k: v for k, v in idle_requests.items() if k.split()[0] in WRITE_VERBS}
+        # Heartbeats: Node status patches that change nothing the operator cares about.
+        patches = heartbeat_patches(fleet.nodes, heartbeats)
+        hb_since = utcnow()
+        hb_before = operator.stats()
+        hb_start = time.monotonic()
+        bench.patch_nodes(patches, status=True)
+        hb_send_seconds = time.monotonic() - hb_start
+        # Let the operator drain the watch events: its CPU stops growing.
+        _wait_cpu_settled(operator)
+        hb_after = operator.stats()
+        hb_until = utcnow()
+        bench.wait_audit_flushed()
+        hb_requests = bench.audit.count(hb_since, hb_until)
+        hb_writes = {k: v for k, v in hb_requests.items() if k.split()[0] in WRITE_VERBS}
+        jobs_after = bench.count_jobs(JOB_NAMESPACE)
+        final = operator.stats()
+        return {
+            "nodes": size,
+            "operator_ready_seconds": round(ready_seconds, 1),
+            "rss_mib_after_start": round(startup.rss_mib, 1),
+            "peak_rss_mib": round(final.hwm_mib, 1),
+            "rss_mib": round(final.rss_mib, 1),
+            "startup_cpu_seconds": round(startup.cpu_seconds, 2),
+            "idle_window_seconds": window,
+            "idle_cpu_percent": round(100 * (after.cpu_seconds - before.cpu_seconds) / window, 2),
+            "idle_requests": idle_requests,
+            "idle_writes": idle_writes,
+            "jobs_created_while_idle": jobs_after - jobs_before,
+            "heartbeat_updates": heartbeats,
+            "heartbeat_send_seconds": round(hb_send_seconds, 1),
+            "heartbeat_cpu_seconds": round(hb_after.cpu_seconds - hb_before.cpu_seconds, 3),
+            "cpu_ms_per_ignored_update": round(
+                1000 * (hb_after.cpu_seconds - hb_before.cpu_seconds) / heartbeats, 3
+            ),
+            "heartbeat_requests": hb_requests,
+            "heartbeat_writes": hb_writes,
+        }
+    finally:
+        operator.stop()
+
+
+def _wait_cpu_settled(operator: Any, quiet: float = 3.0) -> None:
+    """Until the operator's CPU time has not grown for `quiet` seconds (events drained)."""
+    last = [operator.stats().cpu_seconds, time.monotonic()]
+
+    def settled() -> bool:
+        cpu: float = operator.stats().cpu_seconds
+        if cpu - last[0] > 0.02:
+            last[:] = [cpu, time.monotonic()]
+            return False
+        return bool(time.monotonic() - last[1] >= quiet)
+
+    wait_for(settled, timeout=300, what="the operator to go quiet", interval=0.5)
+
+
+def idle_at(
+    bench: BenchCluster, fleet: Fleet, size: int, *, window: float, heartbeats: int
+) -> dict[str, Any]:
+    grow_seconds = fleet.grow(size) if size > len(fleet.nodes) else 0.0
+    seed_seconds = seed_results(bench, fleet.nodes)
+    if bench.policy(IDLE_POLICY) is None:
+        bench.create_policy(IDLE_POLICY, IDLE_SPEC)
+    result = measure_idle(bench, fleet, window=window, heartbeats=heartbeats)
+    return {
+        "create_nodes_seconds": round(grow_seconds, 1),
+        "seed_results_seconds": round(seed_seconds, 1),
+        **result,
+    }
