@@ -54,6 +54,10 @@ scan: $(STAMP) $(SCAN_STAMP) controlplane ## checkov on the rendered overlays, t
 	$(SCAN_VENV)/bin/checkov --config-file .checkov.yaml --framework dockerfile -f Dockerfile
 	$(SCAN_VENV)/bin/hadolint Dockerfile
 
+.PHONY: demo
+demo: $(STAMP) controlplane ## The seed's incident fixed live on a local control plane (needs root)
+	$(BIN)/python -m nodesysctl.devcluster.demo $(DEMO_ARGS)
+
 .PHONY: unit
 unit: $(STAMP) ## Fast tests: pure logic and the agent on real network namespaces
 	$(BIN)/pytest -m 'not integration and not e2e'

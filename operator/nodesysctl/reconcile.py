@@ -167,11 +167,18 @@ class PassResult:
 
 
 def summarize_agent_result(result: AgentResult) -> str:
+    """One line for the Node annotation, Events and `nodesysctl status`: what matters most
+    for each outcome (the errors, the drift left, the fixes made)."""
+    status = str(result.status)
     if result.errors:
-        return "; ".join(result.errors)
-    if result.drift:
-        return "; ".join(result.drift)
-    return "; ".join(result.actions) or str(result.status)
+        lines = result.errors
+    elif status == "Remediated":
+        lines = result.actions
+    elif status == "Drifted":
+        lines = result.drift
+    else:
+        lines = []
+    return "; ".join(lines) or "no change needed"
 
 
 class PolicyReconciler:

@@ -6,10 +6,8 @@ and no test hooks; the tests observe it only through the API server and the node
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,11 +17,10 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from nodesysctl import GROUP, PLURAL, VERSION
+from nodesysctl.devcluster import install
 from nodesysctl.devcluster.cluster import DevCluster
+from nodesysctl.devcluster.install import JOB_NAMESPACE
 from nodesysctl.devcluster.waiting import wait_for
-
-JOB_NAMESPACE = "nodesysctl-jobs"
-REPO = Path(__file__).resolve().parents[2]
 
 
 class OperatorProcess:
@@ -36,11 +33,7 @@ class OperatorProcess:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> OperatorProcess:
-        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1"}
-        argv = [sys.executable, "-m", "nodesysctl.cli", "run",
-                "--job-namespace", JOB_NAMESPACE, *self.extra]  # fmt: skip
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+        self.process = install.start_operator(self.kubeconfig, self.log_path, *self.extra)
         return self
 
     def stop(self) -> None:

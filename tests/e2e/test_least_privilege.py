@@ -8,9 +8,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from nodesysctl.devcluster.cluster import DevCluster
+from nodesysctl.devcluster.install import (
+    OPERATOR_NAMESPACE,
+    RBAC_KINDS,
+    SERVICE_ACCOUNT,
+    apply_documents,
+    operator_rbac_documents,
+    service_account_kubeconfig,
+)
 from nodesysctl.devcluster.nodes import SimulatedNode
 from nodesysctl.devcluster.waiting import wait_for
 from nodesysctl.planning import NodeState
@@ -32,47 +39,15 @@ from .test_operator import (
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
-REPO = Path(__file__).resolve().parents[2]
-OPERATOR_NAMESPACE = "nodesysctl-system"
-SERVICE_ACCOUNT = "nodesysctl-operator"
-# Only the identity and its permissions are applied: the Deployment would be a second
-# operator, and the job namespace belongs to the session.
-RBAC_KINDS = {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
-
 
 @pytest.fixture
 def operator_rbac(devcluster: DevCluster, job_namespace: str, tmp_path: Path) -> Iterator[Path]:
-    rendered = devcluster.kubectl("kustomize", str(REPO / "manifests/overlays/default")).stdout
-    docs = [d for d in yaml.safe_load_all(rendered) if d]
-    wanted = [
-        d for d in docs
-        if d["kind"] in RBAC_KINDS
-        or (d["kind"] == "Namespace" and d["metadata"]["name"] == OPERATOR_NAMESPACE)
-    ]  # fmt: skip
-    assert {d["kind"] for d in wanted} >= RBAC_KINDS, "the overlay lost part of its RBAC"
-    manifest = tmp_path / "rbac.yaml"
-    manifest.write_text(yaml.safe_dump_all(wanted))
-    devcluster.kubectl("apply", "--server-side", "--field-manager=e2e", "-f", str(manifest))
+    """The namespace, ServiceAccount and RBAC of manifests/overlays/default, applied as is."""
+    docs = operator_rbac_documents(devcluster)
+    assert {d["kind"] for d in docs} >= RBAC_KINDS, "the overlay lost part of its RBAC"
+    manifest = apply_documents(devcluster, docs, tmp_path / "rbac.yaml")
     yield manifest
     devcluster.kubectl("delete", "--ignore-not-found", "--wait=false", "-f", str(manifest))
-
-
-def service_account_kubeconfig(devcluster: DevCluster, path: Path) -> Path:
-    token = devcluster.kubectl(
-        "create", "token", SERVICE_ACCOUNT, "-n", OPERATOR_NAMESPACE, "--duration=1h"
-    ).stdout.strip()
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "dev", "cluster": {
-            "server": devcluster.server,
-            "certificate-authority": str(devcluster.control_plane.pki.ca.cert)}}],
-        "users": [{"name": SERVICE_ACCOUNT, "user": {"token": token}}],
-        "contexts": [{"name": "sa", "context": {"cluster": "dev", "user": SERVICE_ACCOUNT}}],
-        "current-context": "sa",
-    }  # fmt: skip
-    path.write_text(yaml.safe_dump(config))
-    return path
 
 
 def test_operator_with_only_its_service_account_fixes_a_node_and_restarts_once(

@@ -1,0 +1,76 @@
+"""Install nodesysctl into a dev cluster the way a user would, and run the operator with the
+identity the manifests give it (its ServiceAccount, not the admin certificate)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .cluster import DevCluster
+
+REPO = Path(__file__).resolve().parents[3]
+OPERATOR_NAMESPACE = "nodesysctl-system"
+JOB_NAMESPACE = "nodesysctl-jobs"
+SERVICE_ACCOUNT = "nodesysctl-operator"
+# The operator's identity and permissions; the Deployment is left out because the dev cluster
+# runs the operator as a local process (its pod would not run anything here).
+RBAC_KINDS = frozenset(
+    {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
+)
+
+
+def operator_rbac_documents(cluster: DevCluster, overlay: str = "default") -> list[dict[str, Any]]:
+    """The operator namespace and RBAC objects of a rendered overlay."""
+    rendered = cluster.kubectl("kustomize", str(REPO / "manifests" / "overlays" / overlay)).stdout
+    docs = [d for d in yaml.safe_load_all(rendered) if d]
+    return [
+        d for d in docs
+        if d["kind"] in RBAC_KINDS
+        or (d["kind"] == "Namespace" and d["metadata"]["name"] == OPERATOR_NAMESPACE)
+    ]  # fmt: skip
+
+
+def apply_documents(cluster: DevCluster, docs: list[dict[str, Any]], path: Path) -> Path:
+    path.write_text(yaml.safe_dump_all(docs))
+    cluster.kubectl("apply", "--server-side", "--field-manager=devcluster", "-f", str(path))
+    return path
+
+
+def service_account_kubeconfig(
+    cluster: DevCluster,
+    path: Path,
+    *,
+    namespace: str = OPERATOR_NAMESPACE,
+    service_account: str = SERVICE_ACCOUNT,
+) -> Path:
+    """A kubeconfig that authenticates with a fresh token of the ServiceAccount."""
+    token = cluster.kubectl(
+        "create", "token", service_account, "-n", namespace, "--duration=2h"
+    ).stdout.strip()
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "dev", "cluster": {
+            "server": cluster.server,
+            "certificate-authority": str(cluster.control_plane.pki.ca.cert)}}],
+        "users": [{"name": service_account, "user": {"token": token}}],
+        "contexts": [{"name": "operator", "context": {"cluster": "dev", "user": service_account}}],
+        "current-context": "operator",
+    }  # fmt: skip
+    path.write_text(yaml.safe_dump(config))
+    path.chmod(0o600)
+    return path
+
+
+def start_operator(kubeconfig: Path, log_path: Path, *extra: str) -> subprocess.Popen[bytes]:
+    """`nodesysctl run`, as a user runs it, logging to `log_path`."""
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PYTHONUNBUFFERED": "1"}
+    argv = [sys.executable, "-m", "nodesysctl.cli", "run", "--job-namespace", JOB_NAMESPACE,
+            *extra]  # fmt: skip
+    with log_path.open("ab") as log:
+        return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
