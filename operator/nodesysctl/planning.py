@@ -68,6 +68,13 @@ class NodeResult:
             sort_keys=True,
         )
 
+    def as_stored(self) -> NodeResult:
+        """This result exactly as it reads back from the annotation (times to the second,
+        message cut), so what the operator remembers compares equal to what the watch echoes."""
+        stored = NodeResult.from_annotation(self.to_annotation())
+        assert stored is not None  # to_annotation always writes a readable value
+        return stored
+
     @classmethod
     def from_annotation(cls, text: str) -> NodeResult | None:
         """Parse an annotation value; anything unreadable counts as "never checked"."""

@@ -286,7 +286,7 @@ class PolicyReconciler:
             if previous is not None and previous.job == job.name:
                 continue  # already recorded
             outcome = snap.pod_outcomes.get(job.name) or self._fetch_outcome(job.name)
-            result = self._result_from(job, outcome, spec, current, now)
+            result = self._result_from(job, outcome, spec, current, now).as_stored()
             self.kube.patch_node(job.node, build_node_result_patch(snap.name, result))
             recorded[job.node] = result
             self._announce(snap, job.node, result)
@@ -424,7 +424,7 @@ class PolicyReconciler:
         for node in selected:
             result = node.results.get(policy)
             if result is not None and result.restart_pending:
-                done = dataclasses.replace(result, restart_pending=False)
+                done = dataclasses.replace(result, restart_pending=False).as_stored()
                 self.kube.patch_node(node.name, build_node_result_patch(policy, done))
                 cleared[node.name] = done
         return cleared

@@ -262,6 +262,33 @@ def pod(app: str) -> dict[str, Any]:
     return {"metadata": {"namespace": "apps", "labels": {"app": app}}}
 
 
+def test_remembered_results_equal_what_the_node_annotation_reads_back() -> None:
+    """The operator overlays results it wrote until the watch echoes them; they must compare
+    equal to the echo (seconds, cut messages) or the overlay would never be dropped."""
+    kube = RecordingKube()
+    long_message = json.dumps(
+        {
+            "policy": POLICY,
+            "status": "Failed",
+            "mode": "Enforce",
+            "checkedAt": "2026-11-25T12:00:00Z",
+            "errors": ["x" * 290] * 3,
+        }
+    )
+    outcome = PodOutcome("job-n1", 1, long_message, "Error")
+    moment = NOW.replace(microsecond=123456)
+    result = reconciler(kube).run_once(
+        snapshot(
+            [NodeFacts("n1", {}, "boot-1", {})],
+            jobs=[finished_job("n1")],
+            outcomes={"job-n1": outcome},
+        ),
+        moment,
+    )
+    last_patch = kube.node_patches[-1][1]["metadata"]["annotations"][ANNOTATION_PREFIX + POLICY]
+    assert result.recorded["n1"] == NodeResult.from_annotation(last_patch)
+
+
 def test_restart_once_per_wave_skipping_paused_and_unaffected() -> None:
     kube = RecordingKube(
         workloads=[
