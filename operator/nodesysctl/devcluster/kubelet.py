@@ -62,6 +62,8 @@ AGENT_SELECTOR = ("app.kubernetes.io/name", "nodesysctl-agent")
 NODE_LEASE_NAMESPACE = "kube-node-lease"
 NODE_IP = "127.0.0.1"
 TERMINATION_MESSAGE_LIMIT = 4096  # bytes per container, as the kubelet
+MAX_LEASE_WRITES_PER_SECOND = 100
+MAX_RENEW_PERIOD = 40.0
 DEFAULT_AGENT_DEADLINE = 600.0  # seconds, when the pod sets no activeDeadlineSeconds
 STRATEGIC = "application/strategic-merge-patch+json"
 MERGE = "application/merge-patch+json"
@@ -255,25 +257,40 @@ class SimulatedKubelet:
             _content_type=MERGE,
         )
 
+    def renew_period(self, nodes: int) -> float:
+        """Seconds between two renewals of one node's Lease: ``renew_interval`` (10 s, as a
+        kubelet), stretched for big clusters to at most MAX_LEASE_WRITES_PER_SECOND in all,
+        but never past MAX_RENEW_PERIOD (the controller-manager's grace period is 60 s)."""
+        return min(max(self.renew_interval, nodes / MAX_LEASE_WRITES_PER_SECOND), MAX_RENEW_PERIOD)
+
     def _lease_loop(self) -> None:
-        while not self._stop.wait(self.renew_interval):
+        """Renew every node's Lease once per period, the writes spread evenly over it."""
+        while not self._stop.is_set():
             with self._lock:
                 names = list(self.nodes)
-            for name in names:
-                if self._stop.is_set():
+            period = self.renew_period(len(names))
+            started = time.monotonic()
+            for index, name in enumerate(names):
+                due = started + period * index / len(names)
+                if self._stop.wait(max(0.0, due - time.monotonic())):
                     return
-                try:
-                    self._renew_lease(name)
-                except ApiException as exc:
-                    if exc.status == 404 and name in self.nodes:
-                        with contextlib.suppress(ApiException):
-                            uid = self.core.read_node(name).metadata.uid
-                            self._create_lease(name, uid)
-                    elif exc.status != 404:
-                        self._error(f"renewing the lease of {name}: {exc.status} {exc.reason}")
-                except Exception as exc:
-                    if not self._stop.is_set():
-                        self._error(f"renewing the lease of {name}: {exc!r}")
+                if name in self.nodes:
+                    self._renew_one(name)
+            if self._stop.wait(max(0.0, started + period - time.monotonic())):
+                return
+
+    def _renew_one(self, name: str) -> None:
+        try:
+            self._renew_lease(name)
+        except ApiException as exc:
+            if exc.status == 404 and name in self.nodes:  # the Lease was deleted: recreate it
+                with contextlib.suppress(ApiException):
+                    self._create_lease(name, self.core.read_node(name).metadata.uid)
+            elif exc.status != 404:
+                self._error(f"renewing the lease of {name}: {exc.status} {exc.reason}")
+        except Exception as exc:
+            if not self._stop.is_set():
+                self._error(f"renewing the lease of {name}: {exc!r}")
 
     def report_boot_id(self, node: SimulatedNode) -> None:
         """After a reboot: the new ``nodeInfo.bootID`` and a fresh Ready heartbeat."""
