@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import functools
 import logging
 import os
@@ -77,6 +78,7 @@ class DevCluster:
         self._kubelet: SimulatedKubelet | None = None
         self._api: Any = None
         self.nodes: dict[str, SimulatedNode] = {}
+        self._stopped = False
 
     # ----------------------------------------------------------------- lifecycle
     def __enter__(self) -> DevCluster:
@@ -94,6 +96,9 @@ class DevCluster:
     def start(self) -> None:
         reap_stale_clusters()
         self.control_plane.start()
+        # After the control plane's own atexit hook, so this one runs first (LIFO): the
+        # kubelet stops and the netns go before the API server does.
+        atexit.register(self.stop)
         try:
             self._api = self.control_plane.api_client()
             self._kubelet = SimulatedKubelet(
@@ -108,7 +113,11 @@ class DevCluster:
 
     def stop(self) -> None:
         """Stop the kubelet (killing agent processes), remove every node's netns and host
-        root, stop the control plane and remove its directory."""
+        root, stop the control plane and remove its directory. Idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
+        atexit.unregister(self.stop)
         if self._kubelet is not None:
             self._kubelet.stop()
         for node in list(self.nodes.values()):
