@@ -50,8 +50,21 @@ if has_all "$DEST"; then
     exit 0
 fi
 
-GO=${GO:-$(command -v go || echo /usr/local/go/bin/go)}
-[[ -x $GO ]] || { echo "no Go toolchain found (set GO=/path/to/go)" >&2; exit 1; }
+# The modules need Go >= the `go` line of their go.mod; a distribution's older `go` on PATH
+# loses to /usr/local/go (the official toolchain's place) when that one is new enough.
+GO_NEEDED=$(awk '$1 == "go" {print $2}' "$K8S_MODULE_DIR/go.mod")
+go_ok() {  # go binary -> is it >= GO_NEEDED?
+    local have
+    have=$("$1" env GOVERSION 2>/dev/null | sed 's/^go//') || return 1
+    [[ -n $have ]] && [[ $(printf '%s\n%s\n' "$GO_NEEDED" "$have" | sort -V | head -1) == "$GO_NEEDED" ]]
+}
+if [[ -z ${GO:-} ]]; then
+    for candidate in "$(command -v go || true)" /usr/local/go/bin/go; do
+        if [[ -n $candidate && -x $candidate ]] && go_ok "$candidate"; then GO=$candidate; break; fi
+    done
+fi
+[[ -n ${GO:-} && -x $GO ]] || { echo "need Go >= $GO_NEEDED (set GO=/path/to/go)" >&2; exit 1; }
+go_ok "$GO" || { echo "$GO is older than Go $GO_NEEDED, which hack/controlplane needs" >&2; exit 1; }
 log "using $("$GO" version) at $GO"
 
 mkdir -p "$DEST"
