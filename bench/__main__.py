@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import platform
+import signal
 import sys
 import time
 from datetime import UTC, datetime
@@ -65,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--heartbeats", type=int, default=5000)
     parser.add_argument("--out", type=Path, default=None, help="JSON file for the results")
     args = parser.parse_args(argv)
+    # SIGTERM (timeout, Ctrl-C in make) unwinds like an exception: the cluster is cleaned up.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("nodesysctl.devcluster").setLevel(logging.WARNING)
     if sorted(args.sizes) != args.sizes or sorted(args.idle_sizes) != args.idle_sizes:

@@ -145,10 +145,12 @@ def run_floor(bench: BenchCluster, fleet: Fleet, policy: str, concurrency: int) 
     pending = list(bodies)
     in_flight = 0
     done = failed = 0
+    first_create = 0.0
     try:
         while done < len(bodies):
             while pending and in_flight < concurrency:
                 batch.create_namespaced_job(FLOOR_NAMESPACE, pending.pop(0))
+                first_create = first_create or time.monotonic() - start
                 in_flight += 1
             _, ok = finished.get(timeout=600)
             in_flight -= 1
@@ -158,7 +160,7 @@ def run_floor(bench: BenchCluster, fleet: Fleet, policy: str, concurrency: int) 
         stop.set()
     seconds = time.monotonic() - start
     watcher.join(timeout=15)
-    return RunResult(seconds, len(bodies), failed)
+    return RunResult(seconds, len(bodies), failed, {"first_job_created": round(first_create, 2)})
 
 
 def _clean_floor(bench: BenchCluster) -> None:
@@ -207,6 +209,7 @@ def run_operator(bench: BenchCluster, fleet: Fleet, policy: str, concurrency: in
         metrics_after = bench.scrape_metrics()
         bench.wait_audit_flushed()
         requests = bench.audit.count(since, until)
+        timeline = bench.audit.timeline(since, until)
         jobs = bench.count_jobs(JOB_NAMESPACE)
         per_node = {k: round(v / len(fleet.nodes), 2) for k, v in requests.items()}
         writes = sum(v for k, v in requests.items() if k.split()[0] in WRITE_VERBS)
@@ -227,6 +230,7 @@ def run_operator(bench: BenchCluster, fleet: Fleet, policy: str, concurrency: in
                     k: round(v / len(fleet.nodes), 2) for k, v in all_clients.items()
                 },
                 "nodes_compliant_on_disk": fleet.compliant(),
+                "operator_timeline": timeline,
             },
         )
         bench.delete_policy(policy)
@@ -253,6 +257,7 @@ def converge(bench: BenchCluster, fleet: Fleet, size: int, concurrency: int) -> 
         "floor_seconds": round(floor.seconds, 2),
         "floor_failed_jobs": floor.failed_jobs,
         "floor_nodes_compliant_on_disk": floor_compliant,
+        "floor_first_job_created": floor.extra["first_job_created"],
         "operator_seconds": round(operator.seconds, 2),
         "operator_jobs": operator.jobs,
         "operator_failed_nodes": operator.failed_jobs,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import ctypes
 import json
 import os
 import shutil
@@ -103,7 +104,13 @@ class OperatorProcess:
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1"}
         argv = [sys.executable, "-m", "nodesysctl.cli", "run", "--job-namespace", JOB_NAMESPACE]
         with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+            self.process = subprocess.Popen(
+                argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                preexec_fn=_die_with_parent,
+            )
         return self
 
     @property
@@ -146,6 +153,20 @@ class AuditLog:
                 if since <= received <= until:
                     seen.add(event["auditID"])
                     yield event
+
+    def timeline(self, since: datetime, until: datetime) -> dict[str, dict[str, float]]:
+        """First and last moment (seconds after `since`) of each "verb resource" of the operator."""
+        out: dict[str, dict[str, float]] = {}
+        for event in self.events(since, until):
+            ref = event.get("objectRef") or {}
+            key = f"{event['verb']} {ref.get('resource', '?')}"
+            if ref.get("subresource"):
+                key += "/" + ref["subresource"]
+            at = datetime.fromisoformat(event["requestReceivedTimestamp"].replace("Z", "+00:00"))
+            offset = round((at - since).total_seconds(), 2)
+            span = out.setdefault(key, {"first": offset, "last": offset})
+            span["first"], span["last"] = min(span["first"], offset), max(span["last"], offset)
+        return dict(sorted(out.items()))
 
     def count(self, since: datetime, until: datetime) -> dict[str, int]:
         """{"verb resource[/subresource]": requests} of the operator in the window."""
@@ -322,6 +343,11 @@ class BenchCluster:
 
         with ThreadPoolExecutor(8) as pool:
             list(pool.map(one, patches))
+
+
+def _die_with_parent() -> None:  # runs in the forked child
+    """prctl(PR_SET_PDEATHSIG, SIGTERM): the operator stops if the benchmark dies."""
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)
 
 
 def _config_from(kubeconfig: Path) -> client.Configuration:
