@@ -6,6 +6,7 @@ behaviour against a real control plane and real network namespaces.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
@@ -339,3 +340,34 @@ def test_unchanged_status_is_not_written_again() -> None:
     reconciler(again).run_once(snapshot(nodes, status=written), NOW + timedelta(seconds=30))
     assert again.status_patches == []
     assert again.jobs_created == []
+
+
+def test_a_superseded_finished_job_is_not_recorded_again() -> None:
+    """A node checked, rebooted and checked again within the Jobs' TTL has two finished Jobs.
+    Only the newest counts: re-recording the older one (stale boot ID) asked for a new check and
+    a new restart wave on every pass until the TTL removed it."""
+    before = dataclasses.replace(
+        finished_job("n1"), name="job-a", created_at=NOW - timedelta(minutes=3)
+    )
+    after = dataclasses.replace(
+        finished_job("n1"), name="job-b", boot_id="boot-2", created_at=NOW - timedelta(minutes=1)
+    )
+    current = spec_hash(parse_spec(SPEC))
+    stored = NodeResult(NodeState.REMEDIATED, current, "boot-2", NOW, "job-b", "fixed")
+    outcomes = {
+        job: PodOutcome(job, 0, agent_message("Remediated"), "Completed")
+        for job in ("job-a", "job-b")
+    }
+    node = NodeFacts("n1", {}, "boot-2", {POLICY: stored})
+    kube = RecordingKube()
+    reconciler(kube).run_once(snapshot([node], jobs=[after, before], outcomes=outcomes), NOW)
+    assert kube.node_patches == []
+    assert kube.jobs_created == []
+    # Neither recorded yet (an operator restart): the newest is (and only the newest).
+    fresh = RecordingKube()
+    unrecorded = NodeFacts("n1", {}, "boot-2", {})
+    reconciler(fresh).run_once(snapshot([unrecorded], jobs=[after, before], outcomes=outcomes), NOW)
+    key = f"nodesysctl.io/result.{POLICY}"
+    first = fresh.node_patches[0][1]["metadata"]["annotations"][key]
+    assert json.loads(first)["job"] == "job-b"
+    assert all("job-a" not in json.dumps(patch) for _, patch in fresh.node_patches)
