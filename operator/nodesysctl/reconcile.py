@@ -147,6 +147,15 @@ class RestartLimiter:
                 return True
             return False
 
+    def seconds_until_token(self) -> float:
+        """How long until `try_take` can succeed (0 if it can now)."""
+        with self.lock:
+            now = self.clock()
+            tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+            if tokens >= 1.0:
+                return 0.0
+            return (1.0 - tokens) / self.rate if self.rate > 0 else IDLE_POLL_SECONDS
+
 
 @dataclasses.dataclass(frozen=True)
 class Snapshot:
@@ -246,11 +255,14 @@ class PolicyReconciler:
             )
 
         last_restart = snap.status.get("lastRestart")
+        wave_waits = False  # a restart wave the rate limit cut short: resume it on time
         if is_quiescent(plan):
             restarted = self._restart_wave(snap, spec, selected, now)
             if restarted is not None:
                 last_restart = restarted
                 recorded = {**recorded, **self._clear_restart_pending(snap.name, selected)}
+            else:
+                wave_waits = spec.restart is not None and bool(restart_wave(selected, snap.name)[0])
 
         conflict_notes = tuple(
             f"node {c.node}: {c.winner} takes precedence over {c.loser} ({c.reason})"
@@ -283,6 +295,10 @@ class PolicyReconciler:
             if busy
             else min(plan.next_due_in or IDLE_POLL_SECONDS, IDLE_POLL_SECONDS)
         )
+        if wave_waits:
+            # Nothing else wakes us for it (workloads are not watched): without this the rest
+            # of the wave waited up to IDLE_POLL_SECONDS.
+            delay = min(delay, max(1.0, self.limiter.seconds_until_token()))
         return PassResult(delay, ranges, recorded)
 
     # Results ------------------------------------------------------------------------------

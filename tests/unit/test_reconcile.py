@@ -371,3 +371,15 @@ def test_a_superseded_finished_job_is_not_recorded_again() -> None:
     first = fresh.node_patches[0][1]["metadata"]["annotations"][key]
     assert json.loads(first)["job"] == "job-b"
     assert all("job-a" not in json.dumps(patch) for _, patch in fresh.node_patches)
+
+
+def test_a_rate_limited_wave_resumes_when_the_next_token_is_due() -> None:
+    """Workloads are not watched, so nothing else wakes the daemon for the rest of the wave:
+    the pass itself asks to run again when the limiter has a token (here 60/6 = 10 s), not
+    after the idle poll (minutes)."""
+    kube = RecordingKube(
+        workloads=[deployment("a", "a"), deployment("b", "b")], pods={"n1": [pod("a"), pod("b")]}
+    )
+    result = reconciler(kube, per_minute=6, burst=1).run_once(snapshot([remediated("n1")]), NOW)
+    assert len(kube.workload_patches) == 1
+    assert 1.0 <= result.delay <= 10.0
