@@ -41,6 +41,8 @@ from nodesysctl.reconcile import (
 
 logger = logging.getLogger(__name__)
 
+PASS_RETRY_SECONDS = 5.0
+
 
 @dataclasses.dataclass(frozen=True)
 class OperatorConfig:
@@ -120,8 +122,9 @@ async def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> Non
 # --- Observers of foreign kinds: index + wake, never write -------------------------------
 
 
+# Index handlers are pure and cheap: coroutines spare them a worker-thread hop per event.
 @kopf.index("v1", "nodes")
-def node_index(body: kopf.Body, name: str, **_: Any) -> dict[str, NodeFacts]:
+async def node_index(body: kopf.Body, name: str, **_: Any) -> dict[str, NodeFacts]:
     return {name: NodeFacts.from_body(body)}
 
 
@@ -145,13 +148,13 @@ async def node_event(type: str | None, body: kopf.Body, name: str, memo: Any, **
 
 
 @kopf.index("batch", "v1", "jobs", labels={LABEL_MANAGED_BY: MANAGED_BY})
-def job_index(body: kopf.Body, **_: Any) -> dict[str, Any] | None:
+async def job_index(body: kopf.Body, **_: Any) -> dict[str, Any] | None:
     facts = job_facts_from_body(body)
     return None if facts is None else {facts.policy: facts}
 
 
 @kopf.index("v1", "pods", labels={LABEL_APP: AGENT_APP})
-def agent_pod_index(body: kopf.Body, **_: Any) -> dict[str, Any] | None:
+async def agent_pod_index(body: kopf.Body, **_: Any) -> dict[str, Any] | None:
     outcome = PodOutcome.from_body(body)
     return None if outcome is None else {outcome.job: outcome}
 
@@ -189,7 +192,16 @@ async def reconcile_policy(name: str, uid: str, body: kopf.Body, memo: Any, **kw
         while True:
             wakeup.clear()
             snap = _snapshot(state, name, uid, body, node_index, job_index, agent_pod_index)
-            result = await asyncio.to_thread(state.reconciler.run_once, snap, datetime.now(UTC))
+            try:
+                result = await asyncio.to_thread(state.reconciler.run_once, snap, datetime.now(UTC))
+            except Exception:
+                # An API error mid-pass (apiserver restarting, a conflict): every step of a
+                # pass is idempotent, so the next pass simply starts over. Kopf's own daemon
+                # restart would wait a minute; a short retry keeps the rollout moving.
+                logger.exception("policy %s: reconcile pass failed; retrying", name)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wakeup.wait(), timeout=PASS_RETRY_SECONDS)
+                continue
             for node, written in result.recorded.items():
                 state.written[(name, node)] = written
             if state.policy_ranges.get(name) != result.ranges:
