@@ -76,6 +76,14 @@ def build_agent_spec(policy: str, spec: NodeSysctlPolicySpec) -> AgentSpec:
     )
 
 
+def pin_to_node(node: str) -> dict[str, Any]:
+    """Pod affinity that pins a pod to one node the way the DaemonSet controller does: unlike
+    `nodeName`, the scheduler still honours taints (so tolerations matter) and resource fit."""
+    term = {"matchFields": [{"key": "metadata.name", "operator": "In", "values": [node]}]}
+    required = {"nodeSelectorTerms": [term]}
+    return {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": required}}
+
+
 def owner_reference(policy: str, uid: str) -> dict[str, Any]:
     # Jobs are owned by the (cluster-scoped) policy so the garbage collector removes them
     # with it, even if the operator is down when the policy is deleted.
@@ -151,21 +159,7 @@ def build_agent_job(
         "volumeMounts": mounts,
     }
     pod_spec: dict[str, Any] = {
-        # Pin the pod like the DaemonSet controller does: the scheduler still honours taints
-        # (so tolerations from the policy matter) and resource fit.
-        "affinity": {
-            "nodeAffinity": {
-                "requiredDuringSchedulingIgnoredDuringExecution": {
-                    "nodeSelectorTerms": [
-                        {
-                            "matchFields": [
-                                {"key": "metadata.name", "operator": "In", "values": [order.node]}
-                            ]
-                        }
-                    ]
-                }
-            }
-        },
+        "affinity": pin_to_node(order.node),
         "hostNetwork": True,
         "dnsPolicy": "ClusterFirstWithHostNet",
         "restartPolicy": "Never",

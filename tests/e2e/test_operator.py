@@ -15,6 +15,7 @@ from kubernetes import client
 from nodesysctl.agent.persist import render
 from nodesysctl.devcluster.nodes import SimulatedNode
 from nodesysctl.devcluster.waiting import wait_for
+from nodesysctl.devcluster.workloads import deployment as deployment_body
 from nodesysctl.jobs import ANNOTATION_NODE, LABEL_POLICY, RESTARTED_AT
 from nodesysctl.planning import ANNOTATION_PREFIX, NodeFacts, NodeResult, NodeState
 from nodesysctl.ports import PortRange
@@ -104,31 +105,11 @@ def events_for(api: Any, name: str, reason: str) -> list[dict[str, Any]]:
     return list(events["items"])
 
 
-def pinned_to(node: str) -> dict[str, Any]:
-    term = {"matchFields": [{"key": "metadata.name", "operator": "In", "values": [node]}]}
-    required = {"nodeSelectorTerms": [term]}
-    return {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": required}}
-
-
 def deployment(
     api: Any, namespace: str, name: str, node: str, labels: dict[str, str] | None = None
 ) -> None:
-    body = {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name, "labels": labels or {}},
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {
-                "metadata": {"labels": {"app": name}},
-                "spec": {
-                    "affinity": pinned_to(node),
-                    "containers": [{"name": "app", "image": "registry.k8s.io/pause:3.10"}],
-                },
-            },
-        },
-    }
+    """Create a one-replica Deployment on `node` and wait until it is available."""
+    body = deployment_body(name, node, labels)
     apps: Any = client.AppsV1Api(api)
     apps.create_namespaced_deployment(namespace, body)
 

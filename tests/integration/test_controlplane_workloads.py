@@ -14,6 +14,7 @@ from nodesysctl.devcluster.cluster import DevCluster
 from nodesysctl.devcluster.nodes import SimulatedNode
 from nodesysctl.devcluster.pytest_plugin import NodeFactory
 from nodesysctl.devcluster.waiting import wait_for
+from nodesysctl.jobs import pin_to_node
 
 pytestmark = pytest.mark.integration
 
@@ -35,23 +36,7 @@ def agent_job(name: str, node: str, spec_json: str, *, deadline: int = 60) -> di
             "template": {
                 "metadata": {"labels": AGENT_LABELS},
                 "spec": {
-                    "affinity": {
-                        "nodeAffinity": {
-                            "requiredDuringSchedulingIgnoredDuringExecution": {
-                                "nodeSelectorTerms": [
-                                    {
-                                        "matchFields": [
-                                            {
-                                                "key": "metadata.name",
-                                                "operator": "In",
-                                                "values": [node],
-                                            }
-                                        ]
-                                    }
-                                ]
-                            }
-                        }
-                    },
+                    "affinity": pin_to_node(node),
                     "hostNetwork": True,
                     "restartPolicy": "Never",
                     "automountServiceAccountToken": False,

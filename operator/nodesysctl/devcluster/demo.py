@@ -37,6 +37,7 @@ from .cluster import DevCluster
 from .controlplane import ControlPlane
 from .nodes import SimulatedNode
 from .waiting import wait_for
+from .workloads import deployment
 
 POLICY = "workers-nodeport-safe"
 RANGE = "net.ipv4.ip_local_port_range"
@@ -263,28 +264,6 @@ class Demo:
             ).data
         )
         return list(events["items"])  # fmt: skip
-
-
-def deployment(name: str, node: str, labels: dict[str, str]) -> dict[str, Any]:
-    term = {"matchFields": [{"key": "metadata.name", "operator": "In", "values": [node]}]}
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name, "labels": labels},
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {
-                "metadata": {"labels": {"app": name}},
-                "spec": {
-                    "affinity": {"nodeAffinity": {
-                        "requiredDuringSchedulingIgnoredDuringExecution": {
-                            "nodeSelectorTerms": [term]}}},
-                    "containers": [{"name": "app", "image": "registry.k8s.io/pause:3.10"}],
-                },
-            },
-        },
-    }  # fmt: skip
 
 
 @contextlib.contextmanager
