@@ -12,6 +12,7 @@ import logging
 import os
 import platform
 import signal
+import subprocess
 import sys
 import time
 from datetime import UTC, datetime
@@ -80,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
             "kernel": platform.release(),
             "load_average_at_start": os.getloadavg(),
         },
+        "commit": subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=False
+        ).stdout.strip(),
         "max_concurrent": args.concurrency,
         "convergence": [],
         "idle": [],
