@@ -299,17 +299,32 @@ def test_control_plane_component_restarted_mid_rollout(
     test_id: str,
 ) -> None:
     nodes = fleet(node_factory, 4)
-    apps = with_deployments(api_client, test_namespace, nodes[:2])
+    apps = with_deployments(api_client, test_namespace, nodes[2:])
     start_operator()
     name = f"{test_id}-{component[:4]}"
     policies.create(
         name,
-        restart_spec(node_factory.selector, test_namespace, rollout={"maxConcurrent": 1}),
+        restart_spec(
+            node_factory.selector,
+            test_namespace,
+            rollout={"maxConcurrent": 1, "maxFailedNodes": 4},
+            job={"activeDeadlineSeconds": 30},
+        ),
     )
     wait_jobs(api_client, name, 2)
     devcluster.control_plane.restart(component)
+    # A check running across the outage may never be reported (the simulated kubelet does not
+    # retry a status update the API server refused): its Job then fails at its deadline and
+    # the node is reported Failed. That is a correct ending; the rollout must go on regardless.
     settled(
-        api_client, policies, name, nodes, namespace=test_namespace, restarted=apps, timeout=240
+        api_client,
+        policies,
+        name,
+        nodes,
+        either=nodes[:2],
+        namespace=test_namespace,
+        restarted=apps,
+        timeout=240,
     )
 
 
