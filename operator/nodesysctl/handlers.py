@@ -1,10 +1,10 @@
 """Kopf wiring: watches, indices and one reconcile daemon per policy.
 
-Foreign kinds (Nodes, Jobs, Pods) are only *observed* through `@kopf.index` and
-`@kopf.on.event`, which never write annotations or finalizers onto them. All work is driven
-from the policy's own daemon; the observers merely wake it up. Kopf blocks the daemons until
-every index is fully listed, so a restarted operator sees the Jobs it created before it plans
-new ones.
+Foreign kinds are only *observed* — Nodes through `@kopf.on.event` into a small cache, our
+Jobs and their Pods through `@kopf.index` — which never writes annotations or finalizers onto
+them. All work is driven from the policy's own daemon; the observers merely wake it up. Kopf
+blocks the daemons until every index is fully listed, so a restarted operator sees the Jobs it
+created before it plans new ones.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
@@ -42,6 +43,7 @@ from nodesysctl.reconcile import (
 logger = logging.getLogger(__name__)
 
 PASS_RETRY_SECONDS = 5.0
+MAX_COALESCE_SECONDS = 2.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,7 +85,8 @@ class OperatorState:
         )
         self.kube = kube
         self.wakeups: dict[str, asyncio.Event] = {}
-        self.last_node_facts: dict[str, NodeFacts] = {}
+        # The Nodes as the watch last showed them (see node_event for why not a Kopf index).
+        self.nodes: dict[str, NodeFacts] = {}
         self.policy_ranges: dict[str, PolicyRanges] = {}
         # Results this operator wrote and the node watch has not echoed back yet.
         self.written: dict[tuple[str, str], NodeResult] = {}
@@ -116,37 +119,41 @@ async def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> Non
     # Discover the API once at start-up instead of watching CRDs and Namespaces: the operator
     # then needs no permission on either (the CRD is installed before the operator runs).
     settings.scanning.disabled = True
+    # List big clusters' Nodes in pages: one unpaginated list of 5000 Nodes is a memory peak
+    # CPython keeps (freed arenas are not returned to the OS).
+    settings.watching.chunk_size = 500
     logger.info("nodesysctl operator configured: %s", config)
 
 
 # --- Observers of foreign kinds: index + wake, never write -------------------------------
 
 
-# Index handlers are pure and cheap: coroutines spare them a worker-thread hop per event.
-@kopf.index("v1", "nodes")
-async def node_index(body: kopf.Body, name: str, **_: Any) -> dict[str, NodeFacts]:
-    return {name: NodeFacts.from_body(body)}
-
-
+# Nodes are kept by this event handler, not by a `@kopf.index`: Kopf holds every indexed
+# object's worker on one shared condition until all are listed, and wakes all of them for each
+# object listed — quadratic at start-up (110 s of CPU at 5000 Nodes, docs/performance.md).
+# Jobs and Pods of our own are few, so they stay indices: Kopf then starts the daemons only
+# once they are fully listed, and a restarted operator sees its earlier Jobs before planning.
 # The handlers that wake a daemon are coroutines on purpose: Kopf runs a plain `def` handler in
 # a worker thread, and asyncio.Event is not thread-safe — set() from another thread does not
 # wake the event loop, so a daemon slept on until its poll timeout (BUSY_POLL_SECONDS) instead
 # of reacting to the event (measured: 1.4x the floor's convergence time, see docs/performance.md).
 @kopf.on.event("v1", "nodes")
 async def node_event(type: str | None, body: kopf.Body, name: str, memo: Any, **_: Any) -> None:
-    """Wake the policies when something that matters changed; heartbeats change nothing."""
+    """Keep the Node's facts and wake the policies when they changed; heartbeats change
+    nothing. Idempotent: a re-list replays every Node and finds nothing new."""
     state = _state(memo)
     if type == "DELETED":
         state.written = {key: value for key, value in state.written.items() if key[1] != name}
-        if state.last_node_facts.pop(name, None) is not None:
+        if state.nodes.pop(name, None) is not None:
             state.wake()
         return
     facts = NodeFacts.from_body(body)
-    if state.last_node_facts.get(name) != facts:
-        state.last_node_facts[name] = facts
+    if state.nodes.get(name) != facts:
+        state.nodes[name] = facts
         state.wake()
 
 
+# Index handlers are pure and cheap: coroutines spare them a worker-thread hop per event.
 @kopf.index("batch", "v1", "jobs", labels={LABEL_MANAGED_BY: MANAGED_BY})
 async def job_index(body: kopf.Body, **_: Any) -> dict[str, Any] | None:
     facts = job_facts_from_body(body)
@@ -183,7 +190,6 @@ async def policy_event(name: str, memo: Any, **_: Any) -> None:
 @kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=10.0)
 async def reconcile_policy(name: str, uid: str, body: kopf.Body, memo: Any, **kwargs: Any) -> None:
     # Kopf passes each index as a keyword named after its handler function.
-    node_index: kopf.Index[str, NodeFacts] = kwargs["node_index"]
     job_index: kopf.Index[str, Any] = kwargs["job_index"]
     agent_pod_index: kopf.Index[str, Any] = kwargs["agent_pod_index"]
     state = _state(memo)
@@ -191,7 +197,8 @@ async def reconcile_policy(name: str, uid: str, body: kopf.Body, memo: Any, **kw
     try:
         while True:
             wakeup.clear()
-            snap = _snapshot(state, name, uid, body, node_index, job_index, agent_pod_index)
+            started = time.monotonic()
+            snap = _snapshot(state, name, uid, body, job_index, agent_pod_index)
             try:
                 result = await asyncio.to_thread(state.reconciler.run_once, snap, datetime.now(UTC))
             except Exception:
@@ -211,8 +218,12 @@ async def reconcile_policy(name: str, uid: str, body: kopf.Body, memo: Any, **kw
                 else:
                     state.policy_ranges[name] = result.ranges
                 state.wake(p for p in state.wakeups if p != name)
+            took = time.monotonic() - started
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wakeup.wait(), timeout=result.delay)
+            # Coalesce bursts (a restarted operator sees every Node once, each a wake-up): wait
+            # as long as the last pass took, so passes never use more than half of the time.
+            await asyncio.sleep(min(took, MAX_COALESCE_SECONDS))
     finally:
         state.policy_ranges.pop(name, None)
 
@@ -222,14 +233,10 @@ def _snapshot(
     name: str,
     uid: str,
     body: kopf.Body,
-    node_index: kopf.Index[str, NodeFacts],
     job_index: kopf.Index[str, Any],
     agent_pod_index: kopf.Index[str, Any],
 ) -> Snapshot:
-    nodes = []
-    for store in node_index.values():
-        for facts in store:
-            nodes.append(_overlay(state, name, facts))
+    nodes = [_overlay(state, name, facts) for facts in state.nodes.values()]
     jobs = list(job_index.get(name, ()))
     outcomes = {}
     for job in jobs:
@@ -263,16 +270,13 @@ def _overlay(state: OperatorState, policy: str, facts: NodeFacts) -> NodeFacts:
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL)
-async def policy_deleted(name: str, memo: Any, **kwargs: Any) -> None:
+async def policy_deleted(name: str, memo: Any, **_: Any) -> None:
     """Leave nothing behind: the policy's Jobs and its result annotations on Nodes."""
-    node_index: kopf.Index[str, NodeFacts] = kwargs["node_index"]
     state = _state(memo)
     removed = await asyncio.to_thread(
         state.kube.delete_policy_jobs, state.config.job_namespace, f"{LABEL_POLICY}={name}"
     )
-    annotated = [
-        facts.name for store in node_index.values() for facts in store if name in facts.results
-    ]
+    annotated = [facts.name for facts in state.nodes.values() if name in facts.results]
     await asyncio.to_thread(state.kube.clear_node_annotation, ANNOTATION_PREFIX + name, annotated)
     state.policy_ranges.pop(name, None)
     state.wakeups.pop(name, None)
