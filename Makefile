@@ -63,11 +63,11 @@ unit: $(STAMP) ## Fast tests: pure logic and the agent on real network namespace
 	$(BIN)/pytest -m 'not integration and not e2e'
 
 .PHONY: test
-test: lint controlplane ## Everything: lint, unit, netns, integration and end-to-end tests
-	NODESYSCTL_REQUIRE_CONTROLPLANE=1 NODESYSCTL_REQUIRE_NETNS=1 $(BIN)/pytest
+test: lint controlplane ## Everything: lint, unit, netns, integration, end-to-end tests, fault matrix
+	NODESYSCTL_REQUIRE_CONTROLPLANE=1 NODESYSCTL_REQUIRE_NETNS=1 NODESYSCTL_FAULTS=1 $(BIN)/pytest
 
 .PHONY: faults
-faults: $(STAMP) controlplane ## The fault matrix (tests/faults, ~10 min): crashes, control-plane restarts, bad Jobs
+faults: $(STAMP) controlplane ## Only the fault matrix (tests/faults, ~3 min; also part of make test)
 	NODESYSCTL_FAULTS=1 NODESYSCTL_REQUIRE_CONTROLPLANE=1 $(BIN)/pytest tests/faults -m faults -v
 
 .PHONY: bench

@@ -1,8 +1,9 @@
 """Fault matrix harness: the e2e fixtures (the operator as a real process) plus a fake agent
 image and the invariants every case must end in.
 
-The matrix is slow (it restarts etcd and kube-apiserver, and waits out Job deadlines), so it
-runs only with NODESYSCTL_FAULTS=1 (`make faults`); plain `pytest` lists the cases as skipped.
+The matrix restarts etcd and kube-apiserver and waits out Job deadlines (~3 min), so it runs
+only with NODESYSCTL_FAULTS=1 (`make test` and `make faults` set it); plain `pytest` lists the
+cases as skipped.
 """
 
 from __future__ import annotations
