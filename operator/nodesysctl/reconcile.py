@@ -137,11 +137,15 @@ class RestartLimiter:
         self.stamp = clock()
         self.lock = threading.Lock()
 
+    def _refill(self) -> None:
+        """Add the tokens earned since the last call (the caller holds the lock)."""
+        now = self.clock()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+
     def try_take(self) -> bool:
         with self.lock:
-            now = self.clock()
-            self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-            self.stamp = now
+            self._refill()
             if self.tokens >= 1.0:
                 self.tokens -= 1.0
                 return True
@@ -150,11 +154,10 @@ class RestartLimiter:
     def seconds_until_token(self) -> float:
         """How long until `try_take` can succeed (0 if it can now)."""
         with self.lock:
-            now = self.clock()
-            tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-            if tokens >= 1.0:
+            self._refill()
+            if self.tokens >= 1.0:
                 return 0.0
-            return (1.0 - tokens) / self.rate if self.rate > 0 else IDLE_POLL_SECONDS
+            return (1.0 - self.tokens) / self.rate if self.rate > 0 else IDLE_POLL_SECONDS
 
 
 @dataclasses.dataclass(frozen=True)
