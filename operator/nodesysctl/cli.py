@@ -43,14 +43,13 @@ def _status(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
     from nodesysctl.kube import Kube, new_api_client
-    from nodesysctl.planning import NodeFacts
     from nodesysctl.report import build_rows, render
 
     kube = Kube(new_api_client())
     policies = [
         p for p in kube.list_policies() if not args.policy or p["metadata"]["name"] == args.policy
     ]
-    nodes = [NodeFacts.from_body(n) for n in kube.list_nodes()]
+    nodes = kube.list_node_facts()
     width = shutil.get_terminal_size((120, 40)).columns
     print(render(build_rows(policies, nodes, datetime.now(UTC)), width=width))
     return 0

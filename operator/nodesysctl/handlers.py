@@ -87,6 +87,9 @@ class OperatorState:
         self.wakeups: dict[str, asyncio.Event] = {}
         # The Nodes as the watch last showed them (see node_event for why not a Kopf index).
         self.nodes: dict[str, NodeFacts] = {}
+        self.deleted_nodes: set[str] = set()
+        self.nodes_primed = asyncio.Lock()
+        self.primed = False
         self.policy_ranges: dict[str, PolicyRanges] = {}
         # Results this operator wrote and the node watch has not echoed back yet.
         self.written: dict[tuple[str, str], NodeResult] = {}
@@ -144,10 +147,12 @@ async def node_event(type: str | None, body: kopf.Body, name: str, memo: Any, **
     state = _state(memo)
     if type == "DELETED":
         state.written = {key: value for key, value in state.written.items() if key[1] != name}
+        state.deleted_nodes.add(name)
         if state.nodes.pop(name, None) is not None:
             state.wake()
         return
     facts = NodeFacts.from_body(body)
+    state.deleted_nodes.discard(name)
     if state.nodes.get(name) != facts:
         state.nodes[name] = facts
         state.wake()
@@ -194,6 +199,7 @@ async def reconcile_policy(name: str, uid: str, body: kopf.Body, memo: Any, **kw
     agent_pod_index: kopf.Index[str, Any] = kwargs["agent_pod_index"]
     state = _state(memo)
     wakeup = state.wakeup(name)
+    await _prime_nodes(state)
     try:
         while True:
             wakeup.clear()
@@ -226,6 +232,24 @@ async def reconcile_policy(name: str, uid: str, body: kopf.Body, memo: Any, **kw
             await asyncio.sleep(min(took, MAX_COALESCE_SECONDS))
     finally:
         state.policy_ranges.pop(name, None)
+
+
+async def _prime_nodes(state: OperatorState) -> None:
+    """Fill the Node cache from one paged LIST before the first pass, once per process.
+
+    Kopf delays the daemons until the Job and Pod indices are listed, but Nodes are not an
+    index (see node_event), so without this a pass right after a restart could see only part
+    of the Nodes and take a running check of an unseen Node for one of a vanished Node.
+    Facts the watch delivered already are newer and stay; Nodes it reported deleted stay out.
+    """
+    async with state.nodes_primed:
+        if state.primed:
+            return
+        listed = await asyncio.to_thread(state.kube.list_node_facts)
+        for facts in listed:
+            if facts.name not in state.nodes and facts.name not in state.deleted_nodes:
+                state.nodes[facts.name] = facts
+        state.primed = True
 
 
 def _snapshot(

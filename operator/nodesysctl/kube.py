@@ -26,7 +26,7 @@ from kubernetes.client import (
 from kubernetes.client.exceptions import ApiException
 
 from nodesysctl import GROUP, KIND, PLURAL, VERSION
-from nodesysctl.planning import format_time
+from nodesysctl.planning import NodeFacts, format_time
 
 logger = logging.getLogger(__name__)
 
@@ -154,8 +154,16 @@ class Kube:
             )["items"]
         )
 
-    def list_nodes(self) -> list[dict[str, Any]]:
-        return list(_json(self.core.list_node(_preload_content=False))["items"])
+    def list_node_facts(self, page: int = 500) -> list[NodeFacts]:
+        """Every Node's facts, listed in pages and reduced page by page (no full bodies kept)."""
+        facts: list[NodeFacts] = []
+        token: str | None = None
+        while True:
+            chunk = _json(self.core.list_node(limit=page, _continue=token, _preload_content=False))
+            facts += [NodeFacts.from_body(item) for item in chunk.get("items", [])]
+            token = (chunk.get("metadata") or {}).get("continue")
+            if not token:
+                return facts
 
     # --- Workloads ------------------------------------------------------------------------
 

@@ -247,7 +247,10 @@ class PolicyReconciler:
         ]
         for order, created in zip(plan.checks, self._each(self.kube.create_job, jobs), strict=True):
             if created:
-                logger.info("policy %s: checking node %s (%s)", snap.name, order.node, order.reason)
+                logger.info(
+                    "policy %s: checking node %s (%s, boot %s) with Job %s",
+                    snap.name, order.node, order.reason, order.boot_id, order.job_name,
+                )  # fmt: skip
         if plan.halted and not _condition_true(snap.status, "Degraded"):
             self.kube.post_event(
                 policy_ref(snap.name, snap.uid),

@@ -59,14 +59,19 @@ class OperatorProcess:
 
 @pytest.fixture(scope="session")
 def job_namespace(devcluster: DevCluster) -> str:
-    """The agent Jobs' namespace, privileged as in manifests/base (the Jobs need it)."""
-    devcluster.create_namespace(
-        JOB_NAMESPACE,
-        {
-            "pod-security.kubernetes.io/enforce": "privileged",
-            "pod-security.kubernetes.io/warn": "privileged",
-        },
-    )
+    """The agent Jobs' namespace, privileged as in manifests/base (the Jobs need it). The
+    fault matrix shares this fixture, so the namespace may exist already."""
+    try:
+        devcluster.create_namespace(
+            JOB_NAMESPACE,
+            {
+                "pod-security.kubernetes.io/enforce": "privileged",
+                "pod-security.kubernetes.io/warn": "privileged",
+            },
+        )
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
     return JOB_NAMESPACE
 
 
