@@ -27,6 +27,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from nodesysctl.api import Mode as Mode  # re-exported: the agent speaks the policy's modes
 from nodesysctl.ports import MAX_PORT, PortRange, contains_all
 
 # Kubernetes cuts termination messages at 4096 bytes; keep a margin below it.
@@ -40,11 +41,6 @@ MAX_RESERVED_TEXT_CHARS = 300
 _POLICY_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 # systemd-sysctl and `sysctl --system` only read `*.conf`; no path separators allowed.
 _PERSIST_FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*\.conf$")
-
-
-class Mode(StrEnum):
-    ENFORCE = "Enforce"
-    AUDIT = "Audit"
 
 
 class Status(StrEnum):
