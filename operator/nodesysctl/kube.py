@@ -1,8 +1,13 @@
 """Kubernetes I/O: thin, blocking calls over the official client.
 
 Every function here blocks; the Kopf handlers call them through `asyncio.to_thread`, never
-directly from the event loop. Bodies go in and come out as plain dicts (`_preload_content=False`
-+ `json.loads`), which keeps the pure core free of client model classes.
+directly from the event loop. Bodies go in and come out as plain dicts, which keeps the pure
+core free of client model classes.
+
+Requests go through the client's `ApiClient` (kubeconfig, in-cluster credentials, TLS, auth
+plugins) by REST path, not through the generated `CoreV1Api`-style classes: importing those
+builds a few hundred pydantic models the operator never uses — 27 MiB of its resident memory
+(docs/performance.md).
 """
 
 from __future__ import annotations
@@ -12,17 +17,10 @@ import logging
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote
 
 import kubernetes
-from kubernetes.client import (
-    ApiClient,
-    AppsV1Api,
-    BatchV1Api,
-    CoreV1Api,
-    CoreV1Event,
-    CustomObjectsApi,
-    V1Job,
-)
+from kubernetes.client import ApiClient
 from kubernetes.client.exceptions import ApiException
 
 from nodesysctl import GROUP, KIND, PLURAL, VERSION
@@ -31,10 +29,11 @@ from nodesysctl.planning import NodeFacts, format_time
 logger = logging.getLogger(__name__)
 
 FIELD_MANAGER = "nodesysctl"
-# The generated client defaults a dict body to a JSON *patch*; we always send merge patches.
 MERGE_PATCH = "application/merge-patch+json"
 EVENT_NAMESPACE = "default"  # where Events about cluster-scoped objects go (as kubelet does)
 REPORTING_COMPONENT = "nodesysctl-operator"
+WORKLOAD_PLURALS = {"Deployment": "deployments", "StatefulSet": "statefulsets",
+                    "DaemonSet": "daemonsets"}  # fmt: skip
 
 
 def new_api_client() -> ApiClient:
@@ -46,18 +45,68 @@ def new_api_client() -> ApiClient:
     return ApiClient()
 
 
-def _json(response: Any) -> Any:
-    return json.loads(response.data)
+class Rest:
+    """JSON over the API server's REST paths, with the client's configuration and auth."""
+
+    def __init__(self, api: ApiClient) -> None:
+        self.api = api
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: Mapping[str, str | int | None] | None = None,
+        body: Any = None,
+        content_type: str = "application/json",
+    ) -> Any:
+        """The decoded JSON response; ApiException (with .status) for any non-2xx answer."""
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = content_type
+        params = [(key, value) for key, value in (query or {}).items() if value is not None]
+        serialized = self.api.param_serialize(
+            method=method,
+            resource_path=path,
+            query_params=params,
+            header_params=headers,
+            body=body,
+            auth_settings=["BearerToken"],
+        )
+        response = self.api.call_api(*serialized)
+        response.read()  # type: ignore[no-untyped-call]
+        if not 200 <= response.status <= 299:
+            raise ApiException(http_resp=response)
+        return json.loads(response.data) if response.data else None
+
+    def get(self, path: str, **query: str | int | None) -> Any:
+        return self.request("GET", path, query=query)
+
+    def create(self, path: str, body: Mapping[str, Any]) -> Any:
+        return self.request("POST", path, query={"fieldManager": FIELD_MANAGER}, body=dict(body))
+
+    def merge_patch(self, path: str, patch: Mapping[str, Any]) -> Any:
+        return self.request("PATCH", path, query={"fieldManager": FIELD_MANAGER},
+                            body=dict(patch), content_type=MERGE_PATCH)  # fmt: skip
+
+    def delete(self, path: str, **query: str | int | None) -> Any:
+        return self.request("DELETE", path, query=query)
+
+
+def _name(value: str) -> str:
+    return quote(value, safe="")
+
+
+def _policy_path(name: str = "") -> str:
+    path = f"/apis/{GROUP}/{VERSION}/{PLURAL}"
+    return f"{path}/{_name(name)}" if name else path
 
 
 class Kube:
     """The handful of API calls the operator makes, each with the errors it tolerates."""
 
     def __init__(self, api: ApiClient) -> None:
-        self.core = CoreV1Api(api)
-        self.batch = BatchV1Api(api)
-        self.apps = AppsV1Api(api)
-        self.custom = CustomObjectsApi(api)
+        self.rest = Rest(api)
 
     # --- agent Jobs -----------------------------------------------------------------------
 
@@ -65,12 +114,7 @@ class Kube:
         """Create a Job; False if one by that name exists already (idempotent retries)."""
         namespace = body["metadata"]["namespace"]
         try:
-            self.batch.create_namespaced_job(
-                namespace,
-                V1Job.model_validate(dict(body)),
-                field_manager=FIELD_MANAGER,
-                _preload_content=False,
-            )
+            self.rest.create(f"/apis/batch/v1/namespaces/{_name(namespace)}/jobs", body)
         except ApiException as exc:
             if exc.status == 409:
                 return False
@@ -79,18 +123,17 @@ class Kube:
 
     def delete_job(self, namespace: str, name: str) -> None:
         try:
-            self.batch.delete_namespaced_job(
-                name, namespace, propagation_policy="Background", _preload_content=False
+            self.rest.delete(
+                f"/apis/batch/v1/namespaces/{_name(namespace)}/jobs/{_name(name)}",
+                propagationPolicy="Background",
             )
         except ApiException as exc:
             if exc.status != 404:
                 raise
 
     def delete_policy_jobs(self, namespace: str, label_selector: str) -> int:
-        jobs = _json(
-            self.batch.list_namespaced_job(
-                namespace, label_selector=label_selector, _preload_content=False
-            )
+        jobs = self.rest.get(
+            f"/apis/batch/v1/namespaces/{_name(namespace)}/jobs", labelSelector=label_selector
         )
         names = [item["metadata"]["name"] for item in jobs.get("items", [])]
         for name in names:
@@ -99,12 +142,9 @@ class Kube:
 
     def job_pods(self, namespace: str, job: str) -> list[dict[str, Any]]:
         """Pods of one Job (used when the watch has not delivered them yet)."""
-        pods = _json(
-            self.core.list_namespaced_pod(
-                namespace,
-                label_selector=f"batch.kubernetes.io/job-name={job}",
-                _preload_content=False,
-            )
+        pods = self.rest.get(
+            f"/api/v1/namespaces/{_name(namespace)}/pods",
+            labelSelector=f"batch.kubernetes.io/job-name={job}",
         )
         return list(pods.get("items", []))
 
@@ -112,13 +152,7 @@ class Kube:
 
     def patch_node(self, name: str, patch: Mapping[str, Any]) -> None:
         try:
-            self.core.patch_node(
-                name,
-                dict(patch),
-                field_manager=FIELD_MANAGER,
-                _content_type=MERGE_PATCH,
-                _preload_content=False,
-            )
+            self.rest.merge_patch(f"/api/v1/nodes/{_name(name)}", patch)
         except ApiException as exc:
             if exc.status != 404:  # the node left meanwhile: nothing to record on it
                 raise
@@ -131,35 +165,20 @@ class Kube:
 
     def patch_policy_status(self, name: str, status: Mapping[str, Any]) -> None:
         try:
-            self.custom.patch_cluster_custom_object_status(
-                GROUP,
-                VERSION,
-                PLURAL,
-                name,
-                {"status": dict(status)},
-                field_manager=FIELD_MANAGER,
-                _content_type=MERGE_PATCH,
-                _preload_content=False,
-            )
+            self.rest.merge_patch(f"{_policy_path(name)}/status", {"status": dict(status)})
         except ApiException as exc:
             if exc.status != 404:  # deleted meanwhile
                 raise
 
     def list_policies(self) -> list[dict[str, Any]]:
-        return list(
-            _json(
-                self.custom.list_cluster_custom_object(
-                    GROUP, VERSION, PLURAL, _preload_content=False
-                )
-            )["items"]
-        )
+        return list(self.rest.get(_policy_path())["items"])
 
     def list_node_facts(self, page: int = 500) -> list[NodeFacts]:
         """Every Node's facts, listed in pages and reduced page by page (no full bodies kept)."""
         facts: list[NodeFacts] = []
         token: str | None = None
         while True:
-            chunk = _json(self.core.list_node(limit=page, _continue=token, _preload_content=False))
+            chunk = self.rest.get("/api/v1/nodes", limit=page, **{"continue": token})
             facts += [NodeFacts.from_body(item) for item in chunk.get("items", [])]
             token = (chunk.get("metadata") or {}).get("continue")
             if not token:
@@ -168,57 +187,25 @@ class Kube:
     # --- Workloads ------------------------------------------------------------------------
 
     def pods_on_node(self, node: str) -> list[dict[str, Any]]:
-        pods = _json(
-            self.core.list_pod_for_all_namespaces(
-                field_selector=f"spec.nodeName={node}", _preload_content=False
-            )
-        )
+        pods = self.rest.get("/api/v1/pods", fieldSelector=f"spec.nodeName={node}")
         return list(pods.get("items", []))
 
     def list_workloads(
         self, kind: str, namespaces: Iterable[str], label_selector: str
     ) -> list[dict[str, Any]]:
-        lister_all, lister_ns = {
-            "Deployment": (
-                self.apps.list_deployment_for_all_namespaces,
-                self.apps.list_namespaced_deployment,
-            ),
-            "StatefulSet": (
-                self.apps.list_stateful_set_for_all_namespaces,
-                self.apps.list_namespaced_stateful_set,
-            ),
-            "DaemonSet": (
-                self.apps.list_daemon_set_for_all_namespaces,
-                self.apps.list_namespaced_daemon_set,
-            ),
-        }[kind]
-        wanted = list(namespaces)
-        if not wanted:
-            return list(
-                _json(lister_all(label_selector=label_selector, _preload_content=False))["items"]
-            )
+        plural = WORKLOAD_PLURALS[kind]
+        paths = [f"/apis/apps/v1/namespaces/{_name(ns)}/{plural}" for ns in namespaces]
         items: list[dict[str, Any]] = []
-        for namespace in wanted:
-            items += _json(
-                lister_ns(namespace, label_selector=label_selector, _preload_content=False)
-            )["items"]
+        for path in paths or [f"/apis/apps/v1/{plural}"]:
+            items += self.rest.get(path, labelSelector=label_selector)["items"]
         return items
 
     def patch_workload(
         self, kind: str, namespace: str, name: str, patch: Mapping[str, Any]
     ) -> None:
-        patcher = {
-            "Deployment": self.apps.patch_namespaced_deployment,
-            "StatefulSet": self.apps.patch_namespaced_stateful_set,
-            "DaemonSet": self.apps.patch_namespaced_daemon_set,
-        }[kind]
-        patcher(
-            name,
-            namespace,
-            dict(patch),
-            field_manager=FIELD_MANAGER,
-            _content_type=MERGE_PATCH,
-            _preload_content=False,
+        plural = WORKLOAD_PLURALS[kind]
+        self.rest.merge_patch(
+            f"/apis/apps/v1/namespaces/{_name(namespace)}/{plural}/{_name(name)}", patch
         )
 
     # --- Events ---------------------------------------------------------------------------
@@ -250,9 +237,7 @@ class Kube:
             "count": 1,
         }
         try:
-            self.core.create_namespaced_event(
-                namespace, CoreV1Event.model_validate(body), _preload_content=False
-            )
+            self.rest.request("POST", f"/api/v1/namespaces/{_name(namespace)}/events", body=body)
         except ApiException as exc:
             logger.warning("could not post event %s on %s: %s", reason, involved, exc.reason)
 

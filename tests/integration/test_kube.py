@@ -1,0 +1,156 @@
+"""`nodesysctl.kube.Kube` against the real API server: every call the operator makes, by REST
+path, with the errors each one tolerates and the ones it must raise."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from nodesysctl import GROUP, KIND, VERSION
+from nodesysctl.devcluster.cluster import DevCluster
+from nodesysctl.devcluster.pytest_plugin import NodeFactory
+from nodesysctl.kube import FIELD_MANAGER, Kube, node_ref, policy_ref, workload_ref
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def kube(api_client: Any) -> Kube:
+    return Kube(api_client)
+
+
+def job_body(namespace: str, name: str, labels: dict[str, str]) -> dict[str, Any]:
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels},
+        "spec": {
+            "suspend": True,  # never runs: this test is about the API calls only
+            "template": {
+                "spec": {
+                    "restartPolicy": "Never",
+                    "containers": [{"name": "c", "image": "example.invalid/none:1"}],
+                }
+            },
+        },
+    }
+
+
+def test_jobs_create_idempotently_list_and_delete(kube: Kube, test_namespace: str) -> None:
+    labels = {"nodesysctl.io/test": test_namespace}
+    assert kube.create_job(job_body(test_namespace, "a", labels)) is True
+    assert kube.create_job(job_body(test_namespace, "a", labels)) is False  # 409: exists
+    assert kube.create_job(job_body(test_namespace, "b", labels)) is True
+    batch: Any = client.BatchV1Api(kube.rest.api)
+    created = json.loads(
+        batch.read_namespaced_job("a", test_namespace, _preload_content=False).data
+    )
+    managers = {entry["manager"] for entry in created["metadata"]["managedFields"]}
+    assert FIELD_MANAGER in managers
+
+    kube.delete_job(test_namespace, "missing")  # 404 is fine
+    assert kube.delete_policy_jobs(test_namespace, "nodesysctl.io/test=" + test_namespace) == 2
+    remaining = json.loads(batch.list_namespaced_job(test_namespace, _preload_content=False).data)
+    assert all(item["metadata"].get("deletionTimestamp") for item in remaining["items"])
+    assert kube.job_pods(test_namespace, "a") == []
+
+
+def test_an_invalid_body_raises_with_the_api_servers_status(
+    kube: Kube, test_namespace: str
+) -> None:
+    body = job_body(test_namespace, "Not_A_Name", {})
+    with pytest.raises(ApiException) as raised:
+        kube.create_job(body)
+    assert raised.value.status == 422
+    assert "Not_A_Name" in str(raised.value.body)
+
+
+def test_nodes_list_in_pages_and_patch_by_merge(kube: Kube, node_factory: NodeFactory) -> None:
+    made = node_factory.many(5)
+    names = {node.name for node in made}
+    listed = {facts.name: facts for facts in kube.list_node_facts(page=2)}
+    assert names <= set(listed)
+    first = made[0].name
+    assert listed[first].labels == {**node_factory.selector, **listed[first].labels}
+    assert listed[first].boot_id == made[0].boot_id
+
+    kube.patch_node(first, {"metadata": {"annotations": {"nodesysctl.io/test": "x"}}})
+    core: Any = client.CoreV1Api(kube.rest.api)
+    assert core.read_node(first).metadata.annotations["nodesysctl.io/test"] == "x"
+    kube.clear_node_annotation("nodesysctl.io/test", [first, "no-such-node"])  # 404 is fine
+    assert "nodesysctl.io/test" not in (core.read_node(first).metadata.annotations or {})
+
+
+def test_policy_status_patch_and_list(
+    kube: Kube, devcluster: DevCluster, crds_installed: list[str], test_id: str
+) -> None:
+    custom: Any = client.CustomObjectsApi(kube.rest.api)
+    body = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": KIND,
+        "metadata": {"name": test_id},
+        "spec": {"remediation": {"mode": "Audit"}, "nodeSelector": {"matchLabels": {"x": "y"}}},
+    }
+    custom.create_cluster_custom_object(GROUP, VERSION, "nodesysctlpolicies", body)
+    try:
+        kube.patch_policy_status(test_id, {"observedGeneration": 1, "nodes": 3})
+        listed = {p["metadata"]["name"]: p for p in kube.list_policies()}
+        assert listed[test_id]["status"]["nodes"] == 3
+        kube.patch_policy_status("no-such-policy", {"nodes": 1})  # deleted meanwhile: fine
+    finally:
+        custom.delete_cluster_custom_object(GROUP, VERSION, "nodesysctlpolicies", test_id)
+
+
+def test_workloads_list_by_namespace_and_selector_and_patch(
+    kube: Kube, test_namespace: str
+) -> None:
+    apps: Any = client.AppsV1Api(kube.rest.api)
+    labels = {"app": "web"}
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "web", "labels": labels},
+        "spec": {
+            "replicas": 0,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {"containers": [{"name": "c", "image": "example.invalid/none:1"}]},
+            },
+        },
+    }
+    apps.create_namespaced_deployment(test_namespace, deployment)
+    assert [d["metadata"]["name"] for d in kube.list_workloads("Deployment", [test_namespace],
+                                                               "app=web")] == ["web"]  # fmt: skip
+    everywhere = kube.list_workloads("Deployment", [], "app=web")
+    assert test_namespace in {d["metadata"]["namespace"] for d in everywhere}
+    assert kube.list_workloads("Deployment", [test_namespace], "app=other") == []
+
+    stamp = {"spec": {"template": {"metadata": {"annotations": {"k": "v"}}}}}
+    kube.patch_workload("Deployment", test_namespace, "web", stamp)
+    read = apps.read_namespaced_deployment("web", test_namespace)
+    assert read.spec.template.metadata.annotations == {"k": "v"}
+
+
+def test_events_are_posted_about_nodes_policies_and_workloads(
+    kube: Kube, test_namespace: str, test_id: str
+) -> None:
+    kube.post_event(policy_ref(test_id, "uid-1"), warning=True, reason="TestReason", message="m")
+    kube.post_event(node_ref(test_id), warning=False, reason="TestNode", message="n" * 5000)
+    kube.post_event(
+        workload_ref("Deployment", test_namespace, "web", "uid-2"),
+        warning=False,
+        reason="TestWorkload",
+        message="w",
+    )
+    core: Any = client.CoreV1Api(kube.rest.api)
+    default = json.loads(core.list_namespaced_event("default", _preload_content=False).data)
+    mine = {e["reason"]: e for e in default["items"] if e["involvedObject"]["name"] == test_id}
+    assert mine["TestReason"]["type"] == "Warning"
+    assert len(mine["TestNode"]["message"]) == 1024
+    local = json.loads(core.list_namespaced_event(test_namespace, _preload_content=False).data)
+    assert [e["reason"] for e in local["items"]] == ["TestWorkload"]
