@@ -24,9 +24,9 @@ venv: $(STAMP) ## Create .venv with the package and its dev tools
 
 .PHONY: lint
 lint: $(STAMP) scan ## ruff, mypy --strict, import contracts, and `make scan`
-	$(BIN)/ruff check operator tests
-	$(BIN)/ruff format --check operator tests
-	$(BIN)/mypy operator/nodesysctl
+	$(BIN)/ruff check operator tests bench
+	$(BIN)/ruff format --check operator tests bench
+	$(BIN)/mypy operator/nodesysctl bench
 	$(BIN)/lint-imports
 
 .PHONY: controlplane
@@ -76,8 +76,8 @@ bench: $(STAMP) controlplane ## Benchmark (~25 min): convergence vs floor, API c
 
 .PHONY: fmt
 fmt: $(STAMP) ## Format and autofix
-	$(BIN)/ruff format operator tests
-	$(BIN)/ruff check --fix operator tests
+	$(BIN)/ruff format operator tests bench
+	$(BIN)/ruff check --fix operator tests bench
 
 .PHONY: clean
 clean: ## Remove the virtualenv and caches (not the control-plane binaries)

@@ -65,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--window", type=float, default=60.0, help="idle window, seconds")
     parser.add_argument("--heartbeats", type=int, default=5000)
+    parser.add_argument(
+        "--node-images", type=int, default=50, help="status.images per Node in the idle runs"
+    )
     parser.add_argument("--out", type=Path, default=None, help="JSON file for the results")
     args = parser.parse_args(argv)
     # SIGTERM (timeout, Ctrl-C in make) unwinds like an exception: the cluster is cleaned up.
@@ -98,7 +101,14 @@ def main(argv: list[str] | None = None) -> int:
             results["convergence"].append(row)
         for size in args.idle_sizes:
             log.info("idle operator at %d nodes", size)
-            row = idle_at(bench, fleet, size, window=args.window, heartbeats=args.heartbeats)
+            row = idle_at(
+                bench,
+                fleet,
+                size,
+                window=args.window,
+                heartbeats=args.heartbeats,
+                node_images=args.node_images,
+            )
             log.info("%s", json.dumps(row))
             results["idle"].append(row)
     results["load_average_at_end"] = os.getloadavg()

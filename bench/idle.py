@@ -8,9 +8,12 @@ its start-up (the initial list of every Node) and the idle window.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from datetime import UTC, datetime
 from typing import Any
+
+from kubernetes import client
 
 from nodesysctl.api import parse_spec
 from nodesysctl.devcluster.nodes import SimulatedNode
@@ -49,6 +52,29 @@ def seed_results(bench: BenchCluster, nodes: list[SimulatedNode]) -> float:
     ]
     bench.patch_nodes(patches, status=False)
     return time.monotonic() - start
+
+
+def image_list(count: int) -> list[dict[str, Any]]:
+    """`status.images` as a kubelet reports them (it keeps the 50 biggest by default,
+    nodeStatusMaxImages): real Nodes are 10-15 KiB of JSON mostly because of this list, the
+    simulated ones 2 KiB without it. Memory per Node is measured with realistic bodies."""
+    images = []
+    for index in range(count):
+        repo = f"registry.example.com/team-{index % 7}/service-{index}"
+        digest = hashlib.sha256(repo.encode()).hexdigest()
+        images.append(
+            {
+                "names": [f"{repo}@sha256:{digest}", f"{repo}:v1.{index}.0"],
+                "sizeBytes": 10_000_000 + 1_000_003 * index,
+            }
+        )
+    return images
+
+
+def seed_images(bench: BenchCluster, nodes: list[SimulatedNode], count: int) -> None:
+    if count:
+        images = image_list(count)
+        bench.patch_nodes([(n.name, {"status": {"images": images}}) for n in nodes], status=True)
 
 
 def heartbeat_patches(nodes: list[SimulatedNode], updates: int) -> list[tuple[str, Any]]:
@@ -165,14 +191,25 @@ def _wait_cpu_settled(operator: Any, quiet: float = 3.0) -> None:
 
 
 def idle_at(
-    bench: BenchCluster, fleet: Fleet, size: int, *, window: float, heartbeats: int
+    bench: BenchCluster,
+    fleet: Fleet,
+    size: int,
+    *,
+    window: float,
+    heartbeats: int,
+    node_images: int,
 ) -> dict[str, Any]:
     grow_seconds = fleet.grow(size) if size > len(fleet.nodes) else 0.0
     seed_seconds = seed_results(bench, fleet.nodes)
+    seed_images(bench, fleet.nodes, node_images)
     if bench.policy(IDLE_POLICY) is None:
         bench.create_policy(IDLE_POLICY, IDLE_SPEC)
     result = measure_idle(bench, fleet, window=window, heartbeats=heartbeats)
+    core: Any = client.CoreV1Api(bench.api)
+    sample = core.read_node(fleet.nodes[0].name, _preload_content=False)
     return {
+        "node_images": node_images,
+        "node_json_bytes": len(sample.data),
         "create_nodes_seconds": round(grow_seconds, 1),
         "seed_results_seconds": round(seed_seconds, 1),
         **result,
