@@ -1,10 +1,11 @@
 """Kopf wiring: watches, indices and one reconcile daemon per policy.
 
-Foreign kinds are only *observed* — Nodes through `@kopf.on.event` into a small cache, our
-Jobs and their Pods through `@kopf.index` — which never writes annotations or finalizers onto
-them. All work is driven from the policy's own daemon; the observers merely wake it up. Kopf
-blocks the daemons until every index is fully listed, so a restarted operator sees the Jobs it
-created before it plans new ones.
+Foreign kinds are only *observed* — Nodes through a list+watch that keeps each Node's few facts
+(`nodesysctl.nodewatch`), our Jobs and their Pods through `@kopf.index` — which never writes
+annotations or finalizers onto them. All work is driven from the policy's own daemon; the
+observers merely wake it up. Kopf blocks the daemons until every index is fully listed, so a
+restarted operator sees the Jobs it created before it plans new ones; the daemons also wait for
+the first complete list of Nodes.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from nodesysctl.jobs import (
     JobSettings,
 )
 from nodesysctl.kube import Kube, new_api_client
+from nodesysctl.nodewatch import NodeCache, NodeUpdate, NodeWatch
 from nodesysctl.planning import ANNOTATION_PREFIX, NodeFacts, NodeResult, PolicyRanges
 from nodesysctl.reconcile import (
     PodOutcome,
@@ -85,11 +87,10 @@ class OperatorState:
         )
         self.kube = kube
         self.wakeups: dict[str, asyncio.Event] = {}
-        # The Nodes as the watch last showed them (see node_event for why not a Kopf index).
-        self.nodes: dict[str, NodeFacts] = {}
-        self.deleted_nodes: set[str] = set()
-        self.nodes_primed = asyncio.Lock()
-        self.primed = False
+        # The Nodes as the node watch last showed them; complete once `nodes_listed` is set.
+        self.node_cache = NodeCache()
+        self.nodes_listed = asyncio.Event()
+        self.node_watch: NodeWatch | None = None
         self.policy_ranges: dict[str, PolicyRanges] = {}
         # Results this operator wrote and the node watch has not echoed back yet.
         self.written: dict[tuple[str, str], NodeResult] = {}
@@ -100,6 +101,21 @@ class OperatorState:
     def wake(self, policies: Iterable[str] | None = None) -> None:
         for name in self.wakeups if policies is None else policies:
             self.wakeup(name).set()
+
+    @property
+    def nodes(self) -> dict[str, NodeFacts]:
+        return self.node_cache.nodes
+
+    def apply_node_update(self, update: NodeUpdate) -> None:
+        """On the event loop: take one update of the node watch; wake the policies if a Node's
+        facts changed (heartbeats change nothing)."""
+        changed = self.node_cache.apply(update)
+        gone = {name for name in changed if name not in self.node_cache.nodes}
+        if gone:
+            self.written = {key: value for key, value in self.written.items() if key[1] not in gone}
+        self.nodes_listed.set()  # every update comes after the first complete list
+        if changed:
+            self.wake()
 
 
 def _state(memo: Any) -> OperatorState:
@@ -125,10 +141,10 @@ async def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> Non
     # List big clusters' Nodes in pages: one unpaginated list of 5000 Nodes is a memory peak
     # CPython keeps (freed arenas are not returned to the OS).
     settings.watching.chunk_size = 500
+    _start_node_watch(memo.nodesysctl, asyncio.get_running_loop())
     # Kopf keeps an object's worker, and with it the object's last full body, alive this long
-    # after its last event. With the default 5 s, a start-up holds every Node's body at once:
-    # 5000 Nodes peaked at 206 MiB, 129 MiB with 0.1 s (docs/performance.md). A later event
-    # simply starts a new worker; the Nodes' per-object memory (ResourceMemory) stays.
+    # after its last event (default 5 s): a rollout's burst of Job and Pod events would keep all
+    # those bodies at once. A later event simply starts a new worker.
     settings.queueing.idle_timeout = 0.1
     logger.info("nodesysctl operator configured: %s", config)
 
@@ -136,33 +152,32 @@ async def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> Non
 # --- Observers of foreign kinds: index + wake, never write -------------------------------
 
 
-# Nodes are kept by this event handler, not by a `@kopf.index`: Kopf holds every indexed
-# object's worker on one shared condition until all are listed, and wakes all of them for each
-# object listed — quadratic at start-up (110 s of CPU at 5000 Nodes, docs/performance.md).
-# Jobs and Pods of our own are few, so they stay indices: Kopf then starts the daemons only
-# once they are fully listed, and a restarted operator sees its earlier Jobs before planning.
+def _start_node_watch(state: OperatorState, loop: asyncio.AbstractEventLoop) -> None:
+    """Nodes are watched by `NodeWatch` in its own thread, not by Kopf (see its docstring for
+    the memory this saves); each update is handed to the event loop, which owns the cache."""
+
+    def on_update(update: NodeUpdate) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop closed: the operator is exiting
+            loop.call_soon_threadsafe(state.apply_node_update, update)
+
+    # The watch holds a connection for minutes at a time: not one of the passes' pool.
+    state.node_watch = NodeWatch(state.kube.with_own_pool(), on_update)
+    state.node_watch.start()
+
+
+@kopf.on.cleanup()
+async def stop_node_watch(memo: Any, **_: Any) -> None:
+    state = getattr(memo, "nodesysctl", None)
+    if state is not None and state.node_watch is not None:
+        state.node_watch.stop()
+
+
 # The handlers that wake a daemon are coroutines on purpose: Kopf runs a plain `def` handler in
 # a worker thread, and asyncio.Event is not thread-safe — set() from another thread does not
 # wake the event loop, so a daemon slept on until its poll timeout (BUSY_POLL_SECONDS) instead
 # of reacting to the event (measured: 1.4x the floor's convergence time, see docs/performance.md).
-@kopf.on.event("v1", "nodes")
-async def node_event(type: str | None, body: kopf.Body, name: str, memo: Any, **_: Any) -> None:
-    """Keep the Node's facts and wake the policies when they changed; heartbeats change
-    nothing. Idempotent: a re-list replays every Node and finds nothing new."""
-    state = _state(memo)
-    if type == "DELETED":
-        state.written = {key: value for key, value in state.written.items() if key[1] != name}
-        state.deleted_nodes.add(name)
-        if state.nodes.pop(name, None) is not None:
-            state.wake()
-        return
-    facts = NodeFacts.from_body(body)
-    state.deleted_nodes.discard(name)
-    if state.nodes.get(name) != facts:
-        state.nodes[name] = facts
-        state.wake()
-
-
+# Jobs and Pods of our own are few, so they are Kopf indices: Kopf then starts the daemons only
+# once they are fully listed, and a restarted operator sees its earlier Jobs before planning.
 # Index handlers are pure and cheap: coroutines spare them a worker-thread hop per event.
 @kopf.index("batch", "v1", "jobs", labels={LABEL_MANAGED_BY: MANAGED_BY})
 async def job_index(body: kopf.Body, **_: Any) -> dict[str, Any] | None:
@@ -204,7 +219,9 @@ async def reconcile_policy(name: str, uid: str, body: kopf.Body, memo: Any, **kw
     agent_pod_index: kopf.Index[str, Any] = kwargs["agent_pod_index"]
     state = _state(memo)
     wakeup = state.wakeup(name)
-    await _prime_nodes(state)
+    # A pass on a partly listed Node set would take a running check of a not-yet-seen Node
+    # for one of a deleted Node: plan only from the complete list.
+    await state.nodes_listed.wait()
     try:
         while True:
             wakeup.clear()
@@ -237,24 +254,6 @@ async def reconcile_policy(name: str, uid: str, body: kopf.Body, memo: Any, **kw
             await asyncio.sleep(min(took, MAX_COALESCE_SECONDS))
     finally:
         state.policy_ranges.pop(name, None)
-
-
-async def _prime_nodes(state: OperatorState) -> None:
-    """Fill the Node cache from one paged LIST before the first pass, once per process.
-
-    Kopf delays the daemons until the Job and Pod indices are listed, but Nodes are not an
-    index (see node_event), so without this a pass right after a restart could see only part
-    of the Nodes and take a running check of an unseen Node for one of a vanished Node.
-    Facts the watch delivered already are newer and stay; Nodes it reported deleted stay out.
-    """
-    async with state.nodes_primed:
-        if state.primed:
-            return
-        listed = await asyncio.to_thread(state.kube.list_node_facts)
-        for facts in listed:
-            if facts.name not in state.nodes and facts.name not in state.deleted_nodes:
-                state.nodes[facts.name] = facts
-        state.primed = True
 
 
 def _snapshot(

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
@@ -43,6 +43,10 @@ def new_api_client() -> ApiClient:
     except kubernetes.config.ConfigException:
         kubernetes.config.load_kube_config()  # type: ignore[no-untyped-call]
     return ApiClient()
+
+
+class WatchExpiredError(Exception):
+    """The watch's resourceVersion is too old (HTTP 410 Gone): list again, then watch."""
 
 
 class Rest:
@@ -92,6 +96,32 @@ class Rest:
     def delete(self, path: str, **query: str | int | None) -> Any:
         return self.request("DELETE", path, query=query)
 
+    def stream_lines(
+        self, path: str, *, query: Mapping[str, str | int | None], read_timeout: float
+    ) -> Iterator[bytes]:
+        """The non-empty lines of a streamed GET (a watch), as they arrive."""
+        params = [(key, value) for key, value in query.items() if value is not None]
+        serialized = self.api.param_serialize(
+            method="GET",
+            resource_path=path,
+            query_params=params,
+            header_params={"Accept": "application/json"},
+            auth_settings=["BearerToken"],
+        )
+        response = self.api.call_api(*serialized, _request_timeout=(10, read_timeout))
+        raw = response.response  # the urllib3 response, not read yet
+        try:
+            if not 200 <= response.status <= 299:
+                response.read()  # type: ignore[no-untyped-call]
+                if response.status == 410:
+                    raise WatchExpiredError((response.data or b"").decode(errors="replace"))
+                raise ApiException(http_resp=response)
+            for line in raw:
+                if line.strip():
+                    yield line
+        finally:
+            raw.close()  # a watch left early has unread data: never hand it back to the pool
+
 
 def _name(value: str) -> str:
     return quote(value, safe="")
@@ -107,6 +137,10 @@ class Kube:
 
     def __init__(self, api: ApiClient) -> None:
         self.rest = Rest(api)
+
+    def with_own_pool(self) -> Kube:
+        """The same credentials over separate connections (for a long-running watch)."""
+        return Kube(ApiClient(self.rest.api.configuration))
 
     # --- agent Jobs -----------------------------------------------------------------------
 
@@ -175,14 +209,46 @@ class Kube:
 
     def list_node_facts(self, page: int = 500) -> list[NodeFacts]:
         """Every Node's facts, listed in pages and reduced page by page (no full bodies kept)."""
+        return self.list_node_facts_at(page)[0]
+
+    def list_node_facts_at(self, page: int = 500) -> tuple[list[NodeFacts], str]:
+        """Every Node's facts and the list's resourceVersion (to watch from)."""
         facts: list[NodeFacts] = []
         token: str | None = None
         while True:
             chunk = self.rest.get("/api/v1/nodes", limit=page, **{"continue": token})
             facts += [NodeFacts.from_body(item) for item in chunk.get("items", [])]
-            token = (chunk.get("metadata") or {}).get("continue")
+            meta = chunk.get("metadata") or {}
+            token = meta.get("continue")
             if not token:
-                return facts
+                # Every page of a paged list is served from the first page's snapshot.
+                return facts, str(meta.get("resourceVersion", ""))
+
+    def watch_nodes(self, version: str, timeout_seconds: int) -> Iterator[tuple[str, Any]]:
+        """(type, object) per Node watch event after `version`, bookmarks included, until the
+        API server ends the watch (after about `timeout_seconds`). WatchExpiredError when `version`
+        is too old (HTTP 410): the caller lists again."""
+        lines = self.rest.stream_lines(
+            "/api/v1/nodes",
+            query={
+                "watch": "true",
+                "resourceVersion": version,
+                "allowWatchBookmarks": "true",
+                "timeoutSeconds": timeout_seconds,
+            },
+            # A silent connection (a half-dead API server) is noticed within a minute of the
+            # server's own deadline; bookmarks keep a healthy one from being silent that long.
+            read_timeout=timeout_seconds + 60,
+        )
+        for line in lines:
+            event = json.loads(line)
+            kind, obj = event.get("type", ""), event.get("object") or {}
+            if kind == "ERROR":
+                code = obj.get("code")
+                if code == 410:
+                    raise WatchExpiredError(str(obj.get("message", "")))
+                raise ApiException(status=code, reason=f"{obj.get('reason')}: {obj.get('message')}")
+            yield kind, obj
 
     # --- Workloads ------------------------------------------------------------------------
 

@@ -1,0 +1,144 @@
+"""The Node cache's source: one list+watch of Nodes, each Node reduced to its `NodeFacts` the
+moment it arrives.
+
+Why not a Kopf watch: Kopf hands each object to a per-object worker together with its full
+body, and at start-up every Node's body is in flight at once. Real Nodes are 10-15 KiB of JSON
+(mostly `status.images`), ~60 KiB once parsed: 5000 of them peaked at 176 MiB RSS through Kopf,
+against a few hundred bytes of facts each (docs/performance.md). This is client-go's reflector
+with a transform: list in pages, watch from the list's resourceVersion with bookmarks, resume
+after a dropped connection, list again when the version expired (HTTP 410).
+
+Runs in its own thread (the client blocks); `on_update` is called from that thread.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Protocol
+
+from nodesysctl.kube import WatchExpiredError
+from nodesysctl.planning import NodeFacts
+
+logger = logging.getLogger(__name__)
+
+LIST_PAGE = 100  # parsed Node bodies alive at once while listing
+WATCH_SECONDS = 300
+MAX_BACKOFF_SECONDS = 30.0
+
+
+@dataclasses.dataclass(frozen=True)
+class NodesListed:
+    """The complete set of Nodes (after a start-up or an expired watch): replaces the cache."""
+
+    nodes: list[NodeFacts]
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeChanged:
+    facts: NodeFacts
+    deleted: bool = False
+
+
+NodeUpdate = NodesListed | NodeChanged
+
+
+class NodeSource(Protocol):
+    def list_node_facts_at(self, page: int = ...) -> tuple[list[NodeFacts], str]: ...
+
+    def watch_nodes(self, version: str, timeout_seconds: int) -> Iterator[tuple[str, Any]]: ...
+
+
+class NodeCache:
+    """Every Node's facts by name; `apply` says whether anything a policy cares about changed."""
+
+    def __init__(self) -> None:
+        self.nodes: dict[str, NodeFacts] = {}
+
+    def apply(self, update: NodeUpdate) -> set[str]:
+        """Apply one update; returns the names of the Nodes whose facts changed or vanished.
+        Idempotent: replaying a list or an event that is already known changes nothing."""
+        if isinstance(update, NodesListed):
+            listed = {facts.name: facts for facts in update.nodes}
+            changed = {name for name in self.nodes if name not in listed}
+            changed |= {name for name, facts in listed.items() if self.nodes.get(name) != facts}
+            self.nodes = listed
+            return changed
+        name = update.facts.name
+        if update.deleted:
+            return {name} if self.nodes.pop(name, None) is not None else set()
+        if self.nodes.get(name) == update.facts:
+            return set()  # a heartbeat, or anything else we do not read
+        self.nodes[name] = update.facts
+        return {name}
+
+
+class NodeWatch:
+    """List, then watch, forever (until `stop`); every update goes to `on_update`."""
+
+    def __init__(
+        self,
+        source: NodeSource,
+        on_update: Callable[[NodeUpdate], None],
+        *,
+        page: int = LIST_PAGE,
+        watch_seconds: int = WATCH_SECONDS,
+        sleep: Callable[[float], bool] | None = None,
+    ) -> None:
+        self.source = source
+        self.on_update = on_update
+        self.page = page
+        self.watch_seconds = watch_seconds
+        self.stopped = threading.Event()
+        self.version: str | None = None  # where the watch resumes; None: list first
+        # Waits between retries; returns True when stopped meanwhile (tests pass their own).
+        self.sleep = sleep or self.stopped.wait
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+    def start(self) -> threading.Thread:
+        thread = threading.Thread(target=self.run, name="node-watch", daemon=True)
+        thread.start()
+        return thread
+
+    def run(self) -> None:
+        backoff = 1.0
+        while not self.stopped.is_set():
+            try:
+                if self.version is None:
+                    nodes, self.version = self.source.list_node_facts_at(self.page)
+                    self.on_update(NodesListed(nodes))
+                    logger.info("listed %d nodes at resourceVersion %s", len(nodes), self.version)
+                started = time.monotonic()
+                self._watch(self.version)
+                if self.stopped.is_set():
+                    return
+                if time.monotonic() - started >= 1.0:
+                    backoff = 1.0
+                elif self.sleep(backoff):  # a watch that ends at once: do not spin
+                    return
+                else:
+                    backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+            except WatchExpiredError:
+                logger.info("node watch expired at resourceVersion %s; listing again", self.version)
+                self.version = None
+            except Exception as exc:
+                # The API server restarting, a dropped connection: resume from the last version.
+                logger.warning("node watch failed (%s); retrying in %.0f s", exc, backoff)
+                if self.sleep(backoff):
+                    return
+                backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+
+    def _watch(self, version: str) -> None:
+        """Follow one watch request; `self.version` follows every event (to resume from)."""
+        for kind, obj in self.source.watch_nodes(version, self.watch_seconds):
+            if self.stopped.is_set():
+                return
+            meta: Mapping[str, Any] = obj.get("metadata") or {}
+            self.version = str(meta.get("resourceVersion") or self.version)
+            if kind != "BOOKMARK":
+                self.on_update(NodeChanged(NodeFacts.from_body(obj), deleted=kind == "DELETED"))

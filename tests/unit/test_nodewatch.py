@@ -1,0 +1,171 @@
+"""The Node cache and the list+watch loop that feeds it, against a scripted API (the loop's
+decisions: resume, list again, back off). The real API server is in
+tests/integration/test_nodewatch.py."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+from nodesysctl.kube import WatchExpiredError
+from nodesysctl.nodewatch import NodeCache, NodeChanged, NodesListed, NodeUpdate, NodeWatch
+from nodesysctl.planning import ANNOTATION_PREFIX, NodeFacts, NodeResult, NodeState
+
+
+def facts(name: str, boot: str = "b1", **labels: str) -> NodeFacts:
+    return NodeFacts(name=name, labels=labels, boot_id=boot, results={})
+
+
+def body(name: str, version: str, boot: str = "b1", heartbeat: str = "t0") -> dict[str, Any]:
+    result = NodeResult(NodeState.COMPLIANT, "h", boot, datetime(2026, 1, 1, tzinfo=UTC), "j", "")
+    return {
+        "metadata": {
+            "name": name,
+            "resourceVersion": version,
+            "labels": {"zone": "a"},
+            "annotations": {ANNOTATION_PREFIX + "p": result.to_annotation()},
+        },
+        "status": {
+            "nodeInfo": {"bootID": boot},
+            "conditions": [{"type": "Ready", "lastHeartbeatTime": heartbeat}],
+        },
+    }
+
+
+# --- NodeCache ------------------------------------------------------------------------------
+
+
+def test_a_list_replaces_the_cache_and_reports_what_changed_or_vanished() -> None:
+    cache = NodeCache()
+    assert cache.apply(NodesListed([facts("a"), facts("b")])) == {"a", "b"}
+    assert cache.apply(NodesListed([facts("a"), facts("b")])) == set()  # replayed: nothing new
+    assert cache.apply(NodesListed([facts("a", boot="b2"), facts("c")])) == {"a", "b", "c"}
+    assert set(cache.nodes) == {"a", "c"}
+    assert cache.nodes["a"].boot_id == "b2"
+
+
+def test_events_change_only_what_differs_and_deletes_are_idempotent() -> None:
+    cache = NodeCache()
+    cache.apply(NodesListed([facts("a")]))
+    assert cache.apply(NodeChanged(facts("a"))) == set()  # a heartbeat: same facts
+    assert cache.apply(NodeChanged(facts("a", zone="b"))) == {"a"}
+    assert cache.apply(NodeChanged(facts("new"))) == {"new"}
+    assert cache.apply(NodeChanged(facts("a"), deleted=True)) == {"a"}
+    assert cache.apply(NodeChanged(facts("a"), deleted=True)) == set()
+    assert set(cache.nodes) == {"new"}
+
+
+# --- NodeWatch ------------------------------------------------------------------------------
+
+
+class ScriptedApi:
+    """Each list returns the next scripted list; each watch plays the next scripted stream
+    (a list of events, or an exception raised when that point is reached)."""
+
+    def __init__(self, lists: list[tuple[list[NodeFacts], str]], watches: list[list[Any]]):
+        self.lists = lists
+        self.watches = watches
+        self.calls: list[tuple[str, ...]] = []
+        self.watch: NodeWatch | None = None
+
+    def list_node_facts_at(self, page: int = 100) -> tuple[list[NodeFacts], str]:
+        self.calls.append(("list",))
+        return self.lists.pop(0)
+
+    def watch_nodes(self, version: str, timeout_seconds: int) -> Iterator[tuple[str, Any]]:
+        self.calls.append(("watch", version))
+        if not self.watches:
+            assert self.watch is not None
+            self.watch.stop()  # the script is over
+            return
+        for step in self.watches.pop(0):
+            if isinstance(step, Exception):
+                raise step
+            yield step
+
+
+def run(api: ScriptedApi) -> tuple[list[NodeUpdate], list[float]]:
+    updates: list[NodeUpdate] = []
+    sleeps: list[float] = []
+
+    def sleep(seconds: float) -> bool:
+        sleeps.append(seconds)
+        return False
+
+    api.watch = NodeWatch(api, updates.append, sleep=sleep)
+    api.watch.run()
+    return updates, sleeps
+
+
+def test_lists_then_watches_from_the_lists_version_and_reduces_each_event() -> None:
+    api = ScriptedApi(
+        lists=[([facts("a")], "10")],
+        watches=[[("MODIFIED", body("a", "11", heartbeat="t1")), ("ADDED", body("b", "12"))]],
+    )
+    updates, _ = run(api)
+    assert api.calls[:2] == [("list",), ("watch", "10")]
+    assert updates[0] == NodesListed([facts("a")])
+    changed = [u for u in updates if isinstance(u, NodeChanged)]
+    assert [u.facts.name for u in changed] == ["a", "b"]
+    assert changed[0].facts.labels == {"zone": "a"}
+    assert changed[0].facts.results["p"].status is NodeState.COMPLIANT
+    assert api.calls[2] == ("watch", "12")  # resumes after the last event seen
+
+
+def test_bookmarks_advance_the_version_without_an_update() -> None:
+    bookmark = {"metadata": {"resourceVersion": "50"}}
+    api = ScriptedApi(lists=[([], "10")], watches=[[("BOOKMARK", bookmark)]])
+    updates, _ = run(api)
+    assert updates == [NodesListed([])]
+    assert api.calls[2] == ("watch", "50")
+
+
+def test_a_dropped_watch_resumes_from_the_last_version_after_a_backoff() -> None:
+    api = ScriptedApi(
+        lists=[([], "10")],
+        watches=[
+            [("ADDED", body("a", "11")), ConnectionResetError("apiserver restarting")],
+            [ConnectionRefusedError("still down")],
+            [("DELETED", body("a", "14"))],
+        ],
+    )
+    updates, sleeps = run(api)
+    assert [c for c in api.calls if c[0] == "list"] == [("list",)]  # no relist needed
+    assert api.calls[1:4] == [("watch", "10"), ("watch", "11"), ("watch", "11")]
+    assert sleeps[:2] == [1.0, 2.0]  # exponential backoff
+    assert updates[-1] == NodeChanged(NodeFacts.from_body(body("a", "14")), deleted=True)
+
+
+def test_an_expired_version_lists_again() -> None:
+    api = ScriptedApi(
+        lists=[([facts("a")], "10"), ([facts("b")], "90")],
+        watches=[[WatchExpiredError("too old resource version: 10 (80)")], []],
+    )
+    updates, sleeps = run(api)
+    assert api.calls[:4] == [("list",), ("watch", "10"), ("list",), ("watch", "90")]
+    assert updates[:2] == [NodesListed([facts("a")]), NodesListed([facts("b")])]
+    assert sleeps == [1.0]  # only the empty second watch (it ended at once) waited
+
+
+def test_a_failed_list_is_retried_and_stop_ends_the_loop() -> None:
+    class FailingList(ScriptedApi):
+        def list_node_facts_at(self, page: int = 100) -> tuple[list[NodeFacts], str]:
+            self.calls.append(("list",))
+            raise ConnectionRefusedError("apiserver down")
+
+    api = FailingList(lists=[], watches=[])
+    attempts: list[float] = []
+
+    def sleep(seconds: float) -> bool:
+        attempts.append(seconds)
+        return len(attempts) == 3  # stopped during the third wait
+
+    NodeWatch(api, lambda update: None, sleep=sleep).run()
+    assert api.calls == [("list",)] * 3
+    assert attempts == [1.0, 2.0, 4.0]
+
+
+def test_heartbeats_reduce_to_equal_facts() -> None:
+    first = NodeFacts.from_body(body("a", "1", heartbeat="t1"))
+    assert NodeFacts.from_body(body("a", "2", heartbeat="t2")) == first
