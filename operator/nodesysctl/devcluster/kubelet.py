@@ -48,6 +48,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import urllib3
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
@@ -65,6 +66,7 @@ TERMINATION_MESSAGE_LIMIT = 4096  # bytes per container, as the kubelet
 MAX_LEASE_WRITES_PER_SECOND = 100
 MAX_RENEW_PERIOD = 40.0
 DEFAULT_AGENT_DEADLINE = 600.0  # seconds, when the pod sets no activeDeadlineSeconds
+STATUS_RETRY_SECONDS = 120.0  # how long a pod status update is retried while the API is down
 STRATEGIC = "application/strategic-merge-patch+json"
 MERGE = "application/merge-patch+json"
 _PYTHON = re.compile(r"^python(3(\.\d+)?)?$")
@@ -424,10 +426,30 @@ class SimulatedKubelet:
 
     # ----------------------------------------------------------------- pod status
     def _patch_status(self, pod: Json, status: Json) -> None:
+        """Report a pod's status; like a kubelet's status manager, keep trying while the API
+        server is unavailable (a restart refuses connections for seconds). A deleted pod or any
+        other refusal ends it."""
         meta = pod["metadata"]
-        self.core.patch_namespaced_pod_status(
-            meta["name"], meta["namespace"], {"status": status}, _content_type=STRATEGIC
-        )
+        delay = 0.25
+        give_up = time.monotonic() + STATUS_RETRY_SECONDS
+        while True:
+            try:
+                self.core.patch_namespaced_pod_status(
+                    meta["name"], meta["namespace"], {"status": status}, _content_type=STRATEGIC
+                )
+                return
+            except ApiException as exc:
+                if exc.status is not None and exc.status < 500 and exc.status != 429:
+                    raise
+                problem: Exception = exc
+            except (urllib3.exceptions.HTTPError, OSError) as exc:
+                problem = exc
+            if self._stop.is_set() or time.monotonic() + delay > give_up:
+                raise problem
+            log.info("status of pod %s/%s not reported (%s); retrying in %.2f s",
+                     meta["namespace"], meta["name"], problem, delay)  # fmt: skip
+            self._stop.wait(delay)
+            delay = min(delay * 2, 5.0)
 
     @staticmethod
     def _conditions(ready: bool, reason: str | None = None) -> list[Json]:
