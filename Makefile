@@ -71,7 +71,7 @@ faults: $(STAMP) controlplane ## Only the fault matrix (tests/faults, ~3 min; al
 	NODESYSCTL_FAULTS=1 NODESYSCTL_REQUIRE_CONTROLPLANE=1 $(BIN)/pytest tests/faults -m faults -v
 
 .PHONY: bench
-bench: $(STAMP) controlplane ## Benchmark (~25 min): convergence vs floor, API cost, idle memory/CPU -> bench/results
+bench: $(STAMP) controlplane ## Benchmark (~15 min): convergence vs floor, API cost, idle memory/CPU -> bench/results
 	$(BIN)/python -m bench
 
 .PHONY: fmt
