@@ -1,6 +1,6 @@
 """The Node cache and the list+watch loop that feeds it, against a scripted API (the loop's
 decisions: resume, list again, back off). The real API server is in
-tests/integration/test_nodewatch.py."""
+tests/integration/test_nodewatch_apiserver.py."""
 
 from __future__ import annotations
 
