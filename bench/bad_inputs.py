@@ -111,7 +111,7 @@ def agent_inputs() -> list[tuple[str, str, str]]:
                 (tree / "sysctl.d").rmdir()
                 (tree / "sysctl.d").write_text("")
             if "persist_bytes" in node:
-                (tree / "sysctl.d" / "99-nodesysctl-p.conf").write_bytes(b"\xff\xfe\x00")
+                (tree / "sysctl.d" / "zz-nodesysctl-p.conf").write_bytes(b"\xff\xfe\x00")
             rows.append((kind, what, _agent(args, tree)))
     return rows
 

@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from nodesysctl import GROUP, KIND, VERSION
-from nodesysctl.agent.contract import AgentSpec
+from nodesysctl.agent.contract import PERSIST_FILE_PATTERN, AgentSpec
 from nodesysctl.api import NodeSysctlPolicySpec
 from nodesysctl.planning import (
     ANNOTATION_PREFIX,
@@ -54,7 +54,7 @@ class JobSettings:
 
 
 def persist_file_name(policy: str) -> str:
-    return f"99-nodesysctl-{policy}.conf"
+    return PERSIST_FILE_PATTERN.format(policy=policy)
 
 
 def build_agent_spec(policy: str, spec: NodeSysctlPolicySpec) -> AgentSpec:

@@ -162,7 +162,7 @@ def test_widened_node_is_fixed_persisted_reported_and_its_workload_restarted_onc
     drifted: SimulatedNode = node_factory(sysctls=WIDENED)
     healthy: SimulatedNode = node_factory(sysctls={RESERVED: "10250,30000-32767"})
     persisted_already = render_persisted(name, (PortRange(10250, 10250), PortRange(30000, 32767)))
-    (healthy.host_path("/etc/sysctl.d") / f"99-nodesysctl-{name}.conf").write_text(
+    (healthy.host_path("/etc/sysctl.d") / f"zz-nodesysctl-{name}.conf").write_text(
         persisted_already
     )
     deployment(api_client, test_namespace, "selected", drifted.name, {"restart": "yes"})
@@ -190,11 +190,11 @@ def test_widened_node_is_fixed_persisted_reported_and_its_workload_restarted_onc
     assert drifted.get_sysctl(RANGE) == KERNEL_DEFAULT_RANGE
     assert "30000-32767" in drifted.get_sysctl(RESERVED)
     assert "10250" in drifted.get_sysctl(RESERVED)
-    persisted = drifted.sysctl_conf_files()[f"99-nodesysctl-{name}.conf"]
+    persisted = drifted.sysctl_conf_files()[f"zz-nodesysctl-{name}.conf"]
     assert "net.ipv4.ip_local_port_range = 32768 60999" in persisted
     # The healthy node was only checked: nothing to change there.
     assert healthy.get_sysctl(RANGE) == KERNEL_DEFAULT_RANGE
-    assert healthy.sysctl_conf_files()[f"99-nodesysctl-{name}.conf"] == persisted_already
+    assert healthy.sysctl_conf_files()[f"zz-nodesysctl-{name}.conf"] == persisted_already
 
     # Status and per-node results tell the story.
     status = body["status"]
@@ -318,8 +318,10 @@ def test_reboot_triggers_a_recheck_and_the_fix_survives_via_sysctl_d(
     wait_node_state(api_client, node.name, name, NodeState.REMEDIATED, boot_id=boot)
     assert node.get_sysctl(RANGE) == KERNEL_DEFAULT_RANGE
 
-    # A reboot that applies /etc/sysctl.d as systemd-sysctl does: the persisted file keeps
-    # the node compliant, and the recheck finds nothing to do.
+    # A reboot that applies /etc/sysctl.d as systemd-sysctl does (by file name, last wins): the
+    # persisted file keeps the node compliant, and the recheck finds nothing to do — even with
+    # the distribution's 99-sysctl.conf (-> /etc/sysctl.conf) still widening the range.
+    (node.host_path("/etc/sysctl.d") / "99-sysctl.conf").write_text(f"{RANGE} = 1024 65000\n")
     boot = node.reboot_applying_sysctl_d()
     assert node.get_sysctl(RANGE) == KERNEL_DEFAULT_RANGE
     wait_node_state(api_client, node.name, name, NodeState.COMPLIANT, boot_id=boot)

@@ -141,7 +141,7 @@ def test_an_agent_job_fixes_the_nodes_netns(
     assert node.get_sysctl(RESERVED) == "8080,30000-32767"
     assert untouched.get_sysctl(PORT_RANGE) == "1024\t65000"
     # The hostPath /etc/sysctl.d is the node's host root: the persistence file is there.
-    assert "99-nodesysctl-safe.conf" in node.sysctl_conf_files()
+    assert "zz-nodesysctl-safe.conf" in node.sysctl_conf_files()
     # The container's output (stdout and stderr, as `kubectl logs` would show) has the result.
     log_text = node_factory.cluster.kubelet.pod_log(test_namespace, pod.metadata.name)
     [line] = [x for x in log_text.splitlines() if x.startswith("{")]

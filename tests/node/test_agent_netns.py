@@ -28,7 +28,7 @@ SPEC: dict[str, Any] = {
     "narrowRange": True,
     "reservePorts": True,
     "persist": True,
-    "persistFile": "99-nodesysctl-nodeport-safe.conf",
+    "persistFile": "zz-nodesysctl-nodeport-safe.conf",
 }
 EXPECTED_FILE = (
     "# Managed by nodesysctl for NodeSysctlPolicy nodeport-safe; rewritten by its node agent.\n"

@@ -32,7 +32,7 @@ SPEC_JSON: dict[str, Any] = {
     "narrowRange": True,
     "reservePorts": True,
     "persist": True,
-    "persistFile": "99-nodesysctl-nodeport-safe.conf",
+    "persistFile": "zz-nodesysctl-nodeport-safe.conf",
 }
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 
@@ -46,7 +46,7 @@ def test_spec_from_camel_case_json() -> None:
     assert spec.mode is Mode.ENFORCE
     assert spec.ephemeral == PortRange(32768, 60999)
     assert spec.reserved == (PortRange(30000, 32767), PortRange(10250, 10250))
-    assert spec.persist_file_name == "99-nodesysctl-nodeport-safe.conf"
+    assert spec.persist_file_name == "zz-nodesysctl-nodeport-safe.conf"
     assert json.loads(spec.model_dump_json()) == SPEC_JSON
 
 
@@ -56,7 +56,7 @@ def test_spec_by_field_name_and_defaults() -> None:
     )
     assert spec.reserved == ()
     assert (spec.narrow_range, spec.reserve_ports, spec.persist) == (True, True, True)
-    assert spec.persist_file_name == "99-nodesysctl-p.conf"
+    assert spec.persist_file_name == "zz-nodesysctl-p.conf"
 
 
 @pytest.mark.parametrize(

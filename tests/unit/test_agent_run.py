@@ -19,7 +19,7 @@ BASE_SPEC: dict[str, Any] = {
     "ephemeralRange": {"min": 32768, "max": 60999},
     "reservedRanges": [{"min": 30000, "max": 32767}, {"min": 10250, "max": 10250}],
 }
-PERSIST_FILE = "99-nodesysctl-nodeport-safe.conf"
+PERSIST_FILE = "zz-nodesysctl-nodeport-safe.conf"
 COMPLIANT_FILE = (
     "# Managed by nodesysctl for NodeSysctlPolicy nodeport-safe; rewritten by its node agent.\n"
     "net.ipv4.ip_local_port_range = 32768 60999\n"
@@ -381,3 +381,47 @@ def test_a_value_too_long_to_read_in_one_call_fails(
     result = node.run()
     assert result.status is Status.FAILED
     assert "ip_local_reserved_ports holds more than 16 bytes" in result.errors[0]
+
+
+# --- the file name and the legacy file -------------------------------------------------------
+
+
+def test_the_persistence_file_sorts_after_99_sysctl_conf() -> None:
+    # systemd-sysctl applies files by name, last wins; 99-sysctl.conf links to /etc/sysctl.conf.
+    assert sorted(["99-sysctl.conf", PERSIST_FILE, "99-zz-late.conf"])[-1] == PERSIST_FILE
+
+
+def test_a_legacy_file_of_ours_is_replaced_after_the_new_one_is_written(node: FakeNode) -> None:
+    make_compliant(node)
+    node.persist_file.unlink()
+    legacy = node.root / "sysctl.d" / "99-nodesysctl-nodeport-safe.conf"
+    legacy.write_text(COMPLIANT_FILE)
+    result = node.run()
+    assert result.status is Status.REMEDIATED
+    assert result.drift == [
+        f"persistence file {node.persist_file} is missing",
+        f"legacy persistence file {legacy} is applied before 99-sysctl.conf "
+        "(/etc/sysctl.conf) at boot",
+    ]
+    assert result.actions == [
+        f"created persistence file {node.persist_file}",
+        f"removed legacy persistence file {legacy}",
+    ]
+    assert [p.name for p in (node.root / "sysctl.d").iterdir()] == [PERSIST_FILE]
+    assert node.run().status is Status.COMPLIANT
+
+
+def test_a_file_by_the_legacy_name_that_is_not_ours_is_left_alone(node: FakeNode) -> None:
+    make_compliant(node)
+    stranger = node.root / "sysctl.d" / "99-nodesysctl-nodeport-safe.conf"
+    stranger.write_text("# written by someone else\nnet.ipv4.ip_forward = 1\n")
+    assert node.run().status is Status.COMPLIANT
+    assert stranger.read_text().startswith("# written by someone else")
+
+
+def test_the_legacy_file_is_not_touched_in_audit_mode(node: FakeNode) -> None:
+    make_compliant(node)
+    legacy = node.root / "sysctl.d" / "99-nodesysctl-nodeport-safe.conf"
+    legacy.write_text(COMPLIANT_FILE)
+    assert node.run(make_spec(mode="Audit")).status is Status.COMPLIANT
+    assert legacy.exists()

@@ -38,6 +38,14 @@ MAX_MESSAGE_CHARS = 300
 MAX_NAME_CHARS = 253
 MAX_RESERVED_TEXT_CHARS = 300
 
+# systemd-sysctl applies the *.conf files of all sysctl.d directories in the order of their
+# names, the last setting wins. Distributions link /etc/sysctl.d/99-sysctl.conf to
+# /etc/sysctl.conf, where ranges are usually widened by hand: a "99-..." name loses to it at
+# boot, "zz-..." sorts after every digit-prefixed name.
+PERSIST_FILE_PATTERN = "zz-nodesysctl-{policy}.conf"
+# Where earlier versions persisted; the agent replaces such a file of ours.
+LEGACY_PERSIST_FILE_PATTERN = "99-nodesysctl-{policy}.conf"
+
 _POLICY_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 # systemd-sysctl and `sysctl --system` only read `*.conf`; no path separators allowed.
 _PERSIST_FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*\.conf$")
@@ -109,7 +117,7 @@ class AgentSpec(_Model):
     narrow_range: bool = True
     reserve_ports: bool = True
     persist: bool = True
-    persist_file: str = ""  # empty: `99-nodesysctl-<policy>.conf`
+    persist_file: str = ""  # empty: PERSIST_FILE_PATTERN
 
     @field_validator("persist_file")
     @classmethod
@@ -131,7 +139,11 @@ class AgentSpec(_Model):
 
     @property
     def persist_file_name(self) -> str:
-        return self.persist_file or f"99-nodesysctl-{self.policy}.conf"
+        return self.persist_file or PERSIST_FILE_PATTERN.format(policy=self.policy)
+
+    @property
+    def legacy_persist_file_name(self) -> str:
+        return LEGACY_PERSIST_FILE_PATTERN.format(policy=self.policy)
 
     @property
     def ephemeral(self) -> PortRange:

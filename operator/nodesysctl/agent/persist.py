@@ -10,17 +10,28 @@ from pathlib import Path
 from nodesysctl.agent.sysctl import PORT_RANGE_KEY, RESERVED_PORTS_KEY
 from nodesysctl.ports import PortRange, format_port_range, format_reserved_ports
 
+HEADER = "# Managed by nodesysctl"
+
 
 def render(
     policy: str, port_range: PortRange | None, reserved: tuple[PortRange, ...] | None
 ) -> str:
     """The exact file content; a `None` value is a setting the policy does not manage."""
-    lines = [f"# Managed by nodesysctl for NodeSysctlPolicy {policy}; rewritten by its node agent."]
+    lines = [f"{HEADER} for NodeSysctlPolicy {policy}; rewritten by its node agent."]
     if port_range is not None:
         lines.append(f"{PORT_RANGE_KEY} = {format_port_range(port_range)}")
     if reserved is not None:
         lines.append(f"{RESERVED_PORTS_KEY} = {format_reserved_ports(reserved)}")
     return "\n".join(lines) + "\n"
+
+
+def is_ours(path: Path) -> bool:
+    """Whether `path` is a file nodesysctl wrote (its first line is our header)."""
+    try:
+        with path.open(encoding="utf-8") as file:
+            return file.readline().startswith(HEADER)
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 def read_if_exists(path: Path) -> str | None:

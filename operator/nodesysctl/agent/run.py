@@ -126,6 +126,7 @@ class _Agent:
         self.proc_net = paths.proc_net
         self.sysctl_dir = paths.sysctl_dir
         self.persist_path = paths.sysctl_dir / spec.persist_file_name
+        self.legacy_path = paths.sysctl_dir / spec.legacy_persist_file_name
         self.report = _Report()
         # Whether the persistence file is part of compliance (Enforce mode only).
         self.enforce_persist = spec.persist and spec.mode is Mode.ENFORCE
@@ -237,7 +238,23 @@ class _Agent:
                 state = "is missing" if existing_file is None else "has different content"
                 drift.append(f"persistence file {self.persist_path} {state}")
                 steps.append(self.persist_step(existing_file, expected))
+            if self.legacy_path != self.persist_path and persist.is_ours(self.legacy_path):
+                drift.append(
+                    f"legacy persistence file {self.legacy_path} is applied before "
+                    "99-sysctl.conf (/etc/sysctl.conf) at boot"
+                )
+                steps.append(self.remove_legacy_step())
         return steps
+
+    def remove_legacy_step(self) -> _Step:
+        """After the new file is written (steps stop at the first failure): remove the old one,
+        so a reboot never applies a stale copy."""
+
+        def apply() -> None:
+            self.legacy_path.unlink(missing_ok=True)
+
+        target = f"legacy persistence file {self.legacy_path}"
+        return _Step(f"remove {target}", f"removed {target}", apply)
 
     def reserved_step(self, current: PortSet, target: PortSet) -> _Step:
         change = f"{RESERVED_PORTS_KEY} = {_ports_text(target)} (was {_ports_text(current)})"

@@ -111,7 +111,7 @@ class Demo:
             POLICY, PortRange(32768, 60999), (PortRange(10250, 10250), PortRange(30000, 32767))
         )
         host_dir = self.nodes["worker-4"].host_path("/etc/sysctl.d")
-        (host_dir / f"99-nodesysctl-{POLICY}.conf").write_text(persisted)
+        (host_dir / f"zz-nodesysctl-{POLICY}.conf").write_text(persisted)
 
     def install(self) -> subprocess.Popen[bytes]:
         step(
