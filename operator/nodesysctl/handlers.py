@@ -138,14 +138,14 @@ async def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> Non
     # Discover the API once at start-up instead of watching CRDs and Namespaces: the operator
     # then needs no permission on either (the CRD is installed before the operator runs).
     settings.scanning.disabled = True
-    # List big clusters' Nodes in pages: one unpaginated list of 5000 Nodes is a memory peak
-    # CPython keeps (freed arenas are not returned to the OS).
+    # List in pages (our Jobs and Pods can be thousands in a big cluster): one unpaginated list
+    # is a memory peak CPython keeps (freed arenas are not returned to the OS).
     settings.watching.chunk_size = 500
-    _start_node_watch(memo.nodesysctl, asyncio.get_running_loop())
     # Kopf keeps an object's worker, and with it the object's last full body, alive this long
     # after its last event (default 5 s): a rollout's burst of Job and Pod events would keep all
     # those bodies at once. A later event simply starts a new worker.
     settings.queueing.idle_timeout = 0.1
+    _start_node_watch(memo.nodesysctl, asyncio.get_running_loop())
     logger.info("nodesysctl operator configured: %s", config)
 
 

@@ -68,8 +68,24 @@ class Rest:
         headers = {"Accept": "application/json"}
         if body is not None:
             headers["Content-Type"] = content_type
+        response = self.api.call_api(*self._serialize(method, path, query, headers, body))
+        response.read()  # type: ignore[no-untyped-call]
+        if not 200 <= response.status <= 299:
+            raise ApiException(http_resp=response)
+        return json.loads(response.data) if response.data else None
+
+    def _serialize(
+        self,
+        method: str,
+        path: str,
+        query: Mapping[str, str | int | None] | None,
+        headers: dict[str, str],
+        body: Any,
+    ) -> tuple[str, str, dict[str, str], Any, Any]:
+        """Method, URL, headers (with the configured credentials), body and form parameters,
+        as the client's `call_api` takes them."""
         params = [(key, value) for key, value in (query or {}).items() if value is not None]
-        serialized = self.api.param_serialize(
+        return self.api.param_serialize(
             method=method,
             resource_path=path,
             query_params=params,
@@ -77,11 +93,6 @@ class Rest:
             body=body,
             auth_settings=["BearerToken"],
         )
-        response = self.api.call_api(*serialized)
-        response.read()  # type: ignore[no-untyped-call]
-        if not 200 <= response.status <= 299:
-            raise ApiException(http_resp=response)
-        return json.loads(response.data) if response.data else None
 
     def get(self, path: str, **query: str | int | None) -> Any:
         return self.request("GET", path, query=query)
@@ -100,15 +111,8 @@ class Rest:
         self, path: str, *, query: Mapping[str, str | int | None], read_timeout: float
     ) -> Iterator[bytes]:
         """The non-empty lines of a streamed GET (a watch), as they arrive."""
-        params = [(key, value) for key, value in query.items() if value is not None]
-        serialized = self.api.param_serialize(
-            method="GET",
-            resource_path=path,
-            query_params=params,
-            header_params={"Accept": "application/json"},
-            auth_settings=["BearerToken"],
-        )
-        response = self.api.call_api(*serialized, _request_timeout=(10, read_timeout))
+        request = self._serialize("GET", path, query, {"Accept": "application/json"}, None)
+        response = self.api.call_api(*request, _request_timeout=(10, read_timeout))
         raw = response.response  # the urllib3 response, not read yet
         try:
             if not 200 <= response.status <= 299:
