@@ -32,7 +32,7 @@ from nodesysctl.jobs import (
     JobSettings,
 )
 from nodesysctl.kube import Kube, new_api_client
-from nodesysctl.nodewatch import NodeCache, NodeUpdate, NodeWatch
+from nodesysctl.nodewatch import NodeCache, NodeUpdate, NodeWatch, NodeWatchStaleError
 from nodesysctl.planning import ANNOTATION_PREFIX, NodeFacts, NodeResult, PolicyRanges
 from nodesysctl.reconcile import (
     PodOutcome,
@@ -163,6 +163,20 @@ def _start_node_watch(state: OperatorState, loop: asyncio.AbstractEventLoop) -> 
     # The watch holds a connection for minutes at a time: not one of the passes' pool.
     state.node_watch = NodeWatch(state.kube.with_own_pool(), on_update)
     state.node_watch.start()
+
+
+@kopf.on.probe(id="nodeWatch")
+async def node_watch_health(memo: Any, **_: Any) -> dict[str, Any]:
+    """Part of `--liveness`: the node watch runs outside Kopf, so Kopf's own health says
+    nothing about it. A stuck watch fails the probe and the kubelet restarts the operator."""
+    state = _state(memo)
+    if state.node_watch is None:
+        return {"listed": False}
+    try:
+        return {**state.node_watch.health(), "nodes": len(state.nodes)}
+    except NodeWatchStaleError as exc:
+        # Permanent: Kopf retries a plain error inside the probe request instead of failing it.
+        raise kopf.PermanentError(str(exc)) from exc
 
 
 @kopf.on.cleanup()

@@ -28,6 +28,13 @@ logger = logging.getLogger(__name__)
 LIST_PAGE = 100  # parsed Node bodies alive at once while listing
 WATCH_SECONDS = 300
 MAX_BACKOFF_SECONDS = 30.0
+# A healthy watch hears from the API server at least when each watch request ends (every
+# WATCH_SECONDS), and in between through events and bookmarks.
+STALE_SECONDS = 2 * WATCH_SECONDS
+
+
+class NodeWatchStaleError(Exception):
+    """The node watch has not heard from the API server for too long."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,11 +101,23 @@ class NodeWatch:
         self.watch_seconds = watch_seconds
         self.stopped = threading.Event()
         self.version: str | None = None  # where the watch resumes; None: list first
+        self.listed = False
+        self.last_contact = time.monotonic()  # start-up counts: the first list gets its time
         # Waits between retries; returns True when stopped meanwhile (tests pass their own).
         self.sleep = sleep or self.stopped.wait
 
     def stop(self) -> None:
         self.stopped.set()
+
+    def health(self, now: float | None = None) -> dict[str, Any]:
+        """For the liveness probe; raises NodeWatchStaleError when the watch is stuck or the API
+        server has been unreachable for STALE_SECONDS (the cache may be outdated)."""
+        silent = (time.monotonic() if now is None else now) - self.last_contact
+        if silent > STALE_SECONDS:
+            raise NodeWatchStaleError(
+                f"no answer from the API server to the node watch for {silent:.0f} s"
+            )
+        return {"listed": self.listed, "secondsSinceContact": round(silent, 1)}
 
     def start(self) -> threading.Thread:
         thread = threading.Thread(target=self.run, name="node-watch", daemon=True)
@@ -112,9 +131,12 @@ class NodeWatch:
                 if self.version is None:
                     nodes, self.version = self.source.list_node_facts_at(self.page)
                     self.on_update(NodesListed(nodes))
+                    self.listed = True
+                    self.last_contact = time.monotonic()
                     logger.info("listed %d nodes at resourceVersion %s", len(nodes), self.version)
                 started = time.monotonic()
                 self._watch(self.version)
+                self.last_contact = time.monotonic()  # the server ended the watch: it answers
                 if self.stopped.is_set():
                     return
                 if time.monotonic() - started >= 1.0:
@@ -138,6 +160,7 @@ class NodeWatch:
         for kind, obj in self.source.watch_nodes(version, self.watch_seconds):
             if self.stopped.is_set():
                 return
+            self.last_contact = time.monotonic()
             meta: Mapping[str, Any] = obj.get("metadata") or {}
             self.version = str(meta.get("resourceVersion") or self.version)
             if kind != "BOOKMARK":

@@ -4,12 +4,23 @@ tests/integration/test_nodewatch_apiserver.py."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
+
 from nodesysctl.kube import WatchExpiredError
-from nodesysctl.nodewatch import NodeCache, NodeChanged, NodesListed, NodeUpdate, NodeWatch
+from nodesysctl.nodewatch import (
+    STALE_SECONDS,
+    NodeCache,
+    NodeChanged,
+    NodesListed,
+    NodeUpdate,
+    NodeWatch,
+    NodeWatchStaleError,
+)
 from nodesysctl.planning import ANNOTATION_PREFIX, NodeFacts, NodeResult, NodeState
 
 
@@ -169,3 +180,17 @@ def test_a_failed_list_is_retried_and_stop_ends_the_loop() -> None:
 def test_heartbeats_reduce_to_equal_facts() -> None:
     first = NodeFacts.from_body(body("a", "1", heartbeat="t1"))
     assert NodeFacts.from_body(body("a", "2", heartbeat="t2")) == first
+
+
+def test_health_counts_every_answer_of_the_api_server_and_fails_when_stale() -> None:
+    api = ScriptedApi(lists=[([facts("a")], "10")], watches=[[("BOOKMARK", {"metadata": {}})]])
+    watch = NodeWatch(api, lambda update: None, sleep=lambda seconds: False)
+    assert watch.health()["listed"] is False  # starting: within its grace period
+    api.watch = watch
+    before = time.monotonic()
+    watch.run()
+    assert watch.last_contact >= before
+    assert watch.health() == {"listed": True, "secondsSinceContact": pytest.approx(0, abs=1)}
+    assert watch.health(now=watch.last_contact + STALE_SECONDS)["listed"] is True
+    with pytest.raises(NodeWatchStaleError, match="for 601 s"):
+        watch.health(now=watch.last_contact + STALE_SECONDS + 1)
