@@ -141,19 +141,18 @@ class NodeWatch:
                     return
                 if time.monotonic() - started >= 1.0:
                     backoff = 1.0
-                elif self.sleep(backoff):  # a watch that ends at once: do not spin
-                    return
-                else:
-                    backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+                    continue
+                # A watch that ended at once: back off below rather than spin.
             except WatchExpiredError:
                 logger.info("node watch expired at resourceVersion %s; listing again", self.version)
                 self.version = None
+                continue
             except Exception as exc:
                 # The API server restarting, a dropped connection: resume from the last version.
                 logger.warning("node watch failed (%s); retrying in %.0f s", exc, backoff)
-                if self.sleep(backoff):
-                    return
-                backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+            if self.sleep(backoff):
+                return
+            backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
 
     def _watch(self, version: str) -> None:
         """Follow one watch request; `self.version` follows every event (to resume from)."""
