@@ -18,7 +18,8 @@ from kubernetes import client
 from nodesysctl.api import parse_spec
 from nodesysctl.devcluster.nodes import SimulatedNode
 from nodesysctl.devcluster.waiting import wait_for
-from nodesysctl.planning import ANNOTATION_PREFIX, NodeResult, NodeState, spec_hash
+from nodesysctl.labels import ANNOTATION_RESULT_PREFIX
+from nodesysctl.planning import NodeResult, NodeState, spec_hash
 
 from .convergence import Fleet
 from .harness import JOB_NAMESPACE, WRITE_VERBS, BenchCluster, utcnow
@@ -41,7 +42,7 @@ def seed_results(bench: BenchCluster, nodes: list[SimulatedNode]) -> float:
             {
                 "metadata": {
                     "annotations": {
-                        ANNOTATION_PREFIX + IDLE_POLICY: NodeResult(
+                        ANNOTATION_RESULT_PREFIX + IDLE_POLICY: NodeResult(
                             NodeState.COMPLIANT, current, node.boot_id, now, "seeded", "seeded"
                         ).to_annotation()
                     }

@@ -33,6 +33,7 @@ from pydantic.alias_generators import to_camel
 from pydantic_core import ErrorDetails, PydanticCustomError
 
 from nodesysctl import GROUP, VERSION
+from nodesysctl.labels import LABEL_RESTART_OPT_IN
 
 API_VERSION = f"{GROUP}/{VERSION}"
 # Job names and Node annotation keys (`nodesysctl.io/result.<policy>`, at most 63 characters
@@ -393,7 +394,7 @@ class LabelSelector(_ApiModel):
         )
 
 
-DEFAULT_RESTART_SELECTOR = LabelSelector(match_labels={f"{GROUP}/restart": "true"})
+DEFAULT_RESTART_SELECTOR = LabelSelector(match_labels={LABEL_RESTART_OPT_IN: "true"})
 
 
 class RestartSpec(_ApiModel):

@@ -23,17 +23,18 @@ from typing import Any
 import kopf
 
 from nodesysctl import GROUP, PLURAL, VERSION
-from nodesysctl.jobs import (
+from nodesysctl.jobs import JobSettings
+from nodesysctl.kube import Kube, new_api_client
+from nodesysctl.labels import (
     AGENT_APP,
+    ANNOTATION_RESULT_PREFIX,
     LABEL_APP,
     LABEL_MANAGED_BY,
     LABEL_POLICY,
     MANAGED_BY,
-    JobSettings,
 )
-from nodesysctl.kube import Kube, new_api_client
 from nodesysctl.nodewatch import NodeCache, NodeUpdate, NodeWatch, NodeWatchStaleError
-from nodesysctl.planning import ANNOTATION_PREFIX, NodeFacts, NodeResult, PolicyRanges
+from nodesysctl.planning import NodeFacts, NodeResult, PolicyRanges
 from nodesysctl.reconcile import (
     PodOutcome,
     PolicyReconciler,
@@ -319,7 +320,9 @@ async def policy_deleted(name: str, memo: Any, **_: Any) -> None:
         state.kube.delete_policy_jobs, state.config.job_namespace, f"{LABEL_POLICY}={name}"
     )
     annotated = [facts.name for facts in state.nodes.values() if name in facts.results]
-    await asyncio.to_thread(state.kube.clear_node_annotation, ANNOTATION_PREFIX + name, annotated)
+    await asyncio.to_thread(
+        state.kube.clear_node_annotation, ANNOTATION_RESULT_PREFIX + name, annotated
+    )
     state.policy_ranges.pop(name, None)
     state.wakeups.pop(name, None)
     state.written = {key: value for key, value in state.written.items() if key[0] != name}

@@ -14,8 +14,22 @@ from typing import Any
 from nodesysctl import GROUP, KIND, VERSION
 from nodesysctl.agent.contract import PERSIST_FILE_PATTERN, AgentSpec
 from nodesysctl.api import NodeSysctlPolicySpec
+from nodesysctl.labels import (
+    AGENT_APP,
+    ANNOTATION_BOOT_ID,
+    ANNOTATION_NODE,
+    ANNOTATION_REASON,
+    ANNOTATION_RESULT_PREFIX,
+    LABEL_APP,
+    LABEL_MANAGED_BY,
+    LABEL_NODE_HASH,
+    LABEL_POLICY,
+    LABEL_SPEC_HASH,
+    MANAGED_BY,
+    RESTART_WAVE,
+    RESTARTED_AT,
+)
 from nodesysctl.planning import (
-    ANNOTATION_PREFIX,
     CheckOrder,
     NodeResult,
     PolicySummary,
@@ -24,18 +38,6 @@ from nodesysctl.planning import (
     spec_hash,
 )
 
-AGENT_APP = "nodesysctl-agent"
-LABEL_APP = "app.kubernetes.io/name"
-LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
-MANAGED_BY = "nodesysctl"
-LABEL_POLICY = "nodesysctl.io/policy"
-LABEL_NODE_HASH = "nodesysctl.io/node-hash"
-LABEL_SPEC_HASH = "nodesysctl.io/spec-hash"
-ANNOTATION_NODE = "nodesysctl.io/node"
-ANNOTATION_REASON = "nodesysctl.io/reason"
-ANNOTATION_BOOT_ID = "nodesysctl.io/boot-id"
-RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"
-RESTART_WAVE = "nodesysctl.io/restart-wave"
 HOST_SYSCTL_DIR = "/host/etc/sysctl.d"
 TERMINATION_LOG = "/dev/termination-log"
 DEFAULT_AGENT_RESOURCES = {
@@ -200,7 +202,7 @@ def build_agent_job(
 def build_node_result_patch(policy: str, result: NodeResult | None) -> dict[str, Any]:
     """Merge patch for the per-node result annotation (None removes it)."""
     value = None if result is None else result.to_annotation()
-    return {"metadata": {"annotations": {ANNOTATION_PREFIX + policy: value}}}
+    return {"metadata": {"annotations": {ANNOTATION_RESULT_PREFIX + policy: value}}}
 
 
 def build_restart_patch(moment: datetime, wave: str) -> dict[str, Any]:

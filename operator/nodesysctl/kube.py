@@ -24,6 +24,7 @@ from kubernetes.client import ApiClient
 from kubernetes.client.exceptions import ApiException
 
 from nodesysctl import GROUP, KIND, PLURAL, VERSION
+from nodesysctl.labels import LABEL_JOB_NAME
 from nodesysctl.planning import NodeFacts, format_time
 
 logger = logging.getLogger(__name__)
@@ -182,7 +183,7 @@ class Kube:
         """Pods of one Job (used when the watch has not delivered them yet)."""
         pods = self.rest.get(
             f"/api/v1/namespaces/{_name(namespace)}/pods",
-            labelSelector=f"batch.kubernetes.io/job-name={job}",
+            labelSelector=f"{LABEL_JOB_NAME}={job}",
         )
         return list(pods.get("items", []))
 

@@ -16,8 +16,8 @@ from enum import StrEnum
 from typing import Any
 
 from nodesysctl.api import NodeSysctlPolicySpec
+from nodesysctl.labels import ANNOTATION_RESULT_PREFIX
 
-ANNOTATION_PREFIX = "nodesysctl.io/result."
 MAX_WORST_NODES = 10
 # Rechecks spread over this fraction of the interval so that a fleet checked together
 # does not come due in the same second forever after.
@@ -108,10 +108,10 @@ class NodeFacts:
         annotations = meta.get("annotations") or {}
         results = {}
         for key, value in annotations.items():
-            if key.startswith(ANNOTATION_PREFIX):
+            if key.startswith(ANNOTATION_RESULT_PREFIX):
                 parsed = NodeResult.from_annotation(value)
                 if parsed is not None:
-                    results[key.removeprefix(ANNOTATION_PREFIX)] = parsed
+                    results[key.removeprefix(ANNOTATION_RESULT_PREFIX)] = parsed
         node_info = (body.get("status") or {}).get("nodeInfo") or {}
         return cls(
             name=str(meta.get("name", "")),

@@ -20,11 +20,6 @@ from typing import Any
 from nodesysctl.agent.contract import AgentResult
 from nodesysctl.api import InvalidPolicy, LabelSelector, NodeSysctlPolicySpec, parse_spec
 from nodesysctl.jobs import (
-    ANNOTATION_BOOT_ID,
-    ANNOTATION_NODE,
-    LABEL_POLICY,
-    LABEL_SPEC_HASH,
-    RESTART_WAVE,
     JobSettings,
     StatusInputs,
     build_agent_job,
@@ -36,6 +31,15 @@ from nodesysctl.jobs import (
     merge_conditions,
 )
 from nodesysctl.kube import Kube, node_ref, policy_ref, workload_ref
+from nodesysctl.labels import (
+    ANNOTATION_BOOT_ID,
+    ANNOTATION_NODE,
+    LABEL_JOB_NAME,
+    LABEL_JOB_NAME_LEGACY,
+    LABEL_POLICY,
+    LABEL_SPEC_HASH,
+    RESTART_WAVE,
+)
 from nodesysctl.planning import (
     JobFacts,
     NodeFacts,
@@ -77,7 +81,7 @@ class PodOutcome:
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> PodOutcome | None:
         labels = (body.get("metadata") or {}).get("labels") or {}
-        job = labels.get("batch.kubernetes.io/job-name") or labels.get("job-name")
+        job = labels.get(LABEL_JOB_NAME) or labels.get(LABEL_JOB_NAME_LEGACY)
         if not job:
             return None
         for status in (body.get("status") or {}).get("containerStatuses") or []:

@@ -16,8 +16,8 @@ from nodesysctl.agent.persist import render
 from nodesysctl.devcluster.nodes import SimulatedNode
 from nodesysctl.devcluster.waiting import wait_for
 from nodesysctl.devcluster.workloads import deployment as deployment_body
-from nodesysctl.jobs import ANNOTATION_NODE, LABEL_POLICY, RESTARTED_AT
-from nodesysctl.planning import ANNOTATION_PREFIX, NodeFacts, NodeResult, NodeState
+from nodesysctl.labels import ANNOTATION_NODE, ANNOTATION_RESULT_PREFIX, LABEL_POLICY, RESTARTED_AT
+from nodesysctl.planning import NodeFacts, NodeResult, NodeState
 from nodesysctl.ports import PortRange
 
 from .conftest import JOB_NAMESPACE, OperatorProcess, Policies
@@ -447,7 +447,7 @@ def test_deleting_a_policy_leaves_no_jobs_annotations_or_finalizers(
     ours = [
         key
         for key in meta.get("annotations") or {}
-        if key.startswith((ANNOTATION_PREFIX, "kopf.zalando.org/"))
+        if key.startswith((ANNOTATION_RESULT_PREFIX, "kopf.zalando.org/"))
         # Kopf's own bookkeeping would carry our prefix; the simulator's marks are not ours.
         or (key.startswith("nodesysctl.io/") and not key.startswith("nodesysctl.io/simulated"))
     ]

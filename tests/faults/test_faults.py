@@ -34,7 +34,7 @@ from nodesysctl.api import parse_spec
 from nodesysctl.devcluster.cluster import DevCluster
 from nodesysctl.devcluster.nodes import SimulatedNode
 from nodesysctl.devcluster.waiting import wait_for
-from nodesysctl.jobs import ANNOTATION_NODE, LABEL_POLICY, LABEL_SPEC_HASH, RESTARTED_AT
+from nodesysctl.labels import ANNOTATION_NODE, LABEL_POLICY, LABEL_SPEC_HASH, RESTARTED_AT
 from nodesysctl.planning import NodeState, spec_hash
 
 from .conftest import FaultyAgent

@@ -9,8 +9,6 @@ from typing import Any
 from nodesysctl.agent.contract import AgentSpec
 from nodesysctl.api import parse_spec
 from nodesysctl.jobs import (
-    RESTART_WAVE,
-    RESTARTED_AT,
     JobSettings,
     StatusInputs,
     build_agent_job,
@@ -18,6 +16,7 @@ from nodesysctl.jobs import (
     build_restart_patch,
     merge_conditions,
 )
+from nodesysctl.labels import RESTART_WAVE, RESTARTED_AT
 from nodesysctl.planning import CheckOrder, CheckReason, PolicySummary
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from nodesysctl.kube import WatchExpiredError
+from nodesysctl.labels import ANNOTATION_RESULT_PREFIX
 from nodesysctl.nodewatch import (
     STALE_SECONDS,
     NodeCache,
@@ -21,7 +22,7 @@ from nodesysctl.nodewatch import (
     NodeWatch,
     NodeWatchStaleError,
 )
-from nodesysctl.planning import ANNOTATION_PREFIX, NodeFacts, NodeResult, NodeState
+from nodesysctl.planning import NodeFacts, NodeResult, NodeState
 
 
 def facts(name: str, boot: str = "b1", **labels: str) -> NodeFacts:
@@ -35,7 +36,7 @@ def body(name: str, version: str, boot: str = "b1", heartbeat: str = "t0") -> di
             "name": name,
             "resourceVersion": version,
             "labels": {"zone": "a"},
-            "annotations": {ANNOTATION_PREFIX + "p": result.to_annotation()},
+            "annotations": {ANNOTATION_RESULT_PREFIX + "p": result.to_annotation()},
         },
         "status": {
             "nodeInfo": {"bootID": boot},

@@ -15,15 +15,9 @@ from typing import Any
 import pytest
 
 from nodesysctl.api import parse_spec
-from nodesysctl.jobs import RESTART_WAVE, JobSettings
-from nodesysctl.planning import (
-    ANNOTATION_PREFIX,
-    JobFacts,
-    NodeFacts,
-    NodeResult,
-    NodeState,
-    spec_hash,
-)
+from nodesysctl.jobs import JobSettings
+from nodesysctl.labels import ANNOTATION_RESULT_PREFIX, RESTART_WAVE
+from nodesysctl.planning import JobFacts, NodeFacts, NodeResult, NodeState, spec_hash
 from nodesysctl.reconcile import PodOutcome, PolicyReconciler, RestartLimiter, Snapshot
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
@@ -184,7 +178,7 @@ def test_finished_job_is_recorded_on_the_node_with_events() -> None:
     )
     node, patch = kube.node_patches[0]
     stored = NodeResult.from_annotation(
-        patch["metadata"]["annotations"][ANNOTATION_PREFIX + POLICY]
+        patch["metadata"]["annotations"][ANNOTATION_RESULT_PREFIX + POLICY]
     )
     assert node == "n1"
     assert stored is not None
@@ -221,7 +215,7 @@ def test_job_without_a_readable_result_is_a_failed_node(
         NOW,
     )
     stored = NodeResult.from_annotation(
-        kube.node_patches[0][1]["metadata"]["annotations"][ANNOTATION_PREFIX + POLICY]
+        kube.node_patches[0][1]["metadata"]["annotations"][ANNOTATION_RESULT_PREFIX + POLICY]
     )
     assert stored is not None
     assert stored.status == NodeState.FAILED
@@ -286,7 +280,9 @@ def test_remembered_results_equal_what_the_node_annotation_reads_back() -> None:
         ),
         moment,
     )
-    last_patch = kube.node_patches[-1][1]["metadata"]["annotations"][ANNOTATION_PREFIX + POLICY]
+    last_patch = kube.node_patches[-1][1]["metadata"]["annotations"][
+        ANNOTATION_RESULT_PREFIX + POLICY
+    ]
     assert result.recorded["n1"] == NodeResult.from_annotation(last_patch)
 
 

@@ -53,13 +53,14 @@ from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
 import nodesysctl
+from nodesysctl.labels import AGENT_APP, LABEL_APP
 
 from .binaries import KUBERNETES_VERSION
 from .nodes import SimulatedNode
 
 log = logging.getLogger(__name__)
 
-AGENT_SELECTOR = ("app.kubernetes.io/name", "nodesysctl-agent")
+AGENT_SELECTOR = (LABEL_APP, AGENT_APP)
 NODE_LEASE_NAMESPACE = "kube-node-lease"
 NODE_IP = "127.0.0.1"
 TERMINATION_MESSAGE_LIMIT = 4096  # bytes per container, as the kubelet
