@@ -23,10 +23,10 @@ $(STAMP): pyproject.toml
 venv: $(STAMP) ## Create .venv with the package and its dev tools
 
 .PHONY: lint
-lint: $(STAMP) scan ## ruff, mypy --strict, import contracts, and `make scan`
+lint: $(STAMP) scan ## ruff, mypy --strict (tests too), import contracts, and `make scan`
 	$(BIN)/ruff check operator tests bench
 	$(BIN)/ruff format --check operator tests bench
-	$(BIN)/mypy operator/nodesysctl bench
+	$(BIN)/mypy operator/nodesysctl bench tests
 	$(BIN)/lint-imports
 
 .PHONY: controlplane

@@ -13,6 +13,7 @@ import pytest
 from kubernetes import client
 
 from nodesysctl.agent.persist import render
+from nodesysctl.devcluster.install import JOB_NAMESPACE
 from nodesysctl.devcluster.nodes import SimulatedNode
 from nodesysctl.devcluster.waiting import wait_for
 from nodesysctl.devcluster.workloads import deployment as deployment_body
@@ -20,7 +21,7 @@ from nodesysctl.labels import ANNOTATION_NODE, ANNOTATION_RESULT_PREFIX, LABEL_P
 from nodesysctl.planning import NodeFacts, NodeResult, NodeState
 from nodesysctl.ports import PortRange
 
-from .conftest import JOB_NAMESPACE, OperatorProcess, Policies
+from .conftest import OperatorProcess, Policies
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 # The operator process, policies and job namespace fixtures are the e2e harness's own.
-from e2e.conftest import (  # noqa: F401
+from tests.e2e.conftest import (  # noqa: F401
     job_namespace,
     policies,
     pytest_runtest_makereport,

@@ -19,8 +19,15 @@ from typing import Any
 import pytest
 from kubernetes import client, watch
 
-from e2e.conftest import JOB_NAMESPACE, OperatorProcess, Policies
-from e2e.test_operator import (
+from nodesysctl.api import parse_spec
+from nodesysctl.devcluster.cluster import DevCluster
+from nodesysctl.devcluster.install import JOB_NAMESPACE
+from nodesysctl.devcluster.nodes import SimulatedNode
+from nodesysctl.devcluster.waiting import wait_for
+from nodesysctl.labels import ANNOTATION_NODE, LABEL_POLICY, LABEL_SPEC_HASH, RESTARTED_AT
+from nodesysctl.planning import NodeState, spec_hash
+from tests.e2e.conftest import OperatorProcess, Policies
+from tests.e2e.test_operator import (
     condition,
     deployment,
     enforce_spec,
@@ -30,12 +37,6 @@ from e2e.test_operator import (
     rollouts,
     wait_policy,
 )
-from nodesysctl.api import parse_spec
-from nodesysctl.devcluster.cluster import DevCluster
-from nodesysctl.devcluster.nodes import SimulatedNode
-from nodesysctl.devcluster.waiting import wait_for
-from nodesysctl.labels import ANNOTATION_NODE, LABEL_POLICY, LABEL_SPEC_HASH, RESTARTED_AT
-from nodesysctl.planning import NodeState, spec_hash
 
 from .conftest import FaultyAgent
 
@@ -195,7 +196,7 @@ def on_first_job_complete(api: Any, policy: str, action: Callable[[], None]) -> 
         ):
             if _finished(event["object"]):
                 action()
-                stream.stop()
+                stream.stop()  # type: ignore[no-untyped-call]
                 return
 
     thread = threading.Thread(target=run, daemon=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from nodesysctl.devcluster.binaries import KUBERNETES_VERSION
 from nodesysctl.devcluster.cluster import DevCluster
 from nodesysctl.devcluster.pytest_plugin import NodeFactory
 from nodesysctl.devcluster.waiting import wait_for
+from tests.kube_json import as_dict
 
 REPO = Path(__file__).resolve().parents[2]
 PORT_RANGE = "net.ipv4.ip_local_port_range"
@@ -56,13 +58,12 @@ def test_a_simulated_node_is_ready_with_its_own_sysctls(
     assert plain.get_sysctl(PORT_RANGE) == "32768\t60999"
 
     core = client.CoreV1Api(api_client)
-    obj = core.read_node(node.name)
-    assert obj.metadata.labels["pool"] == "a"
-    assert obj.status.node_info.boot_id == node.boot_id
-    assert obj.status.node_info.kubelet_version == KUBERNETES_VERSION
-    assert obj.status.allocatable["pods"] == "110"
-    lease = client.CoordinationV1Api(api_client).read_namespaced_lease(node.name, "kube-node-lease")
-    assert lease.spec.holder_identity == node.name
+    obj = node_body(core, node.name)
+    assert obj["metadata"]["labels"]["pool"] == "a"
+    assert obj["status"]["nodeInfo"]["bootID"] == node.boot_id
+    assert obj["status"]["nodeInfo"]["kubeletVersion"] == KUBERNETES_VERSION
+    assert obj["status"]["allocatable"]["pods"] == "110"
+    assert lease_body(api_client, node.name)["spec"]["holderIdentity"] == node.name
 
     listing = kubectl("get", "nodes", "-l", "pool=a", "--no-headers").stdout
     assert re.match(rf"^{node.name}\s+Ready\s", listing)
@@ -73,11 +74,11 @@ def test_a_simulated_node_is_ready_with_its_own_sysctls(
     new_boot = node.reboot()
     assert new_boot != old_boot
     assert node.get_sysctl(PORT_RANGE) == "1024\t65000"
-    assert core.read_node(node.name).status.node_info.boot_id == new_boot
+    assert node_body(core, node.name)["status"]["nodeInfo"]["bootID"] == new_boot
 
     node.set_labels({"pool": "c", "extra": "yes"})
     node.remove_labels("extra")
-    labels = core.read_node(node.name).metadata.labels
+    labels = node_body(core, node.name)["metadata"]["labels"]
     assert labels["pool"] == "c"
     assert "extra" not in labels
 
@@ -85,10 +86,13 @@ def test_a_simulated_node_is_ready_with_its_own_sysctls(
 @pytest.mark.integration
 def test_leases_are_renewed(node_factory: NodeFactory, api_client: Any) -> None:
     node = node_factory(netns=False)
-    leases = client.CoordinationV1Api(api_client)
-    first = leases.read_namespaced_lease(node.name, "kube-node-lease").spec.renew_time
+
+    def renewed_at() -> datetime:
+        return datetime.fromisoformat(lease_body(api_client, node.name)["spec"]["renewTime"])
+
+    first = renewed_at()
     wait_for(
-        lambda: leases.read_namespaced_lease(node.name, "kube-node-lease").spec.renew_time > first,
+        lambda: renewed_at() > first,
         timeout=30,
         what=f"the lease of {node.name} to be renewed",
     )
@@ -104,7 +108,9 @@ def test_deleting_a_node_removes_its_namespace(node_factory: NodeFactory, api_cl
     assert not Path("/run/netns", netns).exists()
     core = client.CoreV1Api(api_client)
     wait_for(
-        lambda: node.name not in [n.metadata.name for n in core.list_node().items],
+        lambda: (
+            node.name not in [n["metadata"]["name"] for n in as_dict(core.list_node())["items"]]
+        ),
         timeout=30,
         what=f"node {node.name} to be gone",
     )
@@ -118,3 +124,13 @@ def test_a_hundred_nodes_without_netns(node_factory: NodeFactory, api_client: An
     selector = ",".join(f"{k}={v}" for k, v in node_factory.selector.items())
     listed = client.CoreV1Api(api_client).list_node(label_selector=selector).items
     assert len(listed) == 100
+
+
+def node_body(core: client.CoreV1Api, name: str) -> dict[str, Any]:
+    return as_dict(core.read_node(name))
+
+
+def lease_body(api_client: Any, name: str) -> dict[str, Any]:
+    return as_dict(
+        client.CoordinationV1Api(api_client).read_namespaced_lease(name, "kube-node-lease")
+    )

@@ -48,7 +48,7 @@ def create_dry_run(api_client: Any, body: dict[str, Any]) -> Any:
 
 def refusal_text(exc: ApiException) -> str:
     """The Status's message and its causes' messages, as kubectl would print them."""
-    status = json.loads(exc.body)
+    status = json.loads(exc.body or "{}")
     causes = (status.get("details") or {}).get("causes") or []
     return "\n".join([status.get("message", ""), *(c.get("message", "") for c in causes)])
 

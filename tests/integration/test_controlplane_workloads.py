@@ -15,6 +15,7 @@ from nodesysctl.devcluster.nodes import SimulatedNode
 from nodesysctl.devcluster.pytest_plugin import NodeFactory
 from nodesysctl.devcluster.waiting import wait_for
 from nodesysctl.jobs import pin_to_node
+from tests.kube_json import as_dict
 
 pytestmark = pytest.mark.integration
 
@@ -94,11 +95,14 @@ def run_job(api_client: Any, namespace: str, job: dict[str, Any]) -> tuple[Any, 
     """Create the Job, wait until it is Complete or Failed; return (job, its pod)."""
     batch, core = client.BatchV1Api(api_client), client.CoreV1Api(api_client)
     name = job["metadata"]["name"]
-    batch.create_namespaced_job(namespace, job)
+    batch.create_namespaced_job(namespace, job)  # type: ignore[arg-type]  # a dict is sent as is
 
     def finished() -> Any:
         current = batch.read_namespaced_job(name, namespace)
-        conditions = {c.type: c.status for c in current.status.conditions or []}
+        conditions = {
+            c["type"]: c["status"]
+            for c in as_dict(current).get("status", {}).get("conditions") or []
+        }
         done = conditions.get("Complete") == "True" or conditions.get("Failed") == "True"
         return current if done else None
 
@@ -228,14 +232,14 @@ def test_a_deployment_becomes_ready_and_restarts(
 ) -> None:
     nodes: list[SimulatedNode] = [node_factory(netns=False) for _ in range(2)]
     apps, core = client.AppsV1Api(api_client), client.CoreV1Api(api_client)
-    apps.create_namespaced_deployment(test_namespace, deployment("web", node_factory.selector))
+    apps.create_namespaced_deployment(test_namespace, deployment("web", node_factory.selector))  # type: ignore[arg-type]
     wait_for(lambda: rolled_out(apps, test_namespace, "web"), timeout=60, what="web to roll out")
-    pods = core.list_namespaced_pod(test_namespace, label_selector="app=web").items
-    assert {p.spec.node_name for p in pods} <= {n.name for n in nodes}
+    pods = as_dict(core.list_namespaced_pod(test_namespace, label_selector="app=web"))["items"]
+    assert {p["spec"]["nodeName"] for p in pods} <= {n.name for n in nodes}
     for pod in pods:
-        conditions = {c.type: c.status for c in pod.status.conditions}
+        conditions = {c["type"]: c["status"] for c in pod["status"]["conditions"]}
         assert conditions["Ready"] == "True"
-        assert pod.status.container_statuses[0].ready
+        assert pod["status"]["containerStatuses"][0]["ready"]
 
     # What `kubectl rollout restart` does, and what the operator will do.
     apps.patch_namespaced_deployment(
@@ -252,14 +256,18 @@ def test_a_deployment_becomes_ready_and_restarts(
         },
     )
     wait_for(lambda: rolled_out(apps, test_namespace, "web"), timeout=60, what="web to roll again")
-    replica_sets = apps.list_namespaced_replica_set(test_namespace, label_selector="app=web")
-    assert len(replica_sets.items) == 2
+    replica_sets = as_dict(
+        apps.list_namespaced_replica_set(test_namespace, label_selector="app=web")
+    )
+    assert len(replica_sets["items"]) == 2
     by_restart = {
-        (rs.spec.template.metadata.annotations or {}).get("kubectl.kubernetes.io/restartedAt"): rs
-        for rs in replica_sets.items
+        (rs["spec"]["template"]["metadata"].get("annotations") or {}).get(
+            "kubectl.kubernetes.io/restartedAt"
+        ): rs
+        for rs in replica_sets["items"]
     }
-    assert by_restart["2026-01-02T03:04:05Z"].status.ready_replicas == 2
-    assert not by_restart[None].status.replicas
+    assert by_restart["2026-01-02T03:04:05Z"]["status"]["readyReplicas"] == 2
+    assert not by_restart[None]["status"].get("replicas")
     # The old pods are gone (deleted by the ReplicaSet controller, removed by the kubelet).
     wait_for(
         lambda: len(core.list_namespaced_pod(test_namespace, label_selector="app=web").items) == 2,

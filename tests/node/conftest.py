@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import NoReturn
 
 import pytest
-from netns_helpers import NetNs, netns_unavailable
+
+from tests.node.netns_helpers import NetNs, netns_unavailable
 
 REQUIRE_ENV = "NODESYSCTL_REQUIRE_NETNS"
 

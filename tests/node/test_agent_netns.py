@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from netns_helpers import PORT_RANGE, RESERVED_PORTS, NetNs, wait_for
 
 from nodesysctl.agent.contract import Status
+from tests.node.netns_helpers import PORT_RANGE, RESERVED_PORTS, NetNs, wait_for
 
 pytestmark = pytest.mark.netns
 

@@ -16,7 +16,9 @@ import celpy
 import pytest
 import yaml
 from celpy import celtypes
-from test_crd import apply_crd_defaults, openapi_schema, walk
+from celpy.adapter import json_to_cel
+
+from tests.unit.test_crd import apply_crd_defaults, openapi_schema, walk
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
@@ -49,7 +51,7 @@ def broken_rules(manifest: dict[str, Any]) -> list[str]:
     broken = []
     for path, message, program in RULES:
         for value in values_at(document, path):
-            result = program.evaluate({"self": celpy.json_to_cel(value)})
+            result = program.evaluate({"self": json_to_cel(value)})
             if not (isinstance(result, celtypes.BoolType) and bool(result)):
                 broken.append(f"{path or '<root>'}: {message} ({result!r})")
     return broken

@@ -13,9 +13,15 @@ from typing import Any
 
 import pytest
 import yaml
-from test_crd import apply_crd_defaults, crd_schema_errors, drop_empty, openapi_schema, walk
 
 from nodesysctl.api import InvalidPolicy, parse_policy, parse_spec
+from tests.unit.test_crd import (
+    apply_crd_defaults,
+    crd_schema_errors,
+    drop_empty,
+    openapi_schema,
+    walk,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))

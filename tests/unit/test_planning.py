@@ -240,7 +240,7 @@ def test_node_result_annotation_round_trip_and_garbage() -> None:
 
 
 def test_node_facts_ignore_heartbeat_fields() -> None:
-    body = {
+    body: dict[str, Any] = {
         "metadata": {"name": "n0", "labels": {"a": "b"}, "resourceVersion": "1"},
         "status": {"nodeInfo": {"bootID": "x"}, "conditions": [{"lastHeartbeatTime": "t1"}]},
     }

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from nodesysctl.api import parse_spec
 from nodesysctl.planning import NodeFacts, NodeResult, NodeState, spec_hash
@@ -12,7 +14,7 @@ NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 WORKERS = {"spec": {"nodeSelector": {"matchLabels": {"role": "worker"}}}}
 
 
-def policy(name: str, spec: dict[str, object]) -> dict[str, object]:
+def policy(name: str, spec: Mapping[str, Any]) -> dict[str, Any]:
     return {"metadata": {"name": name}, **spec}
 
 
