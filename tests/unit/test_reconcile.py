@@ -83,8 +83,8 @@ class RecordingKube:
 
 def reconciler(kube: RecordingKube, per_minute: float = 600, burst: int = 10) -> PolicyReconciler:
     return PolicyReconciler(
-        kube,
-        JobSettings(namespace="jobs"),  # type: ignore[arg-type]
+        kube,  # type: ignore[arg-type]
+        JobSettings(namespace="jobs"),
         RestartLimiter(per_minute, burst),
     )
 
