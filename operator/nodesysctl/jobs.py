@@ -1,13 +1,14 @@
-"""Pure builders for everything the operator writes: agent Jobs, restart patches, status.
+"""Pure builders of the agent Jobs and of the patches the operator writes to Nodes (the
+per-node result annotation) and to workloads (the rollout restart).
 
 Each `build_*` function returns a plain dict ready for the API, so the rendering is
-unit-tested (and reviewed) without a cluster, the way dask-kubernetes' operator does it.
+unit-tested (and reviewed) without a cluster, the way dask-kubernetes' operator does it. The
+policy's own status is built in `nodesysctl.policy_status`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -32,7 +33,6 @@ from nodesysctl.labels import (
 from nodesysctl.planning import (
     CheckOrder,
     NodeResult,
-    PolicySummary,
     format_time,
     short_hash,
     spec_hash,
@@ -214,118 +214,3 @@ def build_restart_patch(moment: datetime, wave: str) -> dict[str, Any]:
             }
         }
     }
-
-
-def condition(
-    kind: str, status: bool, reason: str, message: str, generation: int
-) -> dict[str, Any]:
-    return {
-        "type": kind,
-        "status": "True" if status else "False",
-        "reason": reason,
-        "message": message[:1000],
-        "observedGeneration": generation,
-    }
-
-
-def merge_conditions(
-    previous: Sequence[Mapping[str, Any]], wanted: Sequence[dict[str, Any]], now: datetime
-) -> list[dict[str, Any]]:
-    """Keep lastTransitionTime when a condition's status did not change (as metav1 does)."""
-    before = {c.get("type"): c for c in previous}
-    merged = []
-    for cond in wanted:
-        old = before.get(cond["type"])
-        if old is not None and old.get("status") == cond["status"]:
-            stamp = old.get("lastTransitionTime") or format_time(now)
-        else:
-            stamp = format_time(now)
-        merged.append({**cond, "lastTransitionTime": stamp})
-    return merged
-
-
-@dataclasses.dataclass(frozen=True)
-class StatusInputs:
-    generation: int
-    mode: str
-    summary: PolicySummary
-    halted: bool
-    conflicts: tuple[str, ...] = ()  # human sentences, at most a few
-    last_restart: Mapping[str, Any] | None = None
-
-
-def build_conditions(inputs: StatusInputs) -> list[dict[str, Any]]:
-    s = inputs.summary
-    gen = inputs.generation
-    settled = s.pending == 0 and s.in_flight == 0
-    healthy = settled and s.failed == 0 and s.drifted == 0
-    if healthy:
-        ready = condition(
-            "Ready", True, "AllCompliant", f"{s.compliant}/{s.nodes} nodes compliant", gen
-        )
-    elif s.failed or s.drifted:
-        ready = condition(
-            "Ready",
-            False,
-            "NodesNotCompliant",
-            f"{s.drifted} drifted, {s.failed} failed of {s.nodes} nodes",
-            gen,
-        )
-    else:
-        ready = condition("Ready", False, "RolloutInProgress", f"{s.pending} nodes pending", gen)
-    progressing = condition(
-        "Progressing",
-        not settled and not inputs.halted,
-        "Checking" if not settled and not inputs.halted else "Idle",
-        f"{s.in_flight} checks running, {s.pending} nodes pending",
-        gen,
-    )
-    degraded = condition(
-        "Degraded",
-        inputs.halted,
-        "FailureBudgetExhausted" if inputs.halted else "WithinBudget",
-        (
-            f"rollout halted: {s.failed} nodes failed; fix them, then edit the policy to retry"
-            if inputs.halted
-            else f"{s.failed} nodes failed"
-        ),
-        gen,
-    )
-    invalid = condition("Invalid", False, "Valid", "spec accepted", gen)
-    conflict = condition(
-        "Conflict",
-        bool(inputs.conflicts),
-        "PolicyConflict" if inputs.conflicts else "NoConflict",
-        "; ".join(inputs.conflicts[:3]) or "no other policy contests these nodes",
-        gen,
-    )
-    return [ready, progressing, degraded, invalid, conflict]
-
-
-def build_status(inputs: StatusInputs) -> dict[str, Any]:
-    """The policy status without conditions' transition times (see `merge_conditions`)."""
-    s = inputs.summary
-    status: dict[str, Any] = {
-        "observedGeneration": inputs.generation,
-        "nodes": s.nodes,
-        "compliant": s.compliant,
-        "drifted": s.drifted,
-        "failed": s.failed,
-        "pending": s.pending,
-        "worstNodes": [
-            {"name": w.name, "state": w.state.value, "message": w.message[:200]} for w in s.worst
-        ],
-    }
-    if inputs.last_restart is not None:
-        status["lastRestart"] = dict(inputs.last_restart)
-    return status
-
-
-def build_invalid_conditions(message: str, generation: int) -> list[dict[str, Any]]:
-    return [
-        condition("Invalid", True, "InvalidSpec", message, generation),
-        condition(
-            "Ready", False, "InvalidSpec", "the spec is invalid; nothing is applied", generation
-        ),
-        condition("Progressing", False, "InvalidSpec", "nothing is applied", generation),
-    ]

@@ -2,8 +2,8 @@
 
 The Kopf daemon (`nodesysctl.handlers`) snapshots what the watches know (nodes, jobs, agent
 pods) on the event loop, then runs `PolicyReconciler.run_once` in a worker thread. Decisions
-come from the pure `nodesysctl.planning`; bodies from `nodesysctl.jobs`; calls from
-`nodesysctl.kube`. Nothing here imports Kopf.
+come from the pure `nodesysctl.planning`; bodies from `nodesysctl.jobs` and
+`nodesysctl.policy_status`; calls from `nodesysctl.kube`. Nothing here imports Kopf.
 """
 
 from __future__ import annotations
@@ -21,14 +21,9 @@ from nodesysctl.agent.contract import AgentResult
 from nodesysctl.api import InvalidPolicy, LabelSelector, NodeSysctlPolicySpec, parse_spec
 from nodesysctl.jobs import (
     JobSettings,
-    StatusInputs,
     build_agent_job,
-    build_conditions,
-    build_invalid_conditions,
     build_node_result_patch,
     build_restart_patch,
-    build_status,
-    merge_conditions,
 )
 from nodesysctl.kube import Kube, node_ref, policy_ref, workload_ref
 from nodesysctl.labels import (
@@ -56,6 +51,13 @@ from nodesysctl.planning import (
     selector_query,
     spec_hash,
     wants_restart,
+)
+from nodesysctl.policy_status import (
+    StatusInputs,
+    build_conditions,
+    build_invalid_conditions,
+    build_status,
+    merge_conditions,
 )
 
 logger = logging.getLogger(__name__)

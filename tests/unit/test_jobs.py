@@ -1,4 +1,4 @@
-"""Rendering of agent Jobs, restart patches and policy status."""
+"""Rendering of agent Jobs and restart patches."""
 
 from __future__ import annotations
 
@@ -8,16 +8,9 @@ from typing import Any
 
 from nodesysctl.agent.contract import AgentSpec
 from nodesysctl.api import parse_spec
-from nodesysctl.jobs import (
-    JobSettings,
-    StatusInputs,
-    build_agent_job,
-    build_conditions,
-    build_restart_patch,
-    merge_conditions,
-)
+from nodesysctl.jobs import JobSettings, build_agent_job, build_restart_patch
 from nodesysctl.labels import RESTART_WAVE, RESTARTED_AT
-from nodesysctl.planning import CheckOrder, CheckReason, PolicySummary
+from nodesysctl.planning import CheckOrder, CheckReason
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
@@ -93,36 +86,3 @@ def test_restart_patch_is_what_kubectl_rollout_restart_sets() -> None:
     annotations = patch["spec"]["template"]["metadata"]["annotations"]
     assert annotations[RESTARTED_AT] == "2026-11-25T12:00:00Z"
     assert annotations[RESTART_WAVE] == "wave1"
-
-
-def summary(**counts: int) -> PolicySummary:
-    base = {"nodes": 3, "compliant": 3, "drifted": 0, "failed": 0, "pending": 0, "in_flight": 0}
-    base.update(counts)
-    return PolicySummary(worst=(), **base)
-
-
-def by_type(conditions: list[dict[str, Any]]) -> dict[str, str]:
-    return {c["type"]: c["status"] for c in conditions}
-
-
-def test_conditions_follow_the_rollout() -> None:
-    ready = build_conditions(StatusInputs(1, "Enforce", summary(), halted=False))
-    assert by_type(ready)["Ready"] == "True"
-    assert by_type(ready)["Progressing"] == "False"
-    running = build_conditions(
-        StatusInputs(1, "Enforce", summary(compliant=1, pending=2, in_flight=2), halted=False)
-    )
-    assert by_type(running)["Ready"] == "False"
-    assert by_type(running)["Progressing"] == "True"
-    halted = build_conditions(StatusInputs(1, "Enforce", summary(failed=2), halted=True))
-    assert by_type(halted)["Degraded"] == "True"
-    assert "halted" in next(c for c in halted if c["type"] == "Degraded")["message"]
-
-
-def test_transition_time_kept_while_status_unchanged() -> None:
-    first = merge_conditions([], [{"type": "Ready", "status": "True"}], NOW)
-    later = datetime(2026, 11, 26, tzinfo=UTC)
-    same = merge_conditions(first, [{"type": "Ready", "status": "True"}], later)
-    flipped = merge_conditions(first, [{"type": "Ready", "status": "False"}], later)
-    assert same[0]["lastTransitionTime"] == "2026-11-25T12:00:00Z"
-    assert flipped[0]["lastTransitionTime"] == "2026-11-26T00:00:00Z"
