@@ -3,7 +3,8 @@
 The models mirror the CRD's OpenAPI schema: same camelCase names, defaults, bounds and enums, and
 every CEL rule (`x-kubernetes-validations`) is repeated as a `Rule` with the same message, so the
 operator rejects whatever slips past an API server (an old CRD, a disabled validation) with the
-words a user already saw from `kubectl apply`. `tests/unit/test_crd.py` keeps the two in sync.
+words a user already saw from `kubectl apply` (`nodesysctl.api_errors` words pydantic's errors
+as the API server does). `tests/unit/test_crd.py` keeps the two in sync.
 
 Pure core: imports neither `kubernetes` nor `kopf`.
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -30,9 +31,10 @@ from pydantic import (
     model_validator,
 )
 from pydantic.alias_generators import to_camel
-from pydantic_core import ErrorDetails, PydanticCustomError
+from pydantic_core import PydanticCustomError
 
 from nodesysctl import GROUP, VERSION
+from nodesysctl.api_errors import kubernetes_problems, rule_violation
 from nodesysctl.labels import LABEL_RESTART_OPT_IN
 
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -153,14 +155,7 @@ class _RuledModel(_ApiModel):
     def _check_rules(self) -> Self:
         broken = [rule for rule in self.RULES if not rule.holds(self)]
         if broken:
-            raise PydanticCustomError(
-                "x_kubernetes_validation",
-                "{summary}",
-                {
-                    "summary": "; ".join(rule.message for rule in broken),
-                    "broken": tuple((rule.field_path, rule.message) for rule in broken),
-                },
-            )
+            raise rule_violation([(rule.field_path, rule.message) for rule in broken])
         return self
 
 
@@ -585,7 +580,7 @@ def parse_spec(spec: Mapping[str, Any]) -> NodeSysctlPolicySpec:
     try:
         return NodeSysctlPolicySpec.model_validate(spec)
     except ValidationError as error:
-        raise InvalidPolicy(_problems(error, prefix=("spec",))) from None
+        raise InvalidPolicy(kubernetes_problems(error, prefix=("spec",))) from None
 
 
 def parse_policy(manifest: Mapping[str, Any]) -> NodeSysctlPolicy:
@@ -593,109 +588,4 @@ def parse_policy(manifest: Mapping[str, Any]) -> NodeSysctlPolicy:
     try:
         return NodeSysctlPolicy.model_validate(manifest)
     except ValidationError as error:
-        raise InvalidPolicy(_problems(error, prefix=())) from None
-
-
-def _problems(error: ValidationError, prefix: tuple[str, ...]) -> list[str]:
-    problems: list[str] = []
-    for detail in _without_union_noise(error.errors()):
-        location = (*prefix, *_schema_location(detail["loc"]))
-        if detail["type"] == "x_kubernetes_validation":
-            for field_path, message in detail["ctx"]["broken"]:
-                problems.append(f"{_format_path(location)}{field_path}: {message}")
-        else:
-            problems.append(f"{_format_path(location)}: {_kubernetes_message(detail, location)}")
-    return problems
-
-
-# Pydantic names the union member ("int", "str", "constrained-str", "function-after[...]") in the
-# location of an error inside an int-or-string union; the API server names only the field.
-_UNION_TAGS = frozenset({"int", "str", "bool", "constrained-str", "constrained-int"})
-
-
-def _is_union_tag(part: str | int) -> bool:
-    return isinstance(part, str) and (part in _UNION_TAGS or "[" in part)
-
-
-def _schema_location(loc: Iterable[str | int]) -> list[str | int]:
-    return [part for part in loc if not _is_union_tag(part)]
-
-
-def _without_union_noise(details: list[ErrorDetails]) -> list[ErrorDetails]:
-    """For a value no union member accepts, keep what the user must fix: the constraint the value
-    broke in the member of its own type, or a single type error if it has neither type."""
-    by_field: dict[tuple[str | int, ...], list[ErrorDetails]] = {}
-    kept: list[ErrorDetails] = []
-    for detail in details:
-        if any(_is_union_tag(part) for part in detail["loc"]):
-            by_field.setdefault(tuple(_schema_location(detail["loc"])), []).append(detail)
-        else:
-            kept.append(detail)
-    for members in by_field.values():
-        constraint_errors = [d for d in members if d["type"] not in _TYPE_NAMES]
-        kept.extend(constraint_errors or [_merged_type_error(members)])
-    return kept
-
-
-def _merged_type_error(members: list[ErrorDetails]) -> ErrorDetails:
-    first = members[0]
-    return ErrorDetails(
-        type="union_type",
-        loc=first["loc"],
-        msg=first["msg"],
-        input=first["input"],
-        ctx={"types": ",".join(_TYPE_NAMES[member["type"]] for member in members)},
-    )
-
-
-def _format_path(location: Sequence[str | int]) -> str:
-    path = ""
-    for part in location:
-        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else part)
-    return path
-
-
-# Pydantic's error types, worded as the API server words the same schema violation, so a user
-# sees one vocabulary whether the API server or the operator refused the policy.
-_TYPE_NAMES = {
-    "int_type": "integer",
-    "string_type": "string",
-    "bool_type": "boolean",
-    "model_type": "object",
-    "dict_type": "object",
-    "list_type": "array",
-}
-
-
-def _kubernetes_message(detail: ErrorDetails, location: Sequence[str | int]) -> str:
-    kind = detail["type"]
-    ctx = detail.get("ctx", {})
-    shown = json.dumps(detail["input"], default=str)
-    path = _format_path(location)
-    if kind == "missing":
-        return "Required value"
-    if kind == "extra_forbidden":
-        return f'unknown field "{path}"'
-    if kind in ("enum", "literal_error"):
-        supported = ", ".join(f'"{value}"' for value in re.findall(r"'([^']*)'", ctx["expected"]))
-        return f"Unsupported value: {shown}: supported values: {supported}"
-    invalid = f"Invalid value: {shown}: {path} in body"
-    if kind == "greater_than_equal":
-        return f"{invalid} should be greater than or equal to {ctx['ge']}"
-    if kind == "less_than_equal":
-        return f"{invalid} should be less than or equal to {ctx['le']}"
-    if kind == "string_pattern_mismatch":
-        return f"{invalid} should match '{ctx['pattern']}'"
-    if kind == "string_too_long":
-        return f"Too long: may not be more than {ctx['max_length']} bytes"
-    if kind == "string_too_short":
-        return f"{invalid} should be at least {ctx['min_length']} chars long"
-    if kind == "too_long":
-        return f"Too many: {ctx['actual_length']}: must have at most {ctx['max_length']} items"
-    if kind == "too_short":
-        return f"{invalid} should have at least {ctx['min_length']} items"
-    if kind == "union_type":
-        return f"{invalid} must be of type {ctx['types']}"
-    if kind in _TYPE_NAMES:
-        return f"{invalid} must be of type {_TYPE_NAMES[kind]}"
-    return detail["msg"]
+        raise InvalidPolicy(kubernetes_problems(error, prefix=())) from None

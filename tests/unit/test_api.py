@@ -1,5 +1,5 @@
 """Behaviour of the `nodesysctl.api` models beyond what the CRD sync test covers: helpers,
-selector semantics, and the messages `parse_spec` gives."""
+selector semantics and parsing (the wording of its problems is in `test_api_errors.py`)."""
 
 from __future__ import annotations
 
@@ -153,60 +153,6 @@ def test_label_selector_matches(
     selector: dict[str, object], labels: dict[str, str], expected: bool
 ) -> None:
     assert LabelSelector.model_validate(selector).matches(labels) is expected
-
-
-def test_every_problem_is_listed_with_its_path() -> None:
-    with pytest.raises(InvalidPolicy) as refused:
-        parse_spec(
-            {
-                "ports": {"ephemeralRange": {"min": 1024, "max": 65000}},
-                "remediation": {"mode": "Fix"},
-                "rollout": {"maxFailedNodes": 0},
-                "job": {"tolerations": [{"operator": "Exists", "value": "x"}]},
-                "typo": True,
-            }
-        )
-    assert set(refused.value.problems) == {
-        "spec.ports.ephemeralRange: ephemeralRange must not overlap nodePortRange: host "
-        "connections would take source ports that NodePort Services own",
-        'spec.remediation.mode: Unsupported value: "Fix": supported values: "Enforce", "Audit"',
-        "spec.rollout.maxFailedNodes: Invalid value: 0: spec.rollout.maxFailedNodes in body "
-        "should be greater than or equal to 1",
-        "spec.job.tolerations[0].value: a toleration with operator Exists must not set value",
-        'spec.typo: unknown field "spec.typo"',
-    }
-    assert str(refused.value).startswith("invalid NodeSysctlPolicy: ")
-    assert "\n" not in str(refused.value), "one line, fit for a condition message"
-    assert isinstance(refused.value, ValueError)
-
-
-def test_several_broken_rules_on_one_object_are_each_listed() -> None:
-    with pytest.raises(InvalidPolicy) as refused:
-        parse_spec({"ports": {"ephemeralRange": {"min": 100, "max": 600}}})
-    assert [problem.split(": ", 1)[1] for problem in refused.value.problems] == [
-        "ephemeralRange.min must be at least 1024, ports below are for host services",
-        "ephemeralRange must span at least 1000 ports, fewer starves outgoing connections",
-    ]
-
-
-def test_wrong_types_are_refused_not_coerced() -> None:
-    with pytest.raises(InvalidPolicy) as refused:
-        parse_spec({"ports": {"protectedPorts": ["10250"]}, "remediation": {"persist": "yes"}})
-    assert refused.value.problems == (
-        'spec.ports.protectedPorts[0]: Invalid value: "10250": '
-        "spec.ports.protectedPorts[0] in body must be of type integer",
-        'spec.remediation.persist: Invalid value: "yes": '
-        "spec.remediation.persist in body must be of type boolean",
-    )
-
-
-def test_int_or_string_type_error_is_one_problem() -> None:
-    with pytest.raises(InvalidPolicy) as refused:
-        parse_spec({"rollout": {"maxConcurrent": True}})
-    assert refused.value.problems == (
-        "spec.rollout.maxConcurrent: Invalid value: true: spec.rollout.maxConcurrent in body "
-        "must be of type integer,string",
-    )
 
 
 def test_parse_policy_checks_the_envelope() -> None:
