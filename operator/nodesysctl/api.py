@@ -41,6 +41,7 @@ API_VERSION = f"{GROUP}/{VERSION}"
 # Job names and Node annotation keys (`nodesysctl.io/result.<policy>`, at most 63 characters
 # after the prefix) are derived from the policy name.
 MAX_POLICY_NAME_LENGTH = 40
+# `status.worstNodes` maxItems; `nodesysctl.planning.summarize` keeps at most this many.
 MAX_WORST_NODES = 10
 
 _LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
@@ -194,26 +195,27 @@ DnsLabel = Annotated[StrictStr, Field(max_length=63, pattern=_DNS_LABEL_PATTERN)
 # --- spec ---------------------------------------------------------------------------------------
 
 
-class PortRange(_RuledModel):
-    """An inclusive port range."""
+class PortRangeSpec(_RuledModel):
+    """An inclusive port range as a policy writes it (`{min, max}`); the range math the agent
+    does is `nodesysctl.ports.PortRange`'s."""
 
     min: Port
     max: Port
 
-    RULES: ClassVar[tuple[Rule[PortRange], ...]] = (
+    RULES: ClassVar[tuple[Rule[PortRangeSpec], ...]] = (
         Rule("min must not be greater than max", lambda r: r.min <= r.max),
     )
 
     def contains(self, port: int) -> bool:
         return self.min <= port <= self.max
 
-    def overlaps(self, other: PortRange) -> bool:
+    def overlaps(self, other: PortRangeSpec) -> bool:
         return self.min <= other.max and other.min <= self.max
 
 
 class PortsSpec(_RuledModel):
-    ephemeral_range: PortRange = PortRange(min=32768, max=60999)
-    node_port_range: PortRange = PortRange(min=30000, max=32767)
+    ephemeral_range: PortRangeSpec = PortRangeSpec(min=32768, max=60999)
+    node_port_range: PortRangeSpec = PortRangeSpec(min=30000, max=32767)
     protected_ports: Annotated[
         list[Port],
         AfterValidator(_no_duplicates),
@@ -239,11 +241,11 @@ class PortsSpec(_RuledModel):
         ),
     )
 
-    def reserved_ranges(self) -> list[PortRange]:
+    def reserved_ranges(self) -> list[PortRangeSpec]:
         """What `reservePorts` merges into ip_local_reserved_ports: the NodePort range, then
         each protected port as a one-port range."""
         return [self.node_port_range] + [
-            PortRange(min=port, max=port) for port in self.protected_ports
+            PortRangeSpec(min=port, max=port) for port in self.protected_ports
         ]
 
 
@@ -507,7 +509,9 @@ class Condition(_StatusModel):
     message: Annotated[StrictStr, Field(max_length=32768)]
 
 
-class WorstNode(_StatusModel):
+class WorstNodeStatus(_StatusModel):
+    """One entry of `status.worstNodes`, written from a `nodesysctl.planning.WorstNode`."""
+
     name: Annotated[StrictStr, Field(max_length=253)]
     state: Annotated[StrictStr, Field(max_length=32)]
     message: Annotated[StrictStr, Field(max_length=1024)] = ""
@@ -538,7 +542,7 @@ class NodeSysctlPolicyStatus(_StatusModel):
     failed: Annotated[StrictInt, Field(ge=0)] = 0
     pending: Annotated[StrictInt, Field(ge=0)] = 0
     worst_nodes: Annotated[
-        list[WorstNode],
+        list[WorstNodeStatus],
         AfterValidator(_unique_by("name")),
         Field(max_length=MAX_WORST_NODES, json_schema_extra=_MAP_LIST),
     ] = []

@@ -15,10 +15,9 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from nodesysctl.api import NodeSysctlPolicySpec
+from nodesysctl.api import MAX_WORST_NODES, NodeSysctlPolicySpec
 from nodesysctl.labels import ANNOTATION_RESULT_PREFIX
 
-MAX_WORST_NODES = 10
 # Rechecks spread over this fraction of the interval so that a fleet checked together
 # does not come due in the same second forever after.
 RECHECK_JITTER_FRACTION = 0.1
@@ -146,6 +145,9 @@ class CheckOrder:
 
 @dataclasses.dataclass(frozen=True)
 class WorstNode:
+    """A node not (yet) compliant, as ranked in `PolicySummary.worst`; the status shows it as
+    an `api.WorstNodeStatus`."""
+
     name: str
     state: NodeState
     message: str

@@ -15,7 +15,7 @@ from nodesysctl.api import (
     LabelSelector,
     Mode,
     NodeSysctlPolicySpec,
-    PortRange,
+    PortRangeSpec,
     PortsSpec,
     RestartMode,
     RolloutSpec,
@@ -27,8 +27,8 @@ from nodesysctl.api import (
 
 def test_empty_spec_gets_the_documented_defaults() -> None:
     spec = parse_spec({})
-    assert spec.ports.ephemeral_range == PortRange(min=32768, max=60999)
-    assert spec.ports.node_port_range == PortRange(min=30000, max=32767)
+    assert spec.ports.ephemeral_range == PortRangeSpec(min=32768, max=60999)
+    assert spec.ports.node_port_range == PortRangeSpec(min=30000, max=32767)
     assert spec.ports.protected_ports == []
     assert spec.remediation.mode is Mode.ENFORCE
     assert spec.remediation.narrow_range
@@ -109,9 +109,9 @@ def test_max_concurrent_refused(value: int | str) -> None:
 def test_reserved_ranges_are_the_nodeport_range_then_each_protected_port() -> None:
     ports = PortsSpec(protected_ports=[10250, 2379])
     assert ports.reserved_ranges() == [
-        PortRange(min=30000, max=32767),
-        PortRange(min=10250, max=10250),
-        PortRange(min=2379, max=2379),
+        PortRangeSpec(min=30000, max=32767),
+        PortRangeSpec(min=10250, max=10250),
+        PortRangeSpec(min=2379, max=2379),
     ]
 
 
