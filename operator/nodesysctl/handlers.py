@@ -34,14 +34,9 @@ from nodesysctl.labels import (
     MANAGED_BY,
 )
 from nodesysctl.nodewatch import NodeCache, NodeUpdate, NodeWatch, NodeWatchStaleError
+from nodesysctl.observed import PodOutcome, job_facts_from_body
 from nodesysctl.planning import NodeFacts, NodeResult, PolicyRanges
-from nodesysctl.reconcile import (
-    PodOutcome,
-    PolicyReconciler,
-    RestartLimiter,
-    Snapshot,
-    job_facts_from_body,
-)
+from nodesysctl.reconcile import PolicyReconciler, RestartLimiter, Snapshot
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from nodesysctl.agent.contract import AgentResult
@@ -26,15 +26,8 @@ from nodesysctl.jobs import (
     build_restart_patch,
 )
 from nodesysctl.kube import Kube, node_ref, policy_ref, workload_ref
-from nodesysctl.labels import (
-    ANNOTATION_BOOT_ID,
-    ANNOTATION_NODE,
-    LABEL_JOB_NAME,
-    LABEL_JOB_NAME_LEGACY,
-    LABEL_POLICY,
-    LABEL_SPEC_HASH,
-    RESTART_WAVE,
-)
+from nodesysctl.labels import RESTART_WAVE
+from nodesysctl.observed import PodOutcome, condition_true, same_status
 from nodesysctl.planning import (
     JobFacts,
     NodeFacts,
@@ -44,7 +37,6 @@ from nodesysctl.planning import (
     find_conflicts,
     format_time,
     is_quiescent,
-    parse_time,
     plan_rollout,
     restart_wave,
     select_nodes,
@@ -69,63 +61,6 @@ INVALID_POLL_SECONDS = 3600.0  # an invalid spec waits for an edit (edits wake u
 # at a time: one by one, a pass over 50 finished checks took longer than the checks themselves
 # and the rollout ran at 1.4x the floor's time (docs/performance.md).
 IO_PARALLELISM = 8
-
-
-@dataclasses.dataclass(frozen=True)
-class PodOutcome:
-    """What the agent pod of a job reported when it terminated."""
-
-    job: str
-    exit_code: int | None
-    message: str
-    reason: str
-
-    @classmethod
-    def from_body(cls, body: Mapping[str, Any]) -> PodOutcome | None:
-        labels = (body.get("metadata") or {}).get("labels") or {}
-        job = labels.get(LABEL_JOB_NAME) or labels.get(LABEL_JOB_NAME_LEGACY)
-        if not job:
-            return None
-        for status in (body.get("status") or {}).get("containerStatuses") or []:
-            terminated = (status.get("state") or {}).get("terminated")
-            if status.get("name") == "agent" and terminated:
-                return cls(
-                    job=job,
-                    exit_code=terminated.get("exitCode"),
-                    message=terminated.get("message") or "",
-                    reason=terminated.get("reason") or "",
-                )
-        return None
-
-
-def job_facts_from_body(body: Mapping[str, Any]) -> JobFacts | None:
-    meta = body.get("metadata") or {}
-    labels = meta.get("labels") or {}
-    annotations = meta.get("annotations") or {}
-    if LABEL_POLICY not in labels or ANNOTATION_NODE not in annotations:
-        return None
-    finished = succeeded = False
-    failure = ""
-    for cond in (body.get("status") or {}).get("conditions") or []:
-        if cond.get("status") != "True":
-            continue
-        if cond.get("type") == "Complete":
-            finished = succeeded = True
-        elif cond.get("type") == "Failed":
-            finished = True
-            failure = f"{cond.get('reason', 'Failed')}: {cond.get('message', '')}".strip(": ")
-    created = meta.get("creationTimestamp")
-    return JobFacts(
-        name=str(meta.get("name", "")),
-        policy=str(labels[LABEL_POLICY]),
-        node=str(annotations[ANNOTATION_NODE]),
-        spec_hash=str(labels.get(LABEL_SPEC_HASH, "")),
-        boot_id=str(annotations.get(ANNOTATION_BOOT_ID, "")),
-        created_at=parse_time(created) if created else datetime.now(UTC),
-        finished=finished,
-        succeeded=succeeded,
-        failure_reason=failure,
-    )
 
 
 class RestartLimiter:
@@ -257,7 +192,7 @@ class PolicyReconciler:
                     "policy %s: checking node %s (%s, boot %s) with Job %s",
                     snap.name, order.node, order.reason, order.boot_id, order.job_name,
                 )  # fmt: skip
-        if plan.halted and not _condition_true(snap.status, "Degraded"):
+        if plan.halted and not condition_true(snap.status, "Degraded"):
             self.kube.post_event(
                 policy_ref(snap.name, snap.uid),
                 warning=True,
@@ -293,7 +228,7 @@ class PolicyReconciler:
             ),
             now,
         )
-        if conflict_notes and not _condition_true(snap.status, "Conflict"):
+        if conflict_notes and not condition_true(snap.status, "Conflict"):
             self.kube.post_event(
                 policy_ref(snap.name, snap.uid),
                 warning=True,
@@ -497,7 +432,7 @@ class PolicyReconciler:
         status["conditions"] = merge_conditions(
             snap.status.get("conditions") or [], build_conditions(inputs), now
         )
-        if not _same_status(snap.status, status):
+        if not same_status(snap.status, status):
             self.kube.patch_policy_status(snap.name, status)
 
     def _report_invalid(self, snap: Snapshot, message: str, now: datetime) -> None:
@@ -507,7 +442,7 @@ class PolicyReconciler:
             now,
         )
         status = {"observedGeneration": snap.generation, "conditions": conditions}
-        if _same_status(snap.status, status):
+        if same_status(snap.status, status):
             return  # reported already for this generation
         self.kube.patch_policy_status(snap.name, status)
         self.kube.post_event(
@@ -519,27 +454,6 @@ def _with_result(node: NodeFacts, policy: str, result: NodeResult | None) -> Nod
     if result is None:
         return node
     return dataclasses.replace(node, results={**node.results, policy: result})
-
-
-def _condition_true(status: Mapping[str, Any], kind: str) -> bool:
-    return any(
-        c.get("type") == kind and c.get("status") == "True" for c in status.get("conditions") or []
-    )
-
-
-def _same_status(current: Mapping[str, Any], wanted: Mapping[str, Any]) -> bool:
-    """Whether writing `wanted` would change anything (transition times aside)."""
-    for key, value in wanted.items():
-        if key == "conditions":
-            have = {
-                c.get("type"): {**c, "lastTransitionTime": None} for c in current.get(key) or []
-            }
-            for cond in value:
-                if have.get(cond["type"]) != {**cond, "lastTransitionTime": None}:
-                    return False
-        elif current.get(key) != value:
-            return False
-    return True
 
 
 def _has_pod_on(workload: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> bool:

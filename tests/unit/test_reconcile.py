@@ -17,8 +17,9 @@ import pytest
 from nodesysctl.api import parse_spec
 from nodesysctl.jobs import JobSettings
 from nodesysctl.labels import ANNOTATION_RESULT_PREFIX, RESTART_WAVE
+from nodesysctl.observed import PodOutcome
 from nodesysctl.planning import JobFacts, NodeFacts, NodeResult, NodeState, spec_hash
-from nodesysctl.reconcile import PodOutcome, PolicyReconciler, RestartLimiter, Snapshot
+from nodesysctl.reconcile import PolicyReconciler, RestartLimiter, Snapshot
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 POLICY = "nodeport-safe"

@@ -1,0 +1,145 @@
+"""Reading agent Job/Pod bodies and the policy status into facts (no cluster, plain dicts)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from nodesysctl.labels import (
+    ANNOTATION_BOOT_ID,
+    ANNOTATION_NODE,
+    LABEL_JOB_NAME,
+    LABEL_JOB_NAME_LEGACY,
+    LABEL_POLICY,
+    LABEL_SPEC_HASH,
+)
+from nodesysctl.observed import PodOutcome, condition_true, job_facts_from_body, same_status
+from nodesysctl.planning import JobFacts
+
+
+def agent_pod(labels: dict[str, str], statuses: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"metadata": {"labels": labels}, "status": {"containerStatuses": statuses}}
+
+
+def terminated(name: str = "agent", **state: Any) -> dict[str, Any]:
+    return {"name": name, "state": {"terminated": state}}
+
+
+def test_pod_outcome_reads_the_agent_containers_termination() -> None:
+    body = agent_pod(
+        {LABEL_JOB_NAME: "job-a"},
+        [
+            terminated("sidecar", exitCode=9, message="not ours"),
+            terminated(exitCode=1, message='{"status":"Failed"}', reason="Error"),
+        ],
+    )
+    assert PodOutcome.from_body(body) == PodOutcome("job-a", 1, '{"status":"Failed"}', "Error")
+
+
+def test_pod_outcome_accepts_the_legacy_job_label_and_missing_fields() -> None:
+    body = agent_pod({LABEL_JOB_NAME_LEGACY: "job-b"}, [terminated(exitCode=0, message=None)])
+    assert PodOutcome.from_body(body) == PodOutcome("job-b", 0, "", "")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {},  # nothing at all
+        agent_pod({}, [terminated(exitCode=0)]),  # not a Job's pod
+        agent_pod({LABEL_JOB_NAME: "job-a"}, []),  # not started
+        agent_pod({LABEL_JOB_NAME: "job-a"}, [{"name": "agent", "state": {"running": {}}}]),
+        {"metadata": {"labels": {LABEL_JOB_NAME: "job-a"}}, "status": None},
+    ],
+)
+def test_pod_outcome_is_none_until_the_agent_terminated(body: dict[str, Any]) -> None:
+    assert PodOutcome.from_body(body) is None
+
+
+def agent_job(conditions: list[dict[str, Any]] | None = None, **meta: Any) -> dict[str, Any]:
+    metadata: dict[str, Any] = {
+        "name": "job-a",
+        "creationTimestamp": "2026-11-25T12:00:00Z",
+        "labels": {LABEL_POLICY: "p", LABEL_SPEC_HASH: "h1"},
+        "annotations": {ANNOTATION_NODE: "n1", ANNOTATION_BOOT_ID: "boot-1"},
+    }
+    metadata.update(meta)
+    return {"metadata": metadata, "status": {"conditions": conditions or []}}
+
+
+def test_job_facts_of_a_running_job() -> None:
+    assert job_facts_from_body(agent_job()) == JobFacts(
+        name="job-a",
+        policy="p",
+        node="n1",
+        spec_hash="h1",
+        boot_id="boot-1",
+        created_at=datetime(2026, 11, 25, 12, 0, tzinfo=UTC),
+    )
+
+
+def test_job_facts_of_a_completed_job() -> None:
+    facts = job_facts_from_body(agent_job([{"type": "Complete", "status": "True"}]))
+    assert facts is not None
+    assert (facts.finished, facts.succeeded, facts.failure_reason) == (True, True, "")
+
+
+@pytest.mark.parametrize(
+    ("condition", "reason"),
+    [
+        (
+            {"reason": "DeadlineExceeded", "message": "Job was active too long"},
+            "DeadlineExceeded: Job was active too long",
+        ),
+        ({"reason": "BackoffLimitExceeded"}, "BackoffLimitExceeded"),
+        ({}, "Failed"),
+    ],
+)
+def test_job_facts_of_a_failed_job_say_why(condition: dict[str, Any], reason: str) -> None:
+    failed = {"type": "Failed", "status": "True", **condition}
+    facts = job_facts_from_body(agent_job([{"type": "Complete", "status": "False"}, failed]))
+    assert facts is not None
+    assert (facts.finished, facts.succeeded, facts.failure_reason) == (True, False, reason)
+
+
+def test_job_facts_tolerate_missing_optional_fields() -> None:
+    body = agent_job(labels={LABEL_POLICY: "p"}, annotations={ANNOTATION_NODE: "n1"})
+    facts = job_facts_from_body(body)
+    assert facts is not None
+    assert (facts.spec_hash, facts.boot_id) == ("", "")
+
+
+@pytest.mark.parametrize(
+    "meta",
+    [
+        {"labels": {}},  # no policy label
+        {"annotations": {}},  # no node annotation
+    ],
+)
+def test_job_facts_are_none_for_other_jobs(meta: dict[str, Any]) -> None:
+    assert job_facts_from_body(agent_job(**meta)) is None
+
+
+def test_condition_true() -> None:
+    status = {
+        "conditions": [
+            {"type": "Degraded", "status": "True"},
+            {"type": "Conflict", "status": "False"},
+        ]
+    }
+    assert condition_true(status, "Degraded")
+    assert not condition_true(status, "Conflict")
+    assert not condition_true(status, "Ready")
+    assert not condition_true({}, "Degraded")
+
+
+def test_same_status_ignores_transition_times_and_unwritten_keys() -> None:
+    ready = {"type": "Ready", "status": "True", "lastTransitionTime": "2026-11-25T12:00:00Z"}
+    current = {"nodes": 3, "kopf": {"x": 1}, "conditions": [ready]}
+    later = {**ready, "lastTransitionTime": "2026-11-25T13:00:00Z"}
+    assert same_status(current, {"nodes": 3, "conditions": [later]})
+    assert not same_status(current, {"nodes": 4})
+    assert not same_status(current, {"conditions": [{**ready, "status": "False"}]})
+    assert not same_status(current, {"conditions": [{**ready, "type": "Degraded"}]})
+    assert not same_status({}, {"nodes": 3})
