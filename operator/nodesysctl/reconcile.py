@@ -17,7 +17,6 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
 
-from nodesysctl.agent.contract import AgentResult
 from nodesysctl.api import InvalidPolicy, LabelSelector, NodeSysctlPolicySpec, parse_spec
 from nodesysctl.jobs import (
     JobSettings,
@@ -42,7 +41,6 @@ from nodesysctl.planning import (
     select_nodes,
     selector_query,
     spec_hash,
-    wants_restart,
 )
 from nodesysctl.policy_status import (
     StatusInputs,
@@ -51,6 +49,7 @@ from nodesysctl.policy_status import (
     build_status,
     merge_conditions,
 )
+from nodesysctl.results import check_result, jobs_to_record
 
 logger = logging.getLogger(__name__)
 
@@ -122,21 +121,6 @@ class PassResult:
     delay: float
     ranges: PolicyRanges | None  # for conflict detection by the other policies
     recorded: Mapping[str, NodeResult]  # node -> result written this pass (write-through)
-
-
-def summarize_agent_result(result: AgentResult) -> str:
-    """One line for the Node annotation, Events and `nodesysctl status`: what matters most
-    for each outcome (the errors, the drift left, the fixes made)."""
-    status = str(result.status)
-    if result.errors:
-        lines = result.errors
-    elif status == "Remediated":
-        lines = result.actions
-    elif status == "Drifted":
-        lines = result.drift
-    else:
-        lines = []
-    return "; ".join(lines) or "no change needed"
 
 
 class PolicyReconciler:
@@ -258,28 +242,12 @@ class PolicyReconciler:
         now: datetime,
     ) -> dict[str, NodeResult]:
         """Turn each finished, not yet recorded Job of the current spec into a Node result."""
-        by_name = {node.name: node for node in selected}
         current = spec_hash(spec)
-        # Only the newest finished Job of a node counts. An older one (a check before a reboot,
-        # or before a recheck, still within ttlSecondsAfterFinished) was superseded: recording
-        # it again would overwrite the newer result with a stale boot ID, which asks for yet
-        # another check, whose Job is again newer... a loop until the TTL removes the old Jobs.
-        newest: dict[str, JobFacts] = {}
-        for job in snap.jobs:
-            if not job.finished or job.node not in by_name or job.spec_hash != current:
-                continue
-            seen = newest.get(job.node)
-            if seen is None or (job.created_at, job.name) > (seen.created_at, seen.name):
-                newest[job.node] = job
-        todo = []
-        for node_name, job in sorted(newest.items()):
-            previous = by_name[node_name].results.get(snap.name)
-            if previous is None or previous.job != job.name:
-                todo.append(job)
+        todo = jobs_to_record(snap.name, current, selected, snap.jobs)
 
         def record(job: JobFacts) -> NodeResult:
             outcome = snap.pod_outcomes.get(job.name) or self._fetch_outcome(job.name)
-            result = self._result_from(job, outcome, spec, current, now).as_stored()
+            result = check_result(job, outcome, spec, current, now).as_stored()
             self.kube.patch_node(job.node, build_node_result_patch(snap.name, result))
             self._announce(snap, job.node, result)
             return result
@@ -294,34 +262,6 @@ class PolicyReconciler:
             if outcome is not None:
                 return outcome
         return None
-
-    def _result_from(
-        self,
-        job: JobFacts,
-        outcome: PodOutcome | None,
-        spec: NodeSysctlPolicySpec,
-        current: str,
-        now: datetime,
-    ) -> NodeResult:
-        def failed(message: str) -> NodeResult:
-            return NodeResult(NodeState.FAILED, current, job.boot_id, now, job.name, message)
-
-        if outcome is None or not outcome.message.strip():
-            return failed(job.failure_reason or "the agent reported no result")
-        try:
-            agent = AgentResult.parse_termination_message(outcome.message)
-        except ValueError as exc:
-            return failed(f"unreadable agent result: {exc}")
-        state = NodeState(str(agent.status))
-        return NodeResult(
-            status=state,
-            spec_hash=current,
-            boot_id=job.boot_id,
-            checked_at=now,
-            job=job.name,
-            message=summarize_agent_result(agent),
-            restart_pending=state == NodeState.REMEDIATED and wants_restart(spec),
-        )
 
     def _announce(self, snap: Snapshot, node: str, result: NodeResult) -> None:
         events = {
