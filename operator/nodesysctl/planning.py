@@ -354,23 +354,6 @@ def plan_rollout(
     )
 
 
-def restart_wave(nodes: Iterable[NodeFacts], policy: str) -> tuple[str, tuple[str, ...]]:
-    """The remediated nodes still waiting for workload restarts, and a stable wave id.
-
-    The id is derived from which checks remediated which nodes, so an operator that restarts
-    mid-wave computes the same id and skips the workloads it already restarted.
-    """
-    pending = sorted(
-        (node.name, result.job)
-        for node in nodes
-        if (result := node.results.get(policy)) is not None and result.restart_pending
-    )
-    if not pending:
-        return "", ()
-    wave = short_hash(policy, *(f"{name}={job}" for name, job in pending), length=12)
-    return wave, tuple(name for name, _ in pending)
-
-
 def is_quiescent(plan: RolloutPlan) -> bool:
     """No check running or about to start (a halted rollout counts): the moment to restart
     the affected workloads once, for every node remediated so far."""

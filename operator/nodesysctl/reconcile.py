@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
 
-from nodesysctl.api import InvalidPolicy, LabelSelector, NodeSysctlPolicySpec, parse_spec
+from nodesysctl.api import InvalidPolicy, NodeSysctlPolicySpec, parse_spec
 from nodesysctl.jobs import (
     JobSettings,
     build_agent_job,
@@ -25,7 +25,6 @@ from nodesysctl.jobs import (
     build_restart_patch,
 )
 from nodesysctl.kube import Kube, node_ref, policy_ref, workload_ref
-from nodesysctl.labels import RESTART_WAVE
 from nodesysctl.observed import PodOutcome, condition_true, same_status
 from nodesysctl.planning import (
     JobFacts,
@@ -34,10 +33,8 @@ from nodesysctl.planning import (
     NodeState,
     PolicyRanges,
     find_conflicts,
-    format_time,
     is_quiescent,
     plan_rollout,
-    restart_wave,
     select_nodes,
     selector_query,
     spec_hash,
@@ -49,6 +46,7 @@ from nodesysctl.policy_status import (
     build_status,
     merge_conditions,
 )
+from nodesysctl.restarts import RestartAction, plan_restart_wave, restart_wave
 from nodesysctl.results import check_result, jobs_to_record
 
 logger = logging.getLogger(__name__)
@@ -300,38 +298,28 @@ class PolicyReconciler:
         if not wave or spec.restart is None:
             return None
         pods = [pod for node in nodes for pod in self.kube.pods_on_node(node)]
-        restarted: list[str] = []
-        for kind in spec.restart.kinds:
-            for workload in self._candidates(str(kind), spec):
-                meta = workload["metadata"]
-                ident = f"{kind}/{meta['namespace']}/{meta['name']}"
-                if not _has_pod_on(workload, pods):
-                    continue
-                template_annotations = (
-                    workload["spec"]["template"].get("metadata", {}).get("annotations") or {}
+        # Every kind is listed before the first write: the plan is made for the whole wave.
+        workloads = {str(kind): self._candidates(str(kind), spec) for kind in spec.restart.kinds}
+        plan = plan_restart_wave(wave=wave, nodes=nodes, workloads=workloads, pods=pods)
+        for step in plan.steps:
+            ref = workload_ref(step.kind, step.namespace, step.name, step.uid)
+            if step.action == RestartAction.SKIP_PAUSED:
+                self.kube.post_event(
+                    ref,
+                    warning=True,
+                    reason="RestartSkipped",
+                    message=f"paused Deployment not restarted after {snap.name} remediated "
+                    f"nodes {', '.join(nodes[:5])}; resume it and restart by hand",
                 )
-                if template_annotations.get(RESTART_WAVE) == wave:
-                    restarted.append(ident)  # done before an operator restart
-                    continue
-                ref = workload_ref(str(kind), meta["namespace"], meta["name"], meta["uid"])
-                if kind == "Deployment" and workload["spec"].get("paused"):
-                    self.kube.post_event(
-                        ref,
-                        warning=True,
-                        reason="RestartSkipped",
-                        message=f"paused Deployment not restarted after {snap.name} remediated "
-                        f"nodes {', '.join(nodes[:5])}; resume it and restart by hand",
-                    )
-                    continue
+            elif step.action == RestartAction.RESTART:
                 if not self.limiter.try_take():
                     logger.info(
                         "policy %s: restart rate limit reached; continuing later", snap.name
                     )
                     return None
                 self.kube.patch_workload(
-                    str(kind), meta["namespace"], meta["name"], build_restart_patch(now, wave)
+                    step.kind, step.namespace, step.name, build_restart_patch(now, wave)
                 )
-                restarted.append(ident)
                 self.kube.post_event(
                     ref,
                     warning=False,
@@ -339,13 +327,7 @@ class PolicyReconciler:
                     message=f"rollout restart by NodeSysctlPolicy {snap.name} after remediation "
                     f"of nodes {', '.join(nodes[:5])}",
                 )
-        return {
-            "wave": wave,
-            "at": format_time(now),
-            "nodes": len(nodes),
-            "workloads": restarted[:10],
-            "count": len(restarted),
-        }
+        return plan.last_restart(now)
 
     def _candidates(self, kind: str, spec: NodeSysctlPolicySpec) -> list[dict[str, Any]]:
         assert spec.restart is not None
@@ -394,13 +376,3 @@ def _with_result(node: NodeFacts, policy: str, result: NodeResult | None) -> Nod
     if result is None:
         return node
     return dataclasses.replace(node, results={**node.results, policy: result})
-
-
-def _has_pod_on(workload: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> bool:
-    namespace = workload["metadata"]["namespace"]
-    selector = LabelSelector.model_validate(workload["spec"].get("selector") or {})
-    return any(
-        pod["metadata"].get("namespace") == namespace
-        and selector.matches(pod["metadata"].get("labels") or {})
-        for pod in pods
-    )

@@ -19,7 +19,6 @@ from nodesysctl.planning import (
     is_quiescent,
     job_name,
     plan_rollout,
-    restart_wave,
     selector_query,
     spec_hash,
 )
@@ -170,19 +169,6 @@ def test_summary_counts_states_and_keeps_at_most_ten_worst() -> None:
     assert plan.summary.drifted == 15
     assert plan.summary.compliant == 1
     assert len(plan.summary.worst) == 10
-
-
-def test_restart_wave_is_stable_and_only_for_pending_nodes() -> None:
-    spec = make_spec()
-    nodes = [
-        node("b", result=result(spec, NodeState.REMEDIATED, restart=True)),
-        node("a", result=result(spec, NodeState.REMEDIATED, restart=True)),
-        node("c", result=result(spec, NodeState.COMPLIANT)),
-    ]
-    wave, pending = restart_wave(nodes, POLICY)
-    assert pending == ("a", "b")
-    assert wave == restart_wave(list(reversed(nodes)), POLICY)[0]
-    assert restart_wave(nodes[2:], POLICY) == ("", ())
 
 
 def test_quiescent_only_without_running_or_planned_checks() -> None:
