@@ -35,8 +35,9 @@ from nodesysctl.labels import (
 )
 from nodesysctl.nodewatch import NodeCache, NodeUpdate, NodeWatch, NodeWatchStaleError
 from nodesysctl.observed import PodOutcome, job_facts_from_body
+from nodesysctl.pacing import RestartLimiter
 from nodesysctl.planning import NodeFacts, NodeResult, PolicyRanges
-from nodesysctl.reconcile import PolicyReconciler, RestartLimiter, Snapshot
+from nodesysctl.reconcile import PolicyReconciler, Snapshot
 
 logger = logging.getLogger(__name__)
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import threading
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -26,6 +24,7 @@ from nodesysctl.jobs import (
 )
 from nodesysctl.kube import Kube, node_ref, policy_ref, workload_ref
 from nodesysctl.observed import PodOutcome, condition_true, same_status
+from nodesysctl.pacing import INVALID_POLL_SECONDS, RestartLimiter, pass_delay
 from nodesysctl.planning import (
     JobFacts,
     NodeFacts,
@@ -51,51 +50,10 @@ from nodesysctl.results import check_result, jobs_to_record
 
 logger = logging.getLogger(__name__)
 
-BUSY_POLL_SECONDS = 5.0  # while checks run; job/pod events usually wake us sooner
-IDLE_POLL_SECONDS = 300.0  # upper bound on sleeping when nothing is due
-INVALID_POLL_SECONDS = 3600.0  # an invalid spec waits for an edit (edits wake us at once)
 # Independent writes of one pass (Job creations, node results, their events) go out this many
 # at a time: one by one, a pass over 50 finished checks took longer than the checks themselves
 # and the rollout ran at 1.4x the floor's time (docs/performance.md).
 IO_PARALLELISM = 8
-
-
-class RestartLimiter:
-    """Cluster-wide token bucket for workload restarts (shared by all policies).
-
-    Restart storms are how remediation tools hurt clusters; this caps them no matter how
-    many nodes are remediated at once.
-    """
-
-    def __init__(self, per_minute: float, burst: int, clock: Callable[[], float] = time.monotonic):
-        self.rate = per_minute / 60.0
-        self.burst = float(burst)
-        self.tokens = float(burst)
-        self.clock = clock
-        self.stamp = clock()
-        self.lock = threading.Lock()
-
-    def _refill(self) -> None:
-        """Add the tokens earned since the last call (the caller holds the lock)."""
-        now = self.clock()
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-
-    def try_take(self) -> bool:
-        with self.lock:
-            self._refill()
-            if self.tokens >= 1.0:
-                self.tokens -= 1.0
-                return True
-            return False
-
-    def seconds_until_token(self) -> float:
-        """How long until `try_take` can succeed (0 if it can now)."""
-        with self.lock:
-            self._refill()
-            if self.tokens >= 1.0:
-                return 0.0
-            return (1.0 - self.tokens) / self.rate if self.rate > 0 else IDLE_POLL_SECONDS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -218,16 +176,11 @@ class PolicyReconciler:
                 message=conflict_notes[0],
             )
 
-        busy = plan.checks or plan.summary.in_flight
-        delay = (
-            BUSY_POLL_SECONDS
-            if busy
-            else min(plan.next_due_in or IDLE_POLL_SECONDS, IDLE_POLL_SECONDS)
+        delay = pass_delay(
+            busy=bool(plan.checks or plan.summary.in_flight),
+            next_due_in=plan.next_due_in,
+            next_token_in=self.limiter.seconds_until_token() if wave_waits else None,
         )
-        if wave_waits:
-            # Nothing else wakes us for it (workloads are not watched): without this the rest
-            # of the wave waited up to IDLE_POLL_SECONDS.
-            delay = min(delay, max(1.0, self.limiter.seconds_until_token()))
         return PassResult(delay, ranges, recorded)
 
     # Results ------------------------------------------------------------------------------

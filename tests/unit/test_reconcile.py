@@ -18,8 +18,9 @@ from nodesysctl.api import parse_spec
 from nodesysctl.jobs import JobSettings
 from nodesysctl.labels import ANNOTATION_RESULT_PREFIX, RESTART_WAVE
 from nodesysctl.observed import PodOutcome
+from nodesysctl.pacing import RestartLimiter
 from nodesysctl.planning import JobFacts, NodeFacts, NodeResult, NodeState, spec_hash
-from nodesysctl.reconcile import PolicyReconciler, RestartLimiter, Snapshot
+from nodesysctl.reconcile import PolicyReconciler, Snapshot
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 POLICY = "nodeport-safe"
