@@ -119,6 +119,13 @@ class NodeFacts:
             results=results,
         )
 
+    def with_result(self, policy: str, result: NodeResult | None) -> NodeFacts:
+        """These facts with `result` as the policy's result (unchanged for None): what the
+        Node says once a result just written is echoed back."""
+        if result is None:
+            return self
+        return dataclasses.replace(self, results={**self.results, policy: result})
+
 
 @dataclasses.dataclass(frozen=True)
 class JobFacts:
@@ -428,6 +435,15 @@ def find_conflicts(policies: Sequence[PolicyRanges], nodes: Iterable[NodeFacts])
                 if reason:
                     conflicts.append(Conflict(node.name, winner.name, loser.name, reason))
     return conflicts
+
+
+def conflict_notes(conflicts: Iterable[Conflict], policy: str) -> tuple[str, ...]:
+    """The conflicts `policy` takes part in, as sentences for its status and Events."""
+    return tuple(
+        f"node {c.node}: {c.winner} takes precedence over {c.loser} ({c.reason})"
+        for c in conflicts
+        if policy in (c.winner, c.loser)
+    )
 
 
 def selector_query(match_labels: Mapping[str, str], expressions: Iterable[Any]) -> str:

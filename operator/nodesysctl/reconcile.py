@@ -31,6 +31,7 @@ from nodesysctl.planning import (
     NodeResult,
     NodeState,
     PolicyRanges,
+    conflict_notes,
     find_conflicts,
     is_quiescent,
     plan_rollout,
@@ -45,7 +46,7 @@ from nodesysctl.policy_status import (
     build_status,
     merge_conditions,
 )
-from nodesysctl.restarts import RestartAction, plan_restart_wave, restart_wave
+from nodesysctl.restarts import RestartAction, plan_restart_wave, restart_wave, restarts_done
 from nodesysctl.results import check_result, jobs_to_record
 
 logger = logging.getLogger(__name__)
@@ -110,7 +111,7 @@ class PolicyReconciler:
         excluded = {c.node for c in conflicts if c.loser == snap.name}
         selected = select_nodes(spec, snap.nodes, excluded)
         recorded = self._record_finished(snap, spec, selected, now)
-        selected = [_with_result(n, snap.name, recorded.get(n.name)) for n in selected]
+        selected = [n.with_result(snap.name, recorded.get(n.name)) for n in selected]
 
         plan = plan_rollout(policy=snap.name, spec=spec, nodes=selected, jobs=snap.jobs, now=now)
         self._each(
@@ -151,11 +152,7 @@ class PolicyReconciler:
             else:
                 wave_waits = spec.restart is not None and bool(restart_wave(selected, snap.name)[0])
 
-        conflict_notes = tuple(
-            f"node {c.node}: {c.winner} takes precedence over {c.loser} ({c.reason})"
-            for c in conflicts
-            if snap.name in (c.winner, c.loser)
-        )
+        notes = conflict_notes(conflicts, snap.name)
         self._write_status(
             snap,
             StatusInputs(
@@ -163,17 +160,17 @@ class PolicyReconciler:
                 mode=str(spec.remediation.mode),
                 summary=plan.summary,
                 halted=plan.halted,
-                conflicts=conflict_notes,
+                conflicts=notes,
                 last_restart=last_restart,
             ),
             now,
         )
-        if conflict_notes and not condition_true(snap.status, "Conflict"):
+        if notes and not condition_true(snap.status, "Conflict"):
             self.kube.post_event(
                 policy_ref(snap.name, snap.uid),
                 warning=True,
                 reason="PolicyConflict",
-                message=conflict_notes[0],
+                message=notes[0],
             )
 
         delay = pass_delay(
@@ -291,13 +288,9 @@ class PolicyReconciler:
     def _clear_restart_pending(
         self, policy: str, selected: Sequence[NodeFacts]
     ) -> dict[str, NodeResult]:
-        cleared: dict[str, NodeResult] = {}
-        for node in selected:
-            result = node.results.get(policy)
-            if result is not None and result.restart_pending:
-                done = dataclasses.replace(result, restart_pending=False).as_stored()
-                self.kube.patch_node(node.name, build_node_result_patch(policy, done))
-                cleared[node.name] = done
+        cleared = restarts_done(selected, policy)
+        for node, done in cleared.items():
+            self.kube.patch_node(node, build_node_result_patch(policy, done))
         return cleared
 
     # Status -------------------------------------------------------------------------------
@@ -323,9 +316,3 @@ class PolicyReconciler:
         self.kube.post_event(
             policy_ref(snap.name, snap.uid), warning=True, reason="InvalidSpec", message=message
         )
-
-
-def _with_result(node: NodeFacts, policy: str, result: NodeResult | None) -> NodeFacts:
-    if result is None:
-        return node
-    return dataclasses.replace(node, results={**node.results, policy: result})

@@ -18,7 +18,7 @@ from typing import Any
 
 from nodesysctl.api import LabelSelector
 from nodesysctl.labels import RESTART_WAVE
-from nodesysctl.planning import NodeFacts, format_time, short_hash
+from nodesysctl.planning import NodeFacts, NodeResult, format_time, short_hash
 
 MAX_LISTED_WORKLOADS = 10  # in status.lastRestart.workloads; `count` has the total
 
@@ -38,6 +38,15 @@ def restart_wave(nodes: Iterable[NodeFacts], policy: str) -> tuple[str, tuple[st
         return "", ()
     wave = short_hash(policy, *(f"{name}={job}" for name, job in pending), length=12)
     return wave, tuple(name for name, _ in pending)
+
+
+def restarts_done(nodes: Iterable[NodeFacts], policy: str) -> dict[str, NodeResult]:
+    """Once a wave is complete: each waiting node's result with the wait over, as stored."""
+    return {
+        node.name: dataclasses.replace(result, restart_pending=False).as_stored()
+        for node in nodes
+        if (result := node.results.get(policy)) is not None and result.restart_pending
+    }
 
 
 class RestartAction(StrEnum):

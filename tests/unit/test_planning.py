@@ -10,11 +10,13 @@ import pytest
 from nodesysctl.api import parse_spec
 from nodesysctl.planning import (
     CheckReason,
+    Conflict,
     JobFacts,
     NodeFacts,
     NodeResult,
     NodeState,
     PolicyRanges,
+    conflict_notes,
     find_conflicts,
     is_quiescent,
     job_name,
@@ -236,3 +238,28 @@ def test_node_facts_ignore_heartbeat_fields() -> None:
         "status": {"nodeInfo": {"bootID": "x"}, "conditions": [{"lastHeartbeatTime": "t2"}]},
     }
     assert NodeFacts.from_body(body) == NodeFacts.from_body(beat)
+
+
+def test_with_result_replaces_only_that_policys_result() -> None:
+    spec = make_spec()
+    other = result(spec, NodeState.FAILED)
+    facts = NodeFacts("n0", {"a": "b"}, "boot-1", {"other": other})
+    assert facts.with_result(POLICY, None) is facts
+    fresh = result(spec, NodeState.REMEDIATED, age=timedelta(0))
+    updated = facts.with_result(POLICY, fresh)
+    assert updated.results == {"other": other, POLICY: fresh}
+    assert (updated.name, updated.labels, updated.boot_id) == ("n0", {"a": "b"}, "boot-1")
+    assert facts.results == {"other": other}  # facts are never changed in place
+
+
+def test_conflict_notes_name_only_the_policys_own_conflicts() -> None:
+    conflicts = [
+        Conflict("n1", "old", POLICY, "ranges differ"),
+        Conflict("n2", POLICY, "young", "ports covered"),
+        Conflict("n3", "old", "young", "not ours"),
+    ]
+    assert conflict_notes(conflicts, POLICY) == (
+        f"node n1: old takes precedence over {POLICY} (ranges differ)",
+        f"node n2: {POLICY} takes precedence over young (ports covered)",
+    )
+    assert conflict_notes(conflicts[2:], POLICY) == ()

@@ -15,6 +15,7 @@ from nodesysctl.restarts import (
     has_pod_on,
     plan_restart_wave,
     restart_wave,
+    restarts_done,
 )
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
@@ -174,3 +175,18 @@ def test_has_pod_on_matches_the_selector_in_the_workloads_namespace() -> None:
     # An empty selector selects every pod of the namespace (metav1 semantics).
     anything = {**web, "spec": {**web["spec"], "selector": None}}
     assert has_pod_on(anything, [{"metadata": {"namespace": "apps"}}])
+
+
+def test_restarts_done_clears_only_the_waiting_results() -> None:
+    spec = make_spec()
+    waiting = result(spec, NodeState.REMEDIATED, restart=True)
+    nodes = [
+        node("a", result=waiting),
+        node("b", result=result(spec, NodeState.REMEDIATED)),
+        NodeFacts("c", {}, "boot-1", {}),
+    ]
+    done = restarts_done(nodes, POLICY)
+    assert list(done) == ["a"]
+    assert done["a"].restart_pending is False
+    assert done["a"] == NodeResult.from_annotation(done["a"].to_annotation())  # as stored
+    assert restarts_done(nodes, "another-policy") == {}
