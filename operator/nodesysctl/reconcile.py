@@ -1,9 +1,13 @@
-"""One reconcile pass of one policy: the blocking I/O half of the operator.
+"""One reconcile pass of one policy: the blocking I/O half of the operator, and only that.
 
 The Kopf daemon (`nodesysctl.handlers`) snapshots what the watches know (nodes, jobs, agent
-pods) on the event loop, then runs `PolicyReconciler.run_once` in a worker thread. Decisions
-come from the pure `nodesysctl.planning`; bodies from `nodesysctl.jobs` and
-`nodesysctl.policy_status`; calls from `nodesysctl.kube`. Nothing here imports Kopf.
+pods) on the event loop, then runs `PolicyReconciler.run_once` in a worker thread. A pass asks
+the pure modules what to do and carries their answers out in order: which nodes to check
+(`nodesysctl.planning`), which finished checks become which results (`nodesysctl.results`),
+what a restart wave does (`nodesysctl.restarts`), when to run again (`nodesysctl.pacing`);
+bodies come from `nodesysctl.jobs` and `nodesysctl.policy_status`. The calls go through
+`PassClient`, which `nodesysctl.kube.Kube` implements and the unit tests fake. Nothing here
+imports Kopf.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from nodesysctl.api import InvalidPolicy, NodeSysctlPolicySpec, parse_spec
 from nodesysctl.jobs import (
@@ -22,7 +26,7 @@ from nodesysctl.jobs import (
     build_node_result_patch,
     build_restart_patch,
 )
-from nodesysctl.kube import Kube, node_ref, policy_ref, workload_ref
+from nodesysctl.kube import node_ref, policy_ref, workload_ref
 from nodesysctl.observed import PodOutcome, condition_true, same_status
 from nodesysctl.pacing import INVALID_POLL_SECONDS, RestartLimiter, pass_delay
 from nodesysctl.planning import (
@@ -49,12 +53,49 @@ from nodesysctl.policy_status import (
 from nodesysctl.restarts import RestartAction, plan_restart_wave, restart_wave, restarts_done
 from nodesysctl.results import check_result, jobs_to_record
 
+if TYPE_CHECKING:
+    from nodesysctl.kube import Kube
+
 logger = logging.getLogger(__name__)
 
 # Independent writes of one pass (Job creations, node results, their events) go out this many
 # at a time: one by one, a pass over 50 finished checks took longer than the checks themselves
 # and the rollout ran at 1.4x the floor's time (docs/performance.md).
 IO_PARALLELISM = 8
+
+
+class PassClient(Protocol):
+    """Exactly the API calls a pass makes (controller-runtime's narrow client interfaces)."""
+
+    def create_job(self, body: Mapping[str, Any]) -> bool: ...
+
+    def delete_job(self, namespace: str, name: str) -> None: ...
+
+    def job_pods(self, namespace: str, job: str) -> Sequence[Mapping[str, Any]]: ...
+
+    def patch_node(self, name: str, patch: Mapping[str, Any]) -> None: ...
+
+    def patch_policy_status(self, name: str, status: Mapping[str, Any]) -> None: ...
+
+    def pods_on_node(self, node: str) -> Sequence[Mapping[str, Any]]: ...
+
+    def list_workloads(
+        self, kind: str, namespaces: Iterable[str], label_selector: str
+    ) -> Sequence[Mapping[str, Any]]: ...
+
+    def patch_workload(
+        self, kind: str, namespace: str, name: str, patch: Mapping[str, Any]
+    ) -> None: ...
+
+    def post_event(
+        self, involved: Mapping[str, Any], *, warning: bool, reason: str, message: str
+    ) -> None: ...
+
+
+if TYPE_CHECKING:
+
+    def _kube_is_a_pass_client(kube: Kube) -> PassClient:
+        return kube  # mypy fails here when Kube no longer has a call a pass makes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,7 +122,7 @@ class PassResult:
 
 
 class PolicyReconciler:
-    def __init__(self, kube: Kube, settings: JobSettings, limiter: RestartLimiter):
+    def __init__(self, kube: PassClient, settings: JobSettings, limiter: RestartLimiter):
         self.kube = kube
         self.settings = settings
         self.limiter = limiter
@@ -279,7 +320,7 @@ class PolicyReconciler:
                 )
         return plan.last_restart(now)
 
-    def _candidates(self, kind: str, spec: NodeSysctlPolicySpec) -> list[dict[str, Any]]:
+    def _candidates(self, kind: str, spec: NodeSysctlPolicySpec) -> Sequence[Mapping[str, Any]]:
         assert spec.restart is not None
         selector = spec.restart.selector
         query = selector_query(selector.match_labels, selector.match_expressions)

@@ -1,4 +1,5 @@
-"""Handler-level tests of one reconcile pass, with an in-memory stand-in for the API calls.
+"""Handler-level tests of one reconcile pass, with an in-memory stand-in for the API calls
+(a `PassClient`: mypy checks the fake against the calls a pass makes).
 
 These cover the decision paths in seconds; the end-to-end tests in tests/e2e prove the same
 behaviour against a real control plane and real network namespaces.
@@ -85,7 +86,7 @@ class RecordingKube:
 
 def reconciler(kube: RecordingKube, per_minute: float = 600, burst: int = 10) -> PolicyReconciler:
     return PolicyReconciler(
-        kube,  # type: ignore[arg-type]
+        kube,
         JobSettings(namespace="jobs"),
         RestartLimiter(per_minute, burst),
     )
