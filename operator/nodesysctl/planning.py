@@ -1,8 +1,9 @@
 """Pure rollout planning: which nodes to check next, and what the policy status says.
 
 Everything here is a function of plain data (node facts, job facts, the parsed spec and the
-clock), so the whole decision logic is unit-tested without a cluster. The Kopf daemon in
-`nodesysctl.handlers` gathers the facts, calls `plan_rollout`, and carries the plan out.
+clock), so the whole decision logic is unit-tested without a cluster. The reconcile pass
+(`nodesysctl.reconcile`) gathers the facts, calls `plan_rollout`, and carries the plan out;
+restart waves are planned in `nodesysctl.restarts`.
 """
 
 from __future__ import annotations
