@@ -1,4 +1,4 @@
-"""Reading what the cluster shows into facts: our agent Jobs and Pods, and the policy's status.
+"""Reading what the cluster shows into facts: our agent Jobs and their Pods.
 
 Kopf's indices (`nodesysctl.handlers`) and the reconcile pass hand raw bodies to these
 functions. They are pure, so the parsing is unit-tested on plain dicts, and the labels and
@@ -80,25 +80,3 @@ def job_facts_from_body(body: Mapping[str, Any]) -> JobFacts | None:
         succeeded=succeeded,
         failure_reason=failure,
     )
-
-
-def condition_true(status: Mapping[str, Any], kind: str) -> bool:
-    """Whether the policy status has condition `kind` with status "True"."""
-    return any(
-        c.get("type") == kind and c.get("status") == "True" for c in status.get("conditions") or []
-    )
-
-
-def same_status(current: Mapping[str, Any], wanted: Mapping[str, Any]) -> bool:
-    """Whether writing `wanted` would change anything (transition times aside)."""
-    for key, value in wanted.items():
-        if key == "conditions":
-            have = {
-                c.get("type"): {**c, "lastTransitionTime": None} for c in current.get(key) or []
-            }
-            for cond in value:
-                if have.get(cond["type"]) != {**cond, "lastTransitionTime": None}:
-                    return False
-        elif current.get(key) != value:
-            return False
-    return True

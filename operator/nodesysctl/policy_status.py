@@ -1,8 +1,9 @@
 """Pure builders of a policy's status: the counts, the worst nodes and the conditions.
 
 The reconciler writes what `build_status` returns (plus conditions merged by `merge_conditions`,
-which keeps each condition's lastTransitionTime while its status holds, as metav1 does). Plain
-dicts, so the status a user reads in `kubectl get -o yaml` is unit-tested without a cluster.
+which keeps each condition's lastTransitionTime while its status holds, as metav1 does), and
+only when `same_status` says the write would change something. Plain dicts, so the status a
+user reads in `kubectl get -o yaml` is unit-tested without a cluster.
 
 Pure core: imports neither `kubernetes` nor `kopf`.
 """
@@ -130,3 +131,25 @@ def build_invalid_conditions(message: str, generation: int) -> list[dict[str, An
         ),
         condition("Progressing", False, "InvalidSpec", "nothing is applied", generation),
     ]
+
+
+def condition_true(status: Mapping[str, Any], kind: str) -> bool:
+    """Whether the policy status has condition `kind` with status "True"."""
+    return any(
+        c.get("type") == kind and c.get("status") == "True" for c in status.get("conditions") or []
+    )
+
+
+def same_status(current: Mapping[str, Any], wanted: Mapping[str, Any]) -> bool:
+    """Whether writing `wanted` would change anything (transition times aside)."""
+    for key, value in wanted.items():
+        if key == "conditions":
+            have = {
+                c.get("type"): {**c, "lastTransitionTime": None} for c in current.get(key) or []
+            }
+            for cond in value:
+                if have.get(cond["type"]) != {**cond, "lastTransitionTime": None}:
+                    return False
+        elif current.get(key) != value:
+            return False
+    return True

@@ -27,7 +27,7 @@ from nodesysctl.jobs import (
     build_restart_patch,
 )
 from nodesysctl.kube import node_ref, policy_ref, workload_ref
-from nodesysctl.observed import PodOutcome, condition_true, same_status
+from nodesysctl.observed import PodOutcome
 from nodesysctl.pacing import INVALID_POLL_SECONDS, RestartLimiter, pass_delay
 from nodesysctl.planning import (
     JobFacts,
@@ -48,7 +48,9 @@ from nodesysctl.policy_status import (
     build_conditions,
     build_invalid_conditions,
     build_status,
+    condition_true,
     merge_conditions,
+    same_status,
 )
 from nodesysctl.restarts import RestartAction, plan_restart_wave, restart_wave, restarts_done
 from nodesysctl.results import check_result, jobs_to_record

@@ -1,4 +1,4 @@
-"""Reading agent Job/Pod bodies and the policy status into facts (no cluster, plain dicts)."""
+"""Reading agent Job and Pod bodies into facts (no cluster, plain dicts)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from nodesysctl.labels import (
     LABEL_POLICY,
     LABEL_SPEC_HASH,
 )
-from nodesysctl.observed import PodOutcome, condition_true, job_facts_from_body, same_status
+from nodesysctl.observed import PodOutcome, job_facts_from_body
 from nodesysctl.planning import JobFacts
 
 
@@ -119,27 +119,3 @@ def test_job_facts_tolerate_missing_optional_fields() -> None:
 )
 def test_job_facts_are_none_for_other_jobs(meta: dict[str, Any]) -> None:
     assert job_facts_from_body(agent_job(**meta)) is None
-
-
-def test_condition_true() -> None:
-    status = {
-        "conditions": [
-            {"type": "Degraded", "status": "True"},
-            {"type": "Conflict", "status": "False"},
-        ]
-    }
-    assert condition_true(status, "Degraded")
-    assert not condition_true(status, "Conflict")
-    assert not condition_true(status, "Ready")
-    assert not condition_true({}, "Degraded")
-
-
-def test_same_status_ignores_transition_times_and_unwritten_keys() -> None:
-    ready = {"type": "Ready", "status": "True", "lastTransitionTime": "2026-11-25T12:00:00Z"}
-    current = {"nodes": 3, "kopf": {"x": 1}, "conditions": [ready]}
-    later = {**ready, "lastTransitionTime": "2026-11-25T13:00:00Z"}
-    assert same_status(current, {"nodes": 3, "conditions": [later]})
-    assert not same_status(current, {"nodes": 4})
-    assert not same_status(current, {"conditions": [{**ready, "status": "False"}]})
-    assert not same_status(current, {"conditions": [{**ready, "type": "Degraded"}]})
-    assert not same_status({}, {"nodes": 3})

@@ -6,7 +6,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from nodesysctl.planning import PolicySummary
-from nodesysctl.policy_status import StatusInputs, build_conditions, merge_conditions
+from nodesysctl.policy_status import (
+    StatusInputs,
+    build_conditions,
+    condition_true,
+    merge_conditions,
+    same_status,
+)
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
@@ -42,3 +48,27 @@ def test_transition_time_kept_while_status_unchanged() -> None:
     flipped = merge_conditions(first, [{"type": "Ready", "status": "False"}], later)
     assert same[0]["lastTransitionTime"] == "2026-11-25T12:00:00Z"
     assert flipped[0]["lastTransitionTime"] == "2026-11-26T00:00:00Z"
+
+
+def test_condition_true() -> None:
+    status = {
+        "conditions": [
+            {"type": "Degraded", "status": "True"},
+            {"type": "Conflict", "status": "False"},
+        ]
+    }
+    assert condition_true(status, "Degraded")
+    assert not condition_true(status, "Conflict")
+    assert not condition_true(status, "Ready")
+    assert not condition_true({}, "Degraded")
+
+
+def test_same_status_ignores_transition_times_and_unwritten_keys() -> None:
+    ready = {"type": "Ready", "status": "True", "lastTransitionTime": "2026-11-25T12:00:00Z"}
+    current = {"nodes": 3, "kopf": {"x": 1}, "conditions": [ready]}
+    later = {**ready, "lastTransitionTime": "2026-11-25T13:00:00Z"}
+    assert same_status(current, {"nodes": 3, "conditions": [later]})
+    assert not same_status(current, {"nodes": 4})
+    assert not same_status(current, {"conditions": [{**ready, "status": "False"}]})
+    assert not same_status(current, {"conditions": [{**ready, "type": "Degraded"}]})
+    assert not same_status({}, {"nodes": 3})
