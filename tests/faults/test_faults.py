@@ -19,6 +19,9 @@ from typing import Any
 import pytest
 from kubernetes import client, watch
 
+from devcluster.cluster import DevCluster
+from devcluster.nodes import SimulatedNode
+from devcluster.waiting import wait_for
 from e2e.conftest import JOB_NAMESPACE, OperatorProcess, Policies
 from e2e.test_operator import (
     condition,
@@ -31,9 +34,6 @@ from e2e.test_operator import (
     wait_policy,
 )
 from nodesysctl.api import parse_spec
-from nodesysctl.devcluster.cluster import DevCluster
-from nodesysctl.devcluster.nodes import SimulatedNode
-from nodesysctl.devcluster.waiting import wait_for
 from nodesysctl.labels import ANNOTATION_NODE, LABEL_POLICY, LABEL_SPEC_HASH, RESTARTED_AT
 from nodesysctl.planning import NodeState, spec_hash
 

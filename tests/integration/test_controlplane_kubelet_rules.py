@@ -6,8 +6,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from nodesysctl.devcluster.kubelet import SimulatedKubelet, _field
-from nodesysctl.devcluster.nodes import SimulatedNode, kernel_format, sysctl_path
+from devcluster.kubelet import SimulatedKubelet, _field
+from devcluster.nodes import SimulatedNode, kernel_format, sysctl_path
 
 
 def pod(container: dict[str, Any], **spec: Any) -> dict[str, Any]:

@@ -7,7 +7,7 @@ node has its own ``net.ipv4.ip_local_port_range``), or, for scale tests, in a di
 ``/``: hostPath volumes of pods on the node are mapped below it.
 
 The Kubernetes side (the Node object, its Lease, its pods) is the simulated kubelet's job
-(:mod:`nodesysctl.devcluster.kubelet`); the methods here that touch the Node object go through
+(:mod:`devcluster.kubelet`); the methods here that touch the Node object go through
 the kubelet the node is registered with.
 """
 
