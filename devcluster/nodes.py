@@ -30,6 +30,9 @@ KERNEL_DEFAULTS = {
     "net.ipv4.ip_local_reserved_ports": "",
 }
 NETNS_PREFIX = "nsc-"
+# Every node's InternalIP (and a pod's hostIP): this machine, so whatever the API server tries
+# to reach on a "node" stays here.
+NODE_IP = "127.0.0.1"
 _SOCKET_TABLE_HEADER = (
     "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt"
     "   uid  timeout inode\n"

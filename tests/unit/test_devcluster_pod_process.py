@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from devcluster.kubelet import SimulatedKubelet, _field
+from devcluster.kubelet.process import container_argv, downward_field
 from devcluster.nodes import SimulatedNode, kernel_format, sysctl_path
 
 
@@ -49,7 +49,7 @@ AGENT = {
 def test_a_netns_node_runs_the_container_in_its_netns(tmp_path: Path) -> None:
     node = SimulatedNode("n1", root=tmp_path / "n1", netns="nsc-abc")
     term = tmp_path / "term"
-    argv = SimulatedKubelet.container_argv(pod(AGENT), AGENT, node, term)
+    argv = container_argv(pod(AGENT), AGENT, node, term)
     assert argv[:4] == ["ip", "netns", "exec", "nsc-abc"]
     assert argv[4] == sys.executable
     root = str(tmp_path / "n1")
@@ -65,7 +65,7 @@ def test_a_netns_node_runs_the_container_in_its_netns(tmp_path: Path) -> None:
 def test_a_node_without_netns_gets_its_fake_proc(tmp_path: Path) -> None:
     node = SimulatedNode("n1", root=tmp_path / "n1")
     container = {**AGENT, "args": ["--proc-sys", "/host/proc/sys", "/proc/net"]}
-    argv = SimulatedKubelet.container_argv(pod(container), container, node, tmp_path / "t")
+    argv = container_argv(pod(container), container, node, tmp_path / "t")
     root = str(tmp_path / "n1")
     assert argv[0] == sys.executable
     assert argv[3:] == [
@@ -83,10 +83,10 @@ def test_hostpaths_under_proc_stay_real_inside_a_netns(tmp_path: Path) -> None:
 
 def test_the_downward_api() -> None:
     p = pod(AGENT, hostNetwork=True)
-    assert _field(p, "spec.nodeName") == "n1"
-    assert _field(p, "metadata.labels['a']") == "b"
-    assert _field(p, "metadata.namespace") == "ns"
-    assert _field(p, "status.podIP") == "127.0.0.1"
+    assert downward_field(p, "spec.nodeName") == "n1"
+    assert downward_field(p, "metadata.labels['a']") == "b"
+    assert downward_field(p, "metadata.namespace") == "ns"
+    assert downward_field(p, "status.podIP") == "127.0.0.1"
 
 
 def test_sysctl_names_and_kernel_format() -> None:
