@@ -24,9 +24,9 @@ venv: $(STAMP) ## Create .venv with the package and its dev tools
 
 .PHONY: lint
 lint: $(STAMP) scan ## ruff, mypy --strict (tests too), import contracts, and `make scan`
-	$(BIN)/ruff check operator tests bench
-	$(BIN)/ruff format --check operator tests bench
-	$(BIN)/mypy operator/nodesysctl bench tests
+	$(BIN)/ruff check operator devcluster tests bench
+	$(BIN)/ruff format --check operator devcluster tests bench
+	$(BIN)/mypy operator/nodesysctl devcluster bench tests
 	$(BIN)/lint-imports
 
 .PHONY: controlplane
@@ -55,8 +55,9 @@ scan: $(STAMP) $(SCAN_STAMP) controlplane ## checkov on the rendered overlays, t
 	$(SCAN_VENV)/bin/hadolint Dockerfile
 
 .PHONY: demo
+# devcluster is not installed (it must not ship); `-m` from the repo root finds it, like bench.
 demo: $(STAMP) controlplane ## The seed's incident fixed live on a local control plane (needs root)
-	$(BIN)/python -m nodesysctl.devcluster.demo $(DEMO_ARGS)
+	$(BIN)/python -m devcluster.demo $(DEMO_ARGS)
 
 .PHONY: unit
 unit: $(STAMP) ## Fast tests: pure logic and the agent on real network namespaces
@@ -76,8 +77,8 @@ bench: $(STAMP) controlplane ## Benchmark (~15 min): convergence vs floor, API c
 
 .PHONY: fmt
 fmt: $(STAMP) ## Format and autofix
-	$(BIN)/ruff format operator tests bench
-	$(BIN)/ruff check --fix operator tests bench
+	$(BIN)/ruff format operator devcluster tests bench
+	$(BIN)/ruff check --fix operator devcluster tests bench
 
 .PHONY: clean
 clean: ## Remove the virtualenv and caches (not the control-plane binaries)

@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM (timeout, Ctrl-C in make) unwinds like an exception: the cluster is cleaned up.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    logging.getLogger("nodesysctl.devcluster").setLevel(logging.WARNING)
+    logging.getLogger("devcluster").setLevel(logging.WARNING)
     if sorted(args.sizes) != args.sizes or sorted(args.idle_sizes) != args.idle_sizes:
         parser.error("sizes grow: give them in increasing order")
     results: dict[str, Any] = {

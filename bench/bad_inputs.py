@@ -17,9 +17,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+from devcluster.cluster import DevCluster
 from nodesysctl.agent.contract import AgentResult
 from nodesysctl.api import parse_spec
-from nodesysctl.devcluster.cluster import DevCluster
 from nodesysctl.jobs import build_agent_spec
 from nodesysctl.planning import NodeResult
 

@@ -15,10 +15,10 @@ from typing import Any
 
 from kubernetes import client, watch
 
+from devcluster.nodes import SimulatedNode
+from devcluster.waiting import wait_for
 from nodesysctl.agent.persist import render
 from nodesysctl.api import parse_spec
-from nodesysctl.devcluster.nodes import SimulatedNode
-from nodesysctl.devcluster.waiting import wait_for
 from nodesysctl.jobs import JobSettings, build_agent_job, persist_file_name
 from nodesysctl.planning import CheckOrder, CheckReason, job_name
 from nodesysctl.ports import PortRange

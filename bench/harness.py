@@ -31,11 +31,11 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from devcluster.certs import KeyPair, write_kubeconfig
+from devcluster.cluster import DevCluster
+from devcluster.controlplane import DIR_PREFIX, ControlPlane
+from devcluster.waiting import wait_for
 from nodesysctl import GROUP, PLURAL, VERSION
-from nodesysctl.devcluster.certs import KeyPair, write_kubeconfig
-from nodesysctl.devcluster.cluster import DevCluster
-from nodesysctl.devcluster.controlplane import DIR_PREFIX, ControlPlane
-from nodesysctl.devcluster.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 OPERATOR_USER = "nodesysctl-operator"

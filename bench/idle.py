@@ -15,9 +15,9 @@ from typing import Any
 
 from kubernetes import client
 
+from devcluster.nodes import SimulatedNode
+from devcluster.waiting import wait_for
 from nodesysctl.api import parse_spec
-from nodesysctl.devcluster.nodes import SimulatedNode
-from nodesysctl.devcluster.waiting import wait_for
 from nodesysctl.labels import ANNOTATION_RESULT_PREFIX
 from nodesysctl.planning import NodeResult, NodeState, spec_hash
 

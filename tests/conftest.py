@@ -1,5 +1,5 @@
 """Shared pytest setup: the dev cluster fixtures (devcluster, kubeconfig_path, api_client,
 kubectl, crds_installed, test_id, test_namespace, node_factory) for every test directory.
-See nodesysctl.devcluster.pytest_plugin and docs/controlplane.md."""
+See devcluster.pytest_plugin and docs/controlplane.md."""
 
-pytest_plugins = ["nodesysctl.devcluster.pytest_plugin"]
+pytest_plugins = ["devcluster.pytest_plugin"]

@@ -7,7 +7,7 @@ OUT_DIR/agent-job/agent-job.yaml: the Job the operator creates for a policy with
 that widens it turned on (persist -> hostPath, tolerations), rendered by the operator's own
 `nodesysctl.jobs.build_agent_job`, so the scan sees exactly what would run.
 
-kubectl is the one the control plane build made (``nodesysctl.devcluster.binaries``), else
+kubectl is the one the control plane build made (``devcluster.binaries``), else
 ``kubectl`` on PATH.
 """
 
@@ -22,10 +22,13 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
+# devcluster (for the kubectl it finds) is not installed: it lives at the repo root.
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
 
 
 def find_kubectl() -> Path | None:
-    from nodesysctl.devcluster.binaries import candidate_dirs
+    from devcluster.binaries import candidate_dirs
 
     for directory in candidate_dirs():
         kubectl = directory / "kubectl"

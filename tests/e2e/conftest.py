@@ -16,11 +16,11 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from devcluster import install
+from devcluster.cluster import DevCluster
+from devcluster.install import JOB_NAMESPACE
+from devcluster.waiting import wait_for
 from nodesysctl import GROUP, PLURAL, VERSION
-from nodesysctl.devcluster import install
-from nodesysctl.devcluster.cluster import DevCluster
-from nodesysctl.devcluster.install import JOB_NAMESPACE
-from nodesysctl.devcluster.waiting import wait_for
 
 
 class OperatorProcess:

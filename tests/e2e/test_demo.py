@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
+REPO = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(400)]
 
 
@@ -15,7 +17,8 @@ def test_demo_converges_restarts_only_the_affected_deployment_and_cleans_up(
 ) -> None:
     before = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True)
     demo = subprocess.run(
-        [sys.executable, "-m", "nodesysctl.devcluster.demo", "--non-interactive"],
+        [sys.executable, "-m", "devcluster.demo", "--non-interactive"],
+        cwd=REPO,  # devcluster is not installed: `-m` finds it from the repo root, as `make demo`
         capture_output=True, text=True, timeout=360, check=False, stdin=subprocess.DEVNULL,
     )  # fmt: skip
     out = demo.stdout

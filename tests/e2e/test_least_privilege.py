@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from nodesysctl.devcluster.cluster import DevCluster
-from nodesysctl.devcluster.install import (
+from devcluster.cluster import DevCluster
+from devcluster.install import (
     OPERATOR_NAMESPACE,
     RBAC_KINDS,
     SERVICE_ACCOUNT,
@@ -18,8 +18,8 @@ from nodesysctl.devcluster.install import (
     operator_rbac_documents,
     service_account_kubeconfig,
 )
-from nodesysctl.devcluster.nodes import SimulatedNode
-from nodesysctl.devcluster.waiting import wait_for
+from devcluster.nodes import SimulatedNode
+from devcluster.waiting import wait_for
 from nodesysctl.planning import NodeState
 
 from .conftest import OperatorProcess, Policies

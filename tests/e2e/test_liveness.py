@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from nodesysctl.devcluster.cluster import DevCluster
-from nodesysctl.devcluster.waiting import wait_for
+from devcluster.cluster import DevCluster
+from devcluster.waiting import wait_for
 
 from .conftest import OperatorProcess
 

@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 from kubernetes import client
 
+from devcluster.install import JOB_NAMESPACE
+from devcluster.nodes import SimulatedNode
+from devcluster.waiting import wait_for
+from devcluster.workloads import deployment as deployment_body
 from nodesysctl.agent.persist import render
-from nodesysctl.devcluster.install import JOB_NAMESPACE
-from nodesysctl.devcluster.nodes import SimulatedNode
-from nodesysctl.devcluster.waiting import wait_for
-from nodesysctl.devcluster.workloads import deployment as deployment_body
 from nodesysctl.labels import ANNOTATION_NODE, ANNOTATION_RESULT_PREFIX, LABEL_POLICY, RESTARTED_AT
 from nodesysctl.planning import NodeFacts, NodeResult, NodeState
 from nodesysctl.ports import PortRange

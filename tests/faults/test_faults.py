@@ -19,11 +19,11 @@ from typing import Any
 import pytest
 from kubernetes import client, watch
 
+from devcluster.cluster import DevCluster
+from devcluster.install import JOB_NAMESPACE
+from devcluster.nodes import SimulatedNode
+from devcluster.waiting import wait_for
 from nodesysctl.api import parse_spec
-from nodesysctl.devcluster.cluster import DevCluster
-from nodesysctl.devcluster.install import JOB_NAMESPACE
-from nodesysctl.devcluster.nodes import SimulatedNode
-from nodesysctl.devcluster.waiting import wait_for
 from nodesysctl.labels import ANNOTATION_NODE, LABEL_POLICY, LABEL_SPEC_HASH, RESTARTED_AT
 from nodesysctl.planning import NodeState, spec_hash
 from tests.e2e.conftest import OperatorProcess, Policies

@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from nodesysctl.devcluster.binaries import KUBERNETES_VERSION
-from nodesysctl.devcluster.cluster import DevCluster
-from nodesysctl.devcluster.pytest_plugin import NodeFactory
-from nodesysctl.devcluster.waiting import wait_for
+from devcluster.binaries import KUBERNETES_VERSION
+from devcluster.cluster import DevCluster
+from devcluster.pytest_plugin import NodeFactory
+from devcluster.waiting import wait_for
 from tests.kube_json import as_dict
 
 REPO = Path(__file__).resolve().parents[2]

@@ -12,7 +12,7 @@ import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from nodesysctl.devcluster.cluster import DevCluster
+from devcluster.cluster import DevCluster
 
 pytestmark = pytest.mark.integration
 

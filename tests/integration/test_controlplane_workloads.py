@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 from kubernetes import client
 
+from devcluster.cluster import DevCluster
+from devcluster.nodes import SimulatedNode
+from devcluster.pytest_plugin import NodeFactory
+from devcluster.waiting import wait_for
 from nodesysctl.agent.contract import AgentResult, AgentSpec
-from nodesysctl.devcluster.cluster import DevCluster
-from nodesysctl.devcluster.nodes import SimulatedNode
-from nodesysctl.devcluster.pytest_plugin import NodeFactory
-from nodesysctl.devcluster.waiting import wait_for
 from nodesysctl.jobs import pin_to_node
 from tests.kube_json import as_dict
 

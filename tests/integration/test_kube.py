@@ -10,9 +10,9 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from devcluster.cluster import DevCluster
+from devcluster.pytest_plugin import NodeFactory
 from nodesysctl import GROUP, KIND, VERSION
-from nodesysctl.devcluster.cluster import DevCluster
-from nodesysctl.devcluster.pytest_plugin import NodeFactory
 from nodesysctl.kube import FIELD_MANAGER, Kube, node_ref, policy_ref, workload_ref
 
 pytestmark = pytest.mark.integration

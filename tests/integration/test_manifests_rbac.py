@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 import yaml
 
+from devcluster.cluster import DevCluster
+from devcluster.waiting import wait_for
 from nodesysctl.api import NodeSysctlPolicySpec
-from nodesysctl.devcluster.cluster import DevCluster
-from nodesysctl.devcluster.waiting import wait_for
 from nodesysctl.jobs import JobSettings, build_agent_job
 from nodesysctl.planning import CheckOrder, CheckReason
 

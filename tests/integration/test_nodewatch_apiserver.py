@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from nodesysctl.devcluster.pytest_plugin import NodeFactory
-from nodesysctl.devcluster.waiting import wait_for
+from devcluster.pytest_plugin import NodeFactory
+from devcluster.waiting import wait_for
 from nodesysctl.kube import Kube
 from nodesysctl.nodewatch import NodeCache, NodesListed, NodeUpdate, NodeWatch
 

@@ -24,9 +24,9 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from devcluster.binaries import candidate_dirs
 from nodesysctl import GROUP, PLURAL
 from nodesysctl.api import NodeSysctlPolicySpec
-from nodesysctl.devcluster.binaries import candidate_dirs
 from nodesysctl.handlers import OperatorConfig
 from nodesysctl.jobs import JobSettings
 

@@ -49,7 +49,7 @@ def devcluster(request: pytest.FixtureRequest) -> Iterator[DevCluster]:
         binaries = find_binaries()
     except BinariesNotFoundError as exc:
         _cannot_run(str(exc))
-    logging.getLogger("nodesysctl.devcluster").setLevel(logging.INFO)
+    logging.getLogger("devcluster").setLevel(logging.INFO)
     cluster = DevCluster(ControlPlane(binaries=binaries))
     try:
         cluster.start()

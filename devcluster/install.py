@@ -13,7 +13,7 @@ import yaml
 
 from .cluster import DevCluster
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[1]
 OPERATOR_NAMESPACE = "nodesysctl-system"
 JOB_NAMESPACE = "nodesysctl-jobs"
 SERVICE_ACCOUNT = "nodesysctl-operator"

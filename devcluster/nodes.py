@@ -7,7 +7,7 @@ node has its own ``net.ipv4.ip_local_port_range``), or, for scale tests, in a di
 ``/``: hostPath volumes of pods on the node are mapped below it.
 
 The Kubernetes side (the Node object, its Lease, its pods) is the simulated kubelet's job
-(:mod:`nodesysctl.devcluster.kubelet`); the methods here that touch the Node object go through
+(:mod:`devcluster.kubelet`); the methods here that touch the Node object go through
 the kubelet the node is registered with.
 """
 
@@ -30,6 +30,9 @@ KERNEL_DEFAULTS = {
     "net.ipv4.ip_local_reserved_ports": "",
 }
 NETNS_PREFIX = "nsc-"
+# Every node's InternalIP (and a pod's hostIP): this machine, so whatever the API server tries
+# to reach on a "node" stays here.
+NODE_IP = "127.0.0.1"
 _SOCKET_TABLE_HEADER = (
     "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt"
     "   uid  timeout inode\n"

@@ -1,9 +1,9 @@
-"""``python -m nodesysctl.devcluster``: run a dev cluster in the foreground (for the demo and
+"""``python -m devcluster``: run a dev cluster in the foreground (for the demo and
 for poking at things by hand).
 
-    python -m nodesysctl.devcluster up --nodes 3 --label node-role.kubernetes.io/worker= \\
+    python -m devcluster up --nodes 3 --label node-role.kubernetes.io/worker= \\
         --sysctl net.ipv4.ip_local_port_range="1024 65000"
-    python -m nodesysctl.devcluster where      # the binaries directory, or how to build it
+    python -m devcluster where      # the binaries directory, or how to build it
 
 ``up`` prints the kubeconfig path and one line per node (its netns and host root), writes the
 same to ``<cluster dir>/nodes.json``, and runs until Ctrl-C/SIGTERM, then cleans up.
@@ -78,7 +78,7 @@ def _where(_: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m nodesysctl.devcluster", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m devcluster", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="run a control plane with simulated nodes until Ctrl-C")
     up.add_argument("--nodes", type=int, default=1, help="how many simulated nodes (default 1)")
