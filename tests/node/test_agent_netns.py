@@ -284,3 +284,32 @@ def test_a_garbage_value_fails_with_no_write(
     assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in files if p.is_file()} == before
     assert list(sysctl_dir.iterdir()) == []
     assert netns.read(RESERVED_PORTS) == "\n"  # the real values were not touched either
+
+
+def test_a_symlink_at_the_persistence_name_is_refused_and_its_target_untouched(
+    netns: NetNs, tmp_path: Path, sysctl_dir: Path, termination_log: Path
+) -> None:
+    # Someone who can create names in the host's sysctl.d plants the agent's file name as a
+    # link to a file elsewhere: the root agent must not write through it, and changes nothing.
+    outside = tmp_path / "precious.conf"
+    outside.write_text("kernel.panic = 10\n")
+    stat_before = outside.stat()
+    link = sysctl_dir / SPEC["persistFile"]
+    link.symlink_to(outside)
+    netns.write(PORT_RANGE, "1024 65000")
+
+    run = netns.run_agent(SPEC, sysctl_dir=sysctl_dir, termination_log=termination_log)
+
+    assert run.returncode == 1, run.stderr
+    assert run.result.status is Status.FAILED
+    assert run.result.actions == []
+    assert run.result.errors[0].startswith(
+        f"cannot replace persistence file {link}: Is a symbolic link: not replaced"
+    )
+    assert outside.read_text() == "kernel.panic = 10\n"
+    assert outside.stat().st_mtime_ns == stat_before.st_mtime_ns
+    assert os.readlink(link) == str(outside)
+    assert list(sysctl_dir.iterdir()) == [link]
+    # Refused before any sysctl was written.
+    assert netns.read(PORT_RANGE) == "1024\t65000\n"
+    assert netns.read(RESERVED_PORTS) == "\n"

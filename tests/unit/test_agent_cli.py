@@ -148,3 +148,29 @@ def test_the_agent_imports_no_kubernetes_client() -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stdout
+
+
+def test_host_root_maps_messages_to_host_paths(
+    tree: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sysctl_dir = tree / "host" / "etc" / "sysctl.d"
+    sysctl_dir.mkdir(parents=True)
+    argv = args_for(tree, "--spec-json", SPEC_TEXT, "--host-root", str(tree / "host"))
+    argv[argv.index("--sysctl-dir") + 1] = str(sysctl_dir)
+    code, result = run_main(capsys, argv)
+    assert (code, result.status) == (0, Status.REMEDIATED)
+    assert result.actions[-1] == (
+        "created persistence file /etc/sysctl.d/zz-nodesysctl-nodeport-safe.conf"
+    )
+
+
+def test_a_sysctl_dir_outside_the_host_root_exits_2(
+    tree: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = args_for(tree, "--spec-json", SPEC_TEXT, "--host-root", str(tree / "host"))
+    code, result = run_main(capsys, argv)
+    assert (code, result.status, result.policy) == (2, Status.FAILED, "nodeport-safe")
+    assert result.errors == [
+        f"bad arguments: --sysctl-dir {tree / 'sysctl.d'} is not inside --host-root"
+    ]
+    assert list((tree / "sysctl.d").iterdir()) == []

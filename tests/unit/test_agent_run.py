@@ -425,3 +425,106 @@ def test_the_legacy_file_is_not_touched_in_audit_mode(node: FakeNode) -> None:
     legacy.write_text(COMPLIANT_FILE)
     assert node.run(make_spec(mode="Audit")).status is Status.COMPLIANT
     assert legacy.exists()
+
+
+# --- host files: links, masks, sizes, FIFOs (nodesysctl.agent.hostfs) ------------------------
+
+
+def test_a_symlink_at_the_persistence_name_fails_the_run_before_any_write(
+    node: FakeNode,
+) -> None:
+    node.port_range = "1024\t65000\n"
+    outside = node.root / "outside.conf"
+    outside.write_text("kernel.something = 1\n")
+    node.persist_file.symlink_to(outside)
+    before = node.snapshot()
+    result = node.run()
+    assert result.status is Status.FAILED
+    assert result.actions == []
+    [error] = result.errors
+    assert error.startswith(
+        f"cannot replace persistence file {node.persist_file}: Is a symbolic link: not replaced "
+        "(the agent never writes or removes through a link); it leads to "
+    )
+    # Nothing written: not the sysctls, not the link's target, not the link.
+    assert node.snapshot() == before
+    assert node.persist_file.is_symlink()
+
+
+def test_a_symlinked_persistence_file_inside_the_root_is_read(node: FakeNode) -> None:
+    # What a link leads to (inside the host root) is what a reboot applies: read, not refused.
+    make_compliant(node)
+    real = node.root / "kept.conf"
+    node.persist_file.rename(real)
+    node.persist_file.symlink_to(real)
+    result = node.run()
+    assert result.status is Status.COMPLIANT
+    assert result.before.persisted
+
+
+def test_a_masked_persistence_file_fails_and_the_mask_stays(node: FakeNode) -> None:
+    node.reserved = "10250,30000-32767\n"
+    node.persist_file.symlink_to("/dev/null")
+    result = node.run()
+    assert result.status is Status.FAILED
+    assert result.errors == [
+        f"persistence file {node.persist_file} is masked (a link to /dev/null): not replacing "
+        "the node admin's mask (remove it, or set persist: false)"
+    ]
+    assert os.readlink(node.persist_file) == "/dev/null"
+    assert not node.run(make_spec(mode="Audit")).before.persisted  # a mask persists nothing
+
+
+def test_a_persistence_file_over_the_size_cap_fails_before_any_write(node: FakeNode) -> None:
+    node.port_range = "1024\t65000\n"
+    with node.persist_file.open("wb") as big:
+        big.truncate(2 << 20)
+    result = node.run()
+    assert result.status is Status.FAILED
+    assert result.errors == [
+        f"cannot read {node.persist_file}: Is {2 << 20} bytes, larger than the 1048576 bytes "
+        "the agent reads from one file: not read"
+    ]
+    assert node.port_range == "1024\t65000\n"
+
+
+@pytest.mark.timeout(5)
+def test_a_fifo_at_the_persistence_name_fails_at_once(node: FakeNode) -> None:
+    node.port_range = "1024\t65000\n"
+    os.mkfifo(node.persist_file)
+    result = node.run()
+    assert result.status is Status.FAILED
+    assert result.errors[0].startswith(
+        f"cannot read {node.persist_file}: Is a FIFO (named pipe): not read"
+    )
+    assert node.port_range == "1024\t65000\n"
+
+
+def test_a_legacy_name_that_is_a_link_is_not_ours_and_is_left_alone(node: FakeNode) -> None:
+    make_compliant(node)
+    ours_elsewhere = node.root / "copy.conf"
+    ours_elsewhere.write_text(COMPLIANT_FILE)
+    legacy = node.root / "sysctl.d" / "99-nodesysctl-nodeport-safe.conf"
+    legacy.symlink_to(ours_elsewhere)
+    assert node.run().status is Status.COMPLIANT
+    assert legacy.is_symlink()
+    assert ours_elsewhere.read_text() == COMPLIANT_FILE
+
+
+def test_messages_name_host_paths_when_the_host_root_is_mounted(node: FakeNode) -> None:
+    # As in the Job: the host's /etc/sysctl.d is <host root>/etc/sysctl.d in the pod.
+    host_root = node.root / "host"
+    sysctl_dir = host_root / "etc" / "sysctl.d"
+    sysctl_dir.mkdir(parents=True)
+    paths = AgentPaths(node.paths.proc_sys, node.paths.proc_net, sysctl_dir, host_root)
+    result = run_agent(make_spec(), paths)
+    assert result.status is Status.REMEDIATED
+    assert result.actions[-1] == f"created persistence file /etc/sysctl.d/{PERSIST_FILE}"
+    assert (sysctl_dir / PERSIST_FILE).read_text() == COMPLIANT_FILE
+
+
+def test_the_host_root_defaults_to_the_jobs_mount_or_slash() -> None:
+    assert AgentPaths().effective_host_root() == Path("/host")
+    assert AgentPaths(sysctl_dir=Path("/tmp/x/sysctl.d")).effective_host_root() == Path("/")
+    explicit = AgentPaths(sysctl_dir=Path("/r/etc/sysctl.d"), host_root=Path("/r"))
+    assert explicit.effective_host_root() == Path("/r")

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from nodesysctl.agent.contract import AgentResult, parse_spec_json, policy_hint
-from nodesysctl.agent.run import AgentPaths, failed_result, run_agent
+from nodesysctl.agent.run import HOST_MOUNT_ROOT, AgentPaths, failed_result, run_agent
 
 SPEC_ENV = "NODESYSCTL_AGENT_SPEC"
 NODE_ENV = "NODE_NAME"
@@ -47,6 +47,13 @@ def _parser() -> argparse.ArgumentParser:
         type=Path,
         default=AgentPaths.sysctl_dir,
         help="where the persistence file goes (the host's /etc/sysctl.d, mounted)",
+    )
+    parser.add_argument(
+        "--host-root",
+        type=Path,
+        default=None,
+        help="where the host's / would be mounted: links are resolved inside it and messages "
+        f"name host paths (default: {HOST_MOUNT_ROOT} when --sysctl-dir is under it, else /)",
     )
     parser.add_argument("--termination-log", type=Path, default=Path("/dev/termination-log"))
     return parser
@@ -95,7 +102,12 @@ def main(argv: list[str] | None = None) -> int:
         _emit(result, termination_log)
         return EXIT_BAD_INPUT
 
-    paths = AgentPaths(args.proc_sys, args.proc_net, args.sysctl_dir)
+    paths = AgentPaths(args.proc_sys, args.proc_net, args.sysctl_dir, args.host_root)
+    host_root = os.path.abspath(paths.effective_host_root())
+    if not Path(os.path.abspath(paths.sysctl_dir)).is_relative_to(host_root):
+        message = f"bad arguments: --sysctl-dir {paths.sysctl_dir} is not inside --host-root"
+        _emit(failed_result(message, policy=spec.policy, node=node, now=now), termination_log)
+        return EXIT_BAD_INPUT
     log.info("policy %s, mode %s, node %r", spec.policy, spec.mode, node)
     try:
         result = run_agent(spec, paths, node=node, now=now)

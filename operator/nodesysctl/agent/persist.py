@@ -1,16 +1,19 @@
-"""The persistence file in the host's sysctl.d directory, so values survive a reboot."""
+"""The persistence file in the host's sysctl.d directory, so values survive a reboot.
+
+The file operations themselves are `nodesysctl.agent.hostfs`: the directory is the host's.
+"""
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
-from pathlib import Path
+import logging
 
+from nodesysctl.agent.hostfs import FileKind, HostDir, HostFileError
 from nodesysctl.agent.sysctl import PORT_RANGE_KEY, RESERVED_PORTS_KEY
 from nodesysctl.ports import PortRange, format_port_range, format_reserved_ports
 
 HEADER = "# Managed by nodesysctl"
+
+log = logging.getLogger(__name__)
 
 
 def render(
@@ -25,39 +28,20 @@ def render(
     return "\n".join(lines) + "\n"
 
 
-def is_ours(path: Path) -> bool:
-    """Whether `path` is a file nodesysctl wrote (its first line is our header)."""
+def is_ours(files: HostDir, name: str) -> bool:
+    """Whether `name` is a file nodesysctl wrote: a regular file whose first line is our header.
+
+    The agent only ever writes regular files, so a link by that name is not ours even when its
+    target is: removing it would be removing something an admin put there.
+    """
     try:
-        with path.open(encoding="utf-8") as file:
-            return file.readline().startswith(HEADER)
-    except (OSError, UnicodeDecodeError):
+        kind = files.kind(name)
+        if kind is not FileKind.REGULAR:
+            if kind is not FileKind.MISSING:
+                log.info("%s is %s, not a file nodesysctl wrote", files.host_path_of(name), kind)
+            return False
+        found = files.read(name)
+    except (OSError, HostFileError) as exc:
+        log.warning("cannot read %s: %s", files.host_path_of(name), exc)
         return False
-
-
-def read_if_exists(path: Path) -> str | None:
-    try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return None
-
-
-def write_atomically(path: Path, content: str) -> None:
-    """Replace `path` so that a reader (or a crash) sees the old or the new file, never a mix."""
-    fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as temp:
-            temp.write(content)
-            temp.flush()
-            os.fsync(temp.fileno())
-        os.chmod(temp_name, 0o644)  # mkstemp makes it 0600; sysctl.d files are world-readable
-        os.replace(temp_name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp_name)
-        raise
-    # Make the rename itself durable.
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    return found.content is not None and found.content.startswith(HEADER)

@@ -26,6 +26,7 @@ from nodesysctl.agent.contract import (
     Status,
     SysctlState,
 )
+from nodesysctl.agent.hostfs import HostDir, HostFileError
 from nodesysctl.agent.sockets import in_ranges, read_sockets
 from nodesysctl.agent.sysctl import PORT_RANGE_KEY, RESERVED_PORTS_KEY, ProcSys
 from nodesysctl.ports import (
@@ -53,11 +54,26 @@ def agent_version() -> str:
         return "unknown"
 
 
+# Where the Job mounts host paths: the host's /etc/sysctl.d is /host/etc/sysctl.d in the pod.
+HOST_MOUNT_ROOT = Path("/host")
+
+
 @dataclass(frozen=True)
 class AgentPaths:
     proc_sys: Path = Path("/proc/sys")
     proc_net: Path = Path("/proc/net")
     sysctl_dir: Path = Path("/host/etc/sysctl.d")
+    # Where the host's `/` would be: links in the sysctl directory are resolved inside it, and
+    # messages name host paths. None: HOST_MOUNT_ROOT when the sysctl directory is under it (the
+    # Job), else `/` (the agent runs on the host itself, as in the netns tests).
+    host_root: Path | None = None
+
+    def effective_host_root(self) -> Path:
+        if self.host_root is not None:
+            return self.host_root
+        if self.sysctl_dir.is_relative_to(HOST_MOUNT_ROOT):
+            return HOST_MOUNT_ROOT
+        return Path("/")
 
 
 class VerifyError(Exception):
@@ -113,6 +129,8 @@ def _read_reserved(sysctl: ProcSys) -> PortSet:
 
 
 def _describe_error(what: str, exc: Exception) -> str:
+    if isinstance(exc, HostFileError) and exc.path in what:
+        return f"{what}: {exc.reason}"
     if isinstance(exc, OSError) and exc.strerror:
         where = f" ({exc.filename})" if exc.filename and str(exc.filename) not in what else ""
         return f"{what}: {exc.strerror}{where}"
@@ -124,9 +142,13 @@ class _Agent:
         self.spec = spec
         self.sysctl = ProcSys(paths.proc_sys)
         self.proc_net = paths.proc_net
-        self.sysctl_dir = paths.sysctl_dir
-        self.persist_path = paths.sysctl_dir / spec.persist_file_name
-        self.legacy_path = paths.sysctl_dir / spec.legacy_persist_file_name
+        self.files = HostDir(paths.sysctl_dir, paths.effective_host_root())
+        # Messages name the host's paths (/etc/sysctl.d/...): those are what an admin can see.
+        self.sysctl_dir = self.files.host_path
+        self.persist_name = spec.persist_file_name
+        self.legacy_name = spec.legacy_persist_file_name
+        self.persist_path = self.files.host_path_of(self.persist_name)
+        self.legacy_path = self.files.host_path_of(self.legacy_name)
         self.report = _Report()
         # Whether the persistence file is part of compliance (Enforce mode only).
         self.enforce_persist = spec.persist and spec.mode is Mode.ENFORCE
@@ -143,11 +165,11 @@ class _Agent:
         if not self.spec.persist or port_range is None or reserved is None:
             return False
         try:
-            existing = persist.read_if_exists(self.persist_path)
-        except (OSError, UnicodeDecodeError) as exc:
+            existing = self.files.read(self.persist_name)
+        except (OSError, HostFileError) as exc:
             log.warning("cannot read %s: %s", self.persist_path, exc)
             return False
-        return existing == self.expected_file(port_range, reserved)
+        return existing.content == self.expected_file(port_range, reserved)
 
     def observe(self) -> _Observed:
         """Read the current values without judging them; for the `after` state."""
@@ -176,17 +198,34 @@ class _Agent:
         except (OSError, ValueError) as exc:
             errors.append(_describe_error(f"cannot read {RESERVED_PORTS_KEY}", exc))
         if self.enforce_persist:
-            if not self.sysctl_dir.is_dir():
-                errors.append(
-                    f"sysctl directory {self.sysctl_dir} does not exist "
-                    "(is the host's /etc/sysctl.d mounted?)"
-                )
-            else:
-                try:
-                    existing_file = persist.read_if_exists(self.persist_path)
-                except (OSError, UnicodeDecodeError) as exc:
-                    errors.append(_describe_error(f"cannot read {self.persist_path}", exc))
+            existing_file = self.read_persisted(errors)
         return port_range, reserved, existing_file
+
+    def read_persisted(self, errors: list[str]) -> str | None:
+        try:
+            self.files.open()
+        except FileNotFoundError:
+            errors.append(
+                f"sysctl directory {self.sysctl_dir} does not exist "
+                "(is the host's /etc/sysctl.d mounted?)"
+            )
+            return None
+        except (OSError, HostFileError) as exc:
+            errors.append(_describe_error(f"cannot open sysctl directory {self.sysctl_dir}", exc))
+            return None
+        try:
+            found = self.files.read(self.persist_name)
+        except (OSError, HostFileError) as exc:
+            errors.append(_describe_error(f"cannot read {self.persist_path}", exc))
+            return None
+        if found.masked:
+            # sysctl.d(5): the admin disabled this file name on purpose; replacing the mask
+            # would undo that, and it is a link, which the agent never writes through.
+            errors.append(
+                f"persistence file {self.persist_path} is masked (a link to /dev/null): "
+                "not replacing the node admin's mask (remove it, or set persist: false)"
+            )
+        return found.content
 
     def check_sockets(self) -> tuple[list[ConflictingSocket], int]:
         found = in_ranges(read_sockets(self.proc_net), self.spec.reserved)
@@ -237,8 +276,18 @@ class _Agent:
             if existing_file != expected:
                 state = "is missing" if existing_file is None else "has different content"
                 drift.append(f"persistence file {self.persist_path} {state}")
+                try:
+                    # Known before any sysctl is written, so a file that cannot be replaced
+                    # stops the run with nothing changed instead of half way.
+                    self.files.check_replaceable(self.persist_name)
+                except (OSError, HostFileError) as exc:
+                    self.report.errors.append(
+                        _describe_error(f"cannot replace persistence file {self.persist_path}", exc)
+                    )
                 steps.append(self.persist_step(existing_file, expected))
-            if self.legacy_path != self.persist_path and persist.is_ours(self.legacy_path):
+            if self.legacy_name != self.persist_name and persist.is_ours(
+                self.files, self.legacy_name
+            ):
                 drift.append(
                     f"legacy persistence file {self.legacy_path} is applied before "
                     "99-sysctl.conf (/etc/sysctl.conf) at boot"
@@ -251,7 +300,7 @@ class _Agent:
         so a reboot never applies a stale copy."""
 
         def apply() -> None:
-            self.legacy_path.unlink(missing_ok=True)
+            self.files.remove(self.legacy_name)
 
         target = f"legacy persistence file {self.legacy_path}"
         return _Step(f"remove {target}", f"removed {target}", apply)
@@ -278,8 +327,8 @@ class _Agent:
 
     def persist_step(self, existing: str | None, expected: str) -> _Step:
         def apply() -> None:
-            persist.write_atomically(self.persist_path, expected)
-            if persist.read_if_exists(self.persist_path) != expected:
+            self.files.write(self.persist_name, expected)
+            if self.files.read(self.persist_name).content != expected:
                 raise VerifyError(f"{self.persist_path} does not hold what was written")
 
         verb = "create" if existing is None else "rewrite"
@@ -323,6 +372,14 @@ def run_agent(
 ) -> AgentResult:
     """Check (and in Enforce mode fix) one node; never raises for node-side problems."""
     agent = _Agent(spec, paths)
+    try:
+        return _run(agent, node, now)
+    finally:
+        agent.files.close()
+
+
+def _run(agent: _Agent, node: str, now: datetime | None) -> AgentResult:
+    spec = agent.spec
     report = agent.report
     checked_at = now or datetime.now(UTC)
     port_range, reserved, existing_file = agent.read_all()
@@ -353,6 +410,9 @@ def run_agent(
     steps = agent.plan(port_range, reserved, existing_file)
     for sentence in report.drift:
         log.info("drift: %s", sentence)
+    if report.errors:  # the persistence file cannot be replaced: change nothing
+        log.error("not changing anything: %s", "; ".join(report.errors))
+        return result(Status.FAILED, before)
     if not report.drift:
         return result(Status.COMPLIANT, before)
     if spec.mode is Mode.AUDIT:
