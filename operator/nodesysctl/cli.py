@@ -8,13 +8,14 @@ import shutil
 import sys
 from collections.abc import Sequence
 
-import kopf
-
-from nodesysctl.handlers import OperatorConfig
+from nodesysctl.config import OperatorConfig
 
 
 def _run(args: argparse.Namespace) -> int:
-    # Importing the module registers the handlers with Kopf's default registry.
+    # Only `run` loads Kopf: importing the handlers registers them with Kopf's default
+    # registry, which `status` has no use for.
+    import kopf
+
     import nodesysctl.handlers  # noqa: F401
 
     config = OperatorConfig(

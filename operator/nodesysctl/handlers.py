@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import os
 import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -23,7 +22,7 @@ from typing import Any
 import kopf
 
 from nodesysctl import GROUP, PLURAL, VERSION
-from nodesysctl.jobs import JobSettings
+from nodesysctl.config import OperatorConfig
 from nodesysctl.kube import Kube, new_api_client
 from nodesysctl.labels import (
     AGENT_APP,
@@ -45,29 +44,6 @@ PASS_RETRY_SECONDS = 5.0
 MAX_COALESCE_SECONDS = 2.0
 
 
-@dataclasses.dataclass(frozen=True)
-class OperatorConfig:
-    job_namespace: str = "nodesysctl-jobs"
-    agent_image: str = "ghcr.io/nodesysctl/nodesysctl:0.1.0"
-    agent_python: str = "python"
-    restarts_per_minute: float = 30.0
-    restart_burst: int = 10
-
-    @classmethod
-    def from_env(cls) -> OperatorConfig:
-        """`kopf run -m nodesysctl.handlers` reads its settings from the environment."""
-        defaults = cls()
-        return cls(
-            job_namespace=os.environ.get("NODESYSCTL_JOB_NAMESPACE", defaults.job_namespace),
-            agent_image=os.environ.get("NODESYSCTL_AGENT_IMAGE", defaults.agent_image),
-            agent_python=os.environ.get("NODESYSCTL_AGENT_PYTHON", defaults.agent_python),
-            restarts_per_minute=float(
-                os.environ.get("NODESYSCTL_RESTARTS_PER_MINUTE", defaults.restarts_per_minute)
-            ),
-            restart_burst=int(os.environ.get("NODESYSCTL_RESTART_BURST", defaults.restart_burst)),
-        )
-
-
 class OperatorState:
     """Shared by all handlers through Kopf's memo (one instance per operator process)."""
 
@@ -75,11 +51,7 @@ class OperatorState:
         self.config = config
         self.reconciler = PolicyReconciler(
             kube,
-            JobSettings(
-                namespace=config.job_namespace,
-                image=config.agent_image,
-                python=config.agent_python,
-            ),
+            config.job_settings(),
             RestartLimiter(config.restarts_per_minute, config.restart_burst),
         )
         self.kube = kube
