@@ -1,5 +1,6 @@
 """The Node cache's source: one list+watch of Nodes, each Node reduced to its `NodeFacts` the
-moment it arrives.
+moment it arrives. `NodeFacts.from_body` is applied here and nowhere else: `Kube` hands over
+raw list pages and watch events (`NodeSource`), for the watch and `nodesysctl status` alike.
 
 Why not a Kopf watch: Kopf hands each object to a per-object worker together with its full
 body, and at start-up every Node's body is in flight at once. Real Nodes are 10-15 KiB of JSON
@@ -56,9 +57,22 @@ NodeUpdate = NodesListed | NodeChanged
 
 
 class NodeSource(Protocol):
-    def list_node_facts_at(self, page: int = ...) -> tuple[list[NodeFacts], str]: ...
+    """Raw Nodes from the API (`nodesysctl.kube.Kube`): pages of a list, events of a watch."""
+
+    def list_node_pages(self, page: int = ...) -> Iterator[Mapping[str, Any]]: ...
 
     def watch_nodes(self, version: str, timeout_seconds: int) -> Iterator[tuple[str, Any]]: ...
+
+
+def list_node_facts(source: NodeSource, page: int = LIST_PAGE) -> tuple[list[NodeFacts], str]:
+    """Every Node's facts and the list's resourceVersion, each page reduced as it arrives."""
+    nodes: list[NodeFacts] = []
+    version = ""
+    for chunk in source.list_node_pages(page):
+        nodes += [NodeFacts.from_body(item) for item in chunk.get("items") or ()]
+        version = str((chunk.get("metadata") or {}).get("resourceVersion", ""))
+        del chunk  # not kept alive while the next page is fetched and parsed
+    return nodes, version
 
 
 class NodeCache:
@@ -134,7 +148,7 @@ class NodeWatch:
             failure: Exception | None = None
             try:
                 if self.version is None:
-                    nodes, self.version = self.source.list_node_facts_at(self.page)
+                    nodes, self.version = list_node_facts(self.source, self.page)
                     self.on_update(NodesListed(nodes))
                     self.listed = True
                     self.last_contact = self.clock()
