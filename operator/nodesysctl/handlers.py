@@ -15,7 +15,6 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -32,11 +31,11 @@ from nodesysctl.labels import (
     LABEL_POLICY,
     MANAGED_BY,
 )
-from nodesysctl.nodewatch import NodeCache, NodeUpdate, NodeWatch, NodeWatchStaleError
+from nodesysctl.nodewatch import NodeUpdate, NodeWatch, NodeWatchStaleError
 from nodesysctl.observed import PodOutcome, job_facts_from_body
 from nodesysctl.pacing import RestartLimiter
-from nodesysctl.planning import NodeFacts, NodeResult, PolicyRanges
-from nodesysctl.reconcile import PolicyReconciler, Snapshot
+from nodesysctl.reconcile import PolicyReconciler
+from nodesysctl.state import OperatorState
 
 logger = logging.getLogger(__name__)
 
@@ -44,59 +43,34 @@ PASS_RETRY_SECONDS = 5.0
 MAX_COALESCE_SECONDS = 2.0
 
 
-class OperatorState:
-    """Shared by all handlers through Kopf's memo (one instance per operator process)."""
+@dataclasses.dataclass
+class Operator:
+    """What the handlers share through Kopf's memo (one per operator process): the settings,
+    the API, the reconciler, the in-memory state (`nodesysctl.state`) and the node watch."""
 
-    def __init__(self, config: OperatorConfig, kube: Kube) -> None:
-        self.config = config
-        self.reconciler = PolicyReconciler(
-            kube,
-            config.job_settings(),
-            RestartLimiter(config.restarts_per_minute, config.restart_burst),
-        )
-        self.kube = kube
-        self.wakeups: dict[str, asyncio.Event] = {}
-        # The Nodes as the node watch last showed them; complete once `nodes_listed` is set.
-        self.node_cache = NodeCache()
-        self.nodes_listed = asyncio.Event()
-        self.node_watch: NodeWatch | None = None
-        self.policy_ranges: dict[str, PolicyRanges] = {}
-        # Results this operator wrote and the node watch has not echoed back yet.
-        self.written: dict[tuple[str, str], NodeResult] = {}
-
-    def wakeup(self, policy: str) -> asyncio.Event:
-        return self.wakeups.setdefault(policy, asyncio.Event())
-
-    def wake(self, policies: Iterable[str] | None = None) -> None:
-        for name in self.wakeups if policies is None else policies:
-            self.wakeup(name).set()
-
-    @property
-    def nodes(self) -> dict[str, NodeFacts]:
-        return self.node_cache.nodes
-
-    def apply_node_update(self, update: NodeUpdate) -> None:
-        """On the event loop: take one update of the node watch; wake the policies if a Node's
-        facts changed (heartbeats change nothing)."""
-        changed = self.node_cache.apply(update)
-        gone = {name for name in changed if name not in self.node_cache.nodes}
-        if gone:
-            self.written = {key: value for key, value in self.written.items() if key[1] not in gone}
-        self.nodes_listed.set()  # every update comes after the first complete list
-        if changed:
-            self.wake()
+    config: OperatorConfig
+    kube: Kube
+    reconciler: PolicyReconciler
+    state: OperatorState = dataclasses.field(default_factory=OperatorState)
+    node_watch: NodeWatch | None = None
 
 
-def _state(memo: Any) -> OperatorState:
-    state: OperatorState = memo.nodesysctl
-    return state
+def _operator(memo: Any) -> Operator:
+    operator: Operator = memo.nodesysctl
+    return operator
 
 
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     config = getattr(memo, "config", None) or OperatorConfig.from_env()
     api = await asyncio.to_thread(new_api_client)
-    memo.nodesysctl = OperatorState(config, Kube(api))
+    kube = Kube(api)
+    reconciler = PolicyReconciler(
+        kube,
+        config.job_settings(),
+        RestartLimiter(config.restarts_per_minute, config.restart_burst),
+    )
+    memo.nodesysctl = Operator(config, kube, reconciler)
     settings.persistence.finalizer = f"{GROUP}/cleanup"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
@@ -121,28 +95,29 @@ async def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> Non
 # --- Observers of foreign kinds: index + wake, never write -------------------------------
 
 
-def _start_node_watch(state: OperatorState, loop: asyncio.AbstractEventLoop) -> None:
+def _start_node_watch(operator: Operator, loop: asyncio.AbstractEventLoop) -> None:
     """Nodes are watched by `NodeWatch` in its own thread, not by Kopf (see its docstring for
     the memory this saves); each update is handed to the event loop, which owns the cache."""
+    state = operator.state
 
     def on_update(update: NodeUpdate) -> None:
         with contextlib.suppress(RuntimeError):  # the loop closed: the operator is exiting
             loop.call_soon_threadsafe(state.apply_node_update, update)
 
     # The watch holds a connection for minutes at a time: not one of the passes' pool.
-    state.node_watch = NodeWatch(state.kube.with_own_pool(), on_update)
-    state.node_watch.start()
+    operator.node_watch = NodeWatch(operator.kube.with_own_pool(), on_update)
+    operator.node_watch.start()
 
 
 @kopf.on.probe(id="nodeWatch")
 async def node_watch_health(memo: Any, **_: Any) -> dict[str, Any]:
     """Part of `--liveness`: the node watch runs outside Kopf, so Kopf's own health says
     nothing about it. A stuck watch fails the probe and the kubelet restarts the operator."""
-    state = _state(memo)
-    if state.node_watch is None:
+    operator = _operator(memo)
+    if operator.node_watch is None:
         return {"listed": False}
     try:
-        return {**state.node_watch.health(), "nodes": len(state.nodes)}
+        return {**operator.node_watch.health(), "nodes": len(operator.state.nodes)}
     except NodeWatchStaleError as exc:
         # Permanent: Kopf retries a plain error inside the probe request instead of failing it.
         raise kopf.PermanentError(str(exc)) from exc
@@ -150,9 +125,9 @@ async def node_watch_health(memo: Any, **_: Any) -> dict[str, Any]:
 
 @kopf.on.cleanup()
 async def stop_node_watch(memo: Any, **_: Any) -> None:
-    state = getattr(memo, "nodesysctl", None)
-    if state is not None and state.node_watch is not None:
-        state.node_watch.stop()
+    operator: Operator | None = getattr(memo, "nodesysctl", None)
+    if operator is not None and operator.node_watch is not None:
+        operator.node_watch.stop()
 
 
 # The handlers that wake a daemon are coroutines on purpose: Kopf runs a plain `def` handler in
@@ -179,7 +154,7 @@ async def agent_pod_index(body: kopf.Body, **_: Any) -> dict[str, Any] | None:
 async def agent_event(labels: kopf.Labels, memo: Any, **_: Any) -> None:
     policy = labels.get(LABEL_POLICY)
     if policy:
-        _state(memo).wake([policy])
+        _operator(memo).state.wake([policy])
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
@@ -187,7 +162,7 @@ async def policy_event(name: str, memo: Any, **_: Any) -> None:
     """Any policy change wakes every policy daemon: its own body is live but it sleeps, and
     the others may now conflict with it (or no longer). Passes that change nothing write
     nothing, so this settles after one round."""
-    state = _state(memo)
+    state = _operator(memo).state
     state.wakeup(name)
     state.wake()
 
@@ -200,7 +175,8 @@ async def reconcile_policy(name: str, uid: str, body: kopf.Body, memo: Any, **kw
     # Kopf passes each index as a keyword named after its handler function.
     job_index: kopf.Index[str, Any] = kwargs["job_index"]
     agent_pod_index: kopf.Index[str, Any] = kwargs["agent_pod_index"]
-    state = _state(memo)
+    operator = _operator(memo)
+    state = operator.state
     wakeup = state.wakeup(name)
     # A pass on a partly listed Node set would take a running check of a not-yet-seen Node
     # for one of a deleted Node: plan only from the complete list.
@@ -209,9 +185,11 @@ async def reconcile_policy(name: str, uid: str, body: kopf.Body, memo: Any, **kw
         while True:
             wakeup.clear()
             started = time.monotonic()
-            snap = _snapshot(state, name, uid, body, job_index, agent_pod_index)
+            snap = state.snapshot(name, uid, body, job_index, agent_pod_index)
             try:
-                result = await asyncio.to_thread(state.reconciler.run_once, snap, datetime.now(UTC))
+                result = await asyncio.to_thread(
+                    operator.reconciler.run_once, snap, datetime.now(UTC)
+                )
             except Exception:
                 # An API error mid-pass (apiserver restarting, a conflict): every step of a
                 # pass is idempotent, so the next pass simply starts over. Kopf's own daemon
@@ -220,15 +198,7 @@ async def reconcile_policy(name: str, uid: str, body: kopf.Body, memo: Any, **kw
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wakeup.wait(), timeout=PASS_RETRY_SECONDS)
                 continue
-            for node, written in result.recorded.items():
-                state.written[(name, node)] = written
-            if state.policy_ranges.get(name) != result.ranges:
-                # Others decide conflicts from these ranges: let them see the new ones.
-                if result.ranges is None:
-                    state.policy_ranges.pop(name, None)
-                else:
-                    state.policy_ranges[name] = result.ranges
-                state.wake(p for p in state.wakeups if p != name)
+            state.record_pass(name, result)
             took = time.monotonic() - started
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wakeup.wait(), timeout=result.delay)
@@ -236,65 +206,20 @@ async def reconcile_policy(name: str, uid: str, body: kopf.Body, memo: Any, **kw
             # as long as the last pass took, so passes never use more than half of the time.
             await asyncio.sleep(min(took, MAX_COALESCE_SECONDS))
     finally:
-        state.policy_ranges.pop(name, None)
-
-
-def _snapshot(
-    state: OperatorState,
-    name: str,
-    uid: str,
-    body: kopf.Body,
-    job_index: kopf.Index[str, Any],
-    agent_pod_index: kopf.Index[str, Any],
-) -> Snapshot:
-    nodes = [_overlay(state, name, facts) for facts in state.nodes.values()]
-    jobs = list(job_index.get(name, ()))
-    outcomes = {}
-    for job in jobs:
-        for outcome in agent_pod_index.get(job.name, ()):
-            outcomes[job.name] = outcome
-    meta = body.get("metadata") or {}
-    return Snapshot(
-        name=name,
-        uid=uid,
-        generation=int(meta.get("generation") or 0),
-        created=str(meta.get("creationTimestamp") or ""),
-        spec=dict(body.get("spec") or {}),
-        status=dict(body.get("status") or {}),
-        nodes=nodes,
-        jobs=jobs,
-        pod_outcomes=outcomes,
-        other_policies=[r for p, r in state.policy_ranges.items() if p != name],
-    )
-
-
-def _overlay(state: OperatorState, policy: str, facts: NodeFacts) -> NodeFacts:
-    """Use a result we wrote until the node watch echoes it back (no double checks)."""
-    written = state.written.get((policy, facts.name))
-    if written is None:
-        return facts
-    seen = facts.results.get(policy)
-    if seen == written:
-        del state.written[(policy, facts.name)]
-        return facts
-    return dataclasses.replace(facts, results={**facts.results, policy: written})
+        state.drop_ranges(name)
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL)
 async def policy_deleted(name: str, memo: Any, **_: Any) -> None:
     """Leave nothing behind: the policy's Jobs and its result annotations on Nodes."""
-    state = _state(memo)
+    operator = _operator(memo)
+    kube = operator.kube
     removed = await asyncio.to_thread(
-        state.kube.delete_policy_jobs, state.config.job_namespace, f"{LABEL_POLICY}={name}"
+        kube.delete_policy_jobs, operator.config.job_namespace, f"{LABEL_POLICY}={name}"
     )
-    annotated = [facts.name for facts in state.nodes.values() if name in facts.results]
-    await asyncio.to_thread(
-        state.kube.clear_node_annotation, ANNOTATION_RESULT_PREFIX + name, annotated
-    )
-    state.policy_ranges.pop(name, None)
-    state.wakeups.pop(name, None)
-    state.written = {key: value for key, value in state.written.items() if key[0] != name}
-    state.wake()  # nodes this policy contested may now belong to another policy
+    annotated = operator.state.nodes_with_results(name)
+    await asyncio.to_thread(kube.clear_node_annotation, ANNOTATION_RESULT_PREFIX + name, annotated)
+    operator.state.forget_policy(name)  # and wakes the others: nodes it contested may be free
     logger.info(
         "policy %s deleted: %d jobs removed, %d nodes cleaned", name, removed, len(annotated)
     )
