@@ -6,6 +6,9 @@ annotations or finalizers onto them. All work is driven from the policy's own da
 observers merely wake it up. Kopf blocks the daemons until every index is fully listed, so a
 restarted operator sees the Jobs it created before it plans new ones; the daemons also wait for
 the first complete list of Nodes.
+
+Only the wiring is here: the daemon's loop is `nodesysctl.daemon`, the state the handlers share
+is `nodesysctl.state`; both are Kopf-free and unit-tested.
 """
 
 from __future__ import annotations
@@ -14,14 +17,13 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import time
-from datetime import UTC, datetime
 from typing import Any
 
 import kopf
 
 from nodesysctl import GROUP, PLURAL, VERSION
 from nodesysctl.config import OperatorConfig
+from nodesysctl.daemon import PolicyDaemon
 from nodesysctl.kube import Kube, new_api_client
 from nodesysctl.labels import (
     AGENT_APP,
@@ -38,9 +40,6 @@ from nodesysctl.reconcile import PolicyReconciler
 from nodesysctl.state import OperatorState
 
 logger = logging.getLogger(__name__)
-
-PASS_RETRY_SECONDS = 5.0
-MAX_COALESCE_SECONDS = 2.0
 
 
 @dataclasses.dataclass
@@ -172,41 +171,14 @@ async def policy_event(name: str, memo: Any, **_: Any) -> None:
 
 @kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=10.0)
 async def reconcile_policy(name: str, uid: str, body: kopf.Body, memo: Any, **kwargs: Any) -> None:
+    operator = _operator(memo)
     # Kopf passes each index as a keyword named after its handler function.
     job_index: kopf.Index[str, Any] = kwargs["job_index"]
     agent_pod_index: kopf.Index[str, Any] = kwargs["agent_pod_index"]
-    operator = _operator(memo)
-    state = operator.state
-    wakeup = state.wakeup(name)
-    # A pass on a partly listed Node set would take a running check of a not-yet-seen Node
-    # for one of a deleted Node: plan only from the complete list.
-    await state.nodes_listed.wait()
-    try:
-        while True:
-            wakeup.clear()
-            started = time.monotonic()
-            snap = state.snapshot(name, uid, body, job_index, agent_pod_index)
-            try:
-                result = await asyncio.to_thread(
-                    operator.reconciler.run_once, snap, datetime.now(UTC)
-                )
-            except Exception:
-                # An API error mid-pass (apiserver restarting, a conflict): every step of a
-                # pass is idempotent, so the next pass simply starts over. Kopf's own daemon
-                # restart would wait a minute; a short retry keeps the rollout moving.
-                logger.exception("policy %s: reconcile pass failed; retrying", name)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wakeup.wait(), timeout=PASS_RETRY_SECONDS)
-                continue
-            state.record_pass(name, result)
-            took = time.monotonic() - started
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wakeup.wait(), timeout=result.delay)
-            # Coalesce bursts (a restarted operator sees every Node once, each a wake-up): wait
-            # as long as the last pass took, so passes never use more than half of the time.
-            await asyncio.sleep(min(took, MAX_COALESCE_SECONDS))
-    finally:
-        state.drop_ranges(name)
+    daemon = PolicyDaemon(
+        operator.state, operator.reconciler, name, uid, body, job_index, agent_pod_index
+    )
+    await daemon.run()
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL)
