@@ -8,13 +8,16 @@ import shutil
 import sys
 from collections.abc import Sequence
 
-import kopf
+from nodesysctl.config import OperatorConfig
 
-from nodesysctl.handlers import OperatorConfig
+STATUS_LIST_PAGE = 500
 
 
 def _run(args: argparse.Namespace) -> int:
-    # Importing the module registers the handlers with Kopf's default registry.
+    # Only `run` loads Kopf: importing the handlers registers them with Kopf's default
+    # registry, which `status` has no use for.
+    import kopf
+
     import nodesysctl.handlers  # noqa: F401
 
     config = OperatorConfig(
@@ -43,13 +46,15 @@ def _status(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
     from nodesysctl.kube import Kube, new_api_client
+    from nodesysctl.nodewatch import list_node_facts
     from nodesysctl.report import build_rows, render
 
     kube = Kube(new_api_client())
     policies = [
         p for p in kube.list_policies() if not args.policy or p["metadata"]["name"] == args.policy
     ]
-    nodes = kube.list_node_facts()
+    # A one-shot command: bigger pages than the operator's watch (fewer round trips).
+    nodes, _ = list_node_facts(kube, page=STATUS_LIST_PAGE)
     width = shutil.get_terminal_size((120, 40)).columns
     print(render(build_rows(policies, nodes, datetime.now(UTC)), width=width))
     return 0

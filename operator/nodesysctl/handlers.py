@@ -6,6 +6,9 @@ annotations or finalizers onto them. All work is driven from the policy's own da
 observers merely wake it up. Kopf blocks the daemons until every index is fully listed, so a
 restarted operator sees the Jobs it created before it plans new ones; the daemons also wait for
 the first complete list of Nodes.
+
+Only the wiring is here: the daemon's loop is `nodesysctl.daemon`, the state the handlers share
+is `nodesysctl.state`; both are Kopf-free and unit-tested.
 """
 
 from __future__ import annotations
@@ -14,16 +17,13 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import os
-import time
-from collections.abc import Iterable
-from datetime import UTC, datetime
 from typing import Any
 
 import kopf
 
 from nodesysctl import GROUP, PLURAL, VERSION
-from nodesysctl.jobs import JobSettings
+from nodesysctl.config import OperatorConfig
+from nodesysctl.daemon import PolicyDaemon
 from nodesysctl.kube import Kube, new_api_client
 from nodesysctl.labels import (
     AGENT_APP,
@@ -33,98 +33,43 @@ from nodesysctl.labels import (
     LABEL_POLICY,
     MANAGED_BY,
 )
-from nodesysctl.nodewatch import NodeCache, NodeUpdate, NodeWatch, NodeWatchStaleError
+from nodesysctl.nodewatch import NodeUpdate, NodeWatch, NodeWatchStaleError
 from nodesysctl.observed import PodOutcome, job_facts_from_body
 from nodesysctl.pacing import RestartLimiter
-from nodesysctl.planning import NodeFacts, NodeResult, PolicyRanges
-from nodesysctl.reconcile import PolicyReconciler, Snapshot
+from nodesysctl.reconcile import PolicyReconciler
+from nodesysctl.state import OperatorState
 
 logger = logging.getLogger(__name__)
 
-PASS_RETRY_SECONDS = 5.0
-MAX_COALESCE_SECONDS = 2.0
+
+@dataclasses.dataclass
+class Operator:
+    """What the handlers share through Kopf's memo (one per operator process): the settings,
+    the API, the reconciler, the in-memory state (`nodesysctl.state`) and the node watch."""
+
+    config: OperatorConfig
+    kube: Kube
+    reconciler: PolicyReconciler
+    state: OperatorState = dataclasses.field(default_factory=OperatorState)
+    node_watch: NodeWatch | None = None
 
 
-@dataclasses.dataclass(frozen=True)
-class OperatorConfig:
-    job_namespace: str = "nodesysctl-jobs"
-    agent_image: str = "ghcr.io/nodesysctl/nodesysctl:0.1.0"
-    agent_python: str = "python"
-    restarts_per_minute: float = 30.0
-    restart_burst: int = 10
-
-    @classmethod
-    def from_env(cls) -> OperatorConfig:
-        """`kopf run -m nodesysctl.handlers` reads its settings from the environment."""
-        defaults = cls()
-        return cls(
-            job_namespace=os.environ.get("NODESYSCTL_JOB_NAMESPACE", defaults.job_namespace),
-            agent_image=os.environ.get("NODESYSCTL_AGENT_IMAGE", defaults.agent_image),
-            agent_python=os.environ.get("NODESYSCTL_AGENT_PYTHON", defaults.agent_python),
-            restarts_per_minute=float(
-                os.environ.get("NODESYSCTL_RESTARTS_PER_MINUTE", defaults.restarts_per_minute)
-            ),
-            restart_burst=int(os.environ.get("NODESYSCTL_RESTART_BURST", defaults.restart_burst)),
-        )
-
-
-class OperatorState:
-    """Shared by all handlers through Kopf's memo (one instance per operator process)."""
-
-    def __init__(self, config: OperatorConfig, kube: Kube) -> None:
-        self.config = config
-        self.reconciler = PolicyReconciler(
-            kube,
-            JobSettings(
-                namespace=config.job_namespace,
-                image=config.agent_image,
-                python=config.agent_python,
-            ),
-            RestartLimiter(config.restarts_per_minute, config.restart_burst),
-        )
-        self.kube = kube
-        self.wakeups: dict[str, asyncio.Event] = {}
-        # The Nodes as the node watch last showed them; complete once `nodes_listed` is set.
-        self.node_cache = NodeCache()
-        self.nodes_listed = asyncio.Event()
-        self.node_watch: NodeWatch | None = None
-        self.policy_ranges: dict[str, PolicyRanges] = {}
-        # Results this operator wrote and the node watch has not echoed back yet.
-        self.written: dict[tuple[str, str], NodeResult] = {}
-
-    def wakeup(self, policy: str) -> asyncio.Event:
-        return self.wakeups.setdefault(policy, asyncio.Event())
-
-    def wake(self, policies: Iterable[str] | None = None) -> None:
-        for name in self.wakeups if policies is None else policies:
-            self.wakeup(name).set()
-
-    @property
-    def nodes(self) -> dict[str, NodeFacts]:
-        return self.node_cache.nodes
-
-    def apply_node_update(self, update: NodeUpdate) -> None:
-        """On the event loop: take one update of the node watch; wake the policies if a Node's
-        facts changed (heartbeats change nothing)."""
-        changed = self.node_cache.apply(update)
-        gone = {name for name in changed if name not in self.node_cache.nodes}
-        if gone:
-            self.written = {key: value for key, value in self.written.items() if key[1] not in gone}
-        self.nodes_listed.set()  # every update comes after the first complete list
-        if changed:
-            self.wake()
-
-
-def _state(memo: Any) -> OperatorState:
-    state: OperatorState = memo.nodesysctl
-    return state
+def _operator(memo: Any) -> Operator:
+    operator: Operator = memo.nodesysctl
+    return operator
 
 
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     config = getattr(memo, "config", None) or OperatorConfig.from_env()
     api = await asyncio.to_thread(new_api_client)
-    memo.nodesysctl = OperatorState(config, Kube(api))
+    kube = Kube(api)
+    reconciler = PolicyReconciler(
+        kube,
+        config.job_settings(),
+        RestartLimiter(config.restarts_per_minute, config.restart_burst),
+    )
+    memo.nodesysctl = Operator(config, kube, reconciler)
     settings.persistence.finalizer = f"{GROUP}/cleanup"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
@@ -149,28 +94,29 @@ async def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> Non
 # --- Observers of foreign kinds: index + wake, never write -------------------------------
 
 
-def _start_node_watch(state: OperatorState, loop: asyncio.AbstractEventLoop) -> None:
+def _start_node_watch(operator: Operator, loop: asyncio.AbstractEventLoop) -> None:
     """Nodes are watched by `NodeWatch` in its own thread, not by Kopf (see its docstring for
     the memory this saves); each update is handed to the event loop, which owns the cache."""
+    state = operator.state
 
     def on_update(update: NodeUpdate) -> None:
         with contextlib.suppress(RuntimeError):  # the loop closed: the operator is exiting
             loop.call_soon_threadsafe(state.apply_node_update, update)
 
     # The watch holds a connection for minutes at a time: not one of the passes' pool.
-    state.node_watch = NodeWatch(state.kube.with_own_pool(), on_update)
-    state.node_watch.start()
+    operator.node_watch = NodeWatch(operator.kube.with_own_pool(), on_update)
+    operator.node_watch.start()
 
 
 @kopf.on.probe(id="nodeWatch")
 async def node_watch_health(memo: Any, **_: Any) -> dict[str, Any]:
     """Part of `--liveness`: the node watch runs outside Kopf, so Kopf's own health says
     nothing about it. A stuck watch fails the probe and the kubelet restarts the operator."""
-    state = _state(memo)
-    if state.node_watch is None:
+    operator = _operator(memo)
+    if operator.node_watch is None:
         return {"listed": False}
     try:
-        return {**state.node_watch.health(), "nodes": len(state.nodes)}
+        return {**operator.node_watch.health(), "nodes": len(operator.state.nodes)}
     except NodeWatchStaleError as exc:
         # Permanent: Kopf retries a plain error inside the probe request instead of failing it.
         raise kopf.PermanentError(str(exc)) from exc
@@ -178,9 +124,9 @@ async def node_watch_health(memo: Any, **_: Any) -> dict[str, Any]:
 
 @kopf.on.cleanup()
 async def stop_node_watch(memo: Any, **_: Any) -> None:
-    state = getattr(memo, "nodesysctl", None)
-    if state is not None and state.node_watch is not None:
-        state.node_watch.stop()
+    operator: Operator | None = getattr(memo, "nodesysctl", None)
+    if operator is not None and operator.node_watch is not None:
+        operator.node_watch.stop()
 
 
 # The handlers that wake a daemon are coroutines on purpose: Kopf runs a plain `def` handler in
@@ -207,7 +153,7 @@ async def agent_pod_index(body: kopf.Body, **_: Any) -> dict[str, Any] | None:
 async def agent_event(labels: kopf.Labels, memo: Any, **_: Any) -> None:
     policy = labels.get(LABEL_POLICY)
     if policy:
-        _state(memo).wake([policy])
+        _operator(memo).state.wake([policy])
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
@@ -215,7 +161,7 @@ async def policy_event(name: str, memo: Any, **_: Any) -> None:
     """Any policy change wakes every policy daemon: its own body is live but it sleeps, and
     the others may now conflict with it (or no longer). Passes that change nothing write
     nothing, so this settles after one round."""
-    state = _state(memo)
+    state = _operator(memo).state
     state.wakeup(name)
     state.wake()
 
@@ -225,104 +171,27 @@ async def policy_event(name: str, memo: Any, **_: Any) -> None:
 
 @kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=10.0)
 async def reconcile_policy(name: str, uid: str, body: kopf.Body, memo: Any, **kwargs: Any) -> None:
+    operator = _operator(memo)
     # Kopf passes each index as a keyword named after its handler function.
     job_index: kopf.Index[str, Any] = kwargs["job_index"]
     agent_pod_index: kopf.Index[str, Any] = kwargs["agent_pod_index"]
-    state = _state(memo)
-    wakeup = state.wakeup(name)
-    # A pass on a partly listed Node set would take a running check of a not-yet-seen Node
-    # for one of a deleted Node: plan only from the complete list.
-    await state.nodes_listed.wait()
-    try:
-        while True:
-            wakeup.clear()
-            started = time.monotonic()
-            snap = _snapshot(state, name, uid, body, job_index, agent_pod_index)
-            try:
-                result = await asyncio.to_thread(state.reconciler.run_once, snap, datetime.now(UTC))
-            except Exception:
-                # An API error mid-pass (apiserver restarting, a conflict): every step of a
-                # pass is idempotent, so the next pass simply starts over. Kopf's own daemon
-                # restart would wait a minute; a short retry keeps the rollout moving.
-                logger.exception("policy %s: reconcile pass failed; retrying", name)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wakeup.wait(), timeout=PASS_RETRY_SECONDS)
-                continue
-            for node, written in result.recorded.items():
-                state.written[(name, node)] = written
-            if state.policy_ranges.get(name) != result.ranges:
-                # Others decide conflicts from these ranges: let them see the new ones.
-                if result.ranges is None:
-                    state.policy_ranges.pop(name, None)
-                else:
-                    state.policy_ranges[name] = result.ranges
-                state.wake(p for p in state.wakeups if p != name)
-            took = time.monotonic() - started
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wakeup.wait(), timeout=result.delay)
-            # Coalesce bursts (a restarted operator sees every Node once, each a wake-up): wait
-            # as long as the last pass took, so passes never use more than half of the time.
-            await asyncio.sleep(min(took, MAX_COALESCE_SECONDS))
-    finally:
-        state.policy_ranges.pop(name, None)
-
-
-def _snapshot(
-    state: OperatorState,
-    name: str,
-    uid: str,
-    body: kopf.Body,
-    job_index: kopf.Index[str, Any],
-    agent_pod_index: kopf.Index[str, Any],
-) -> Snapshot:
-    nodes = [_overlay(state, name, facts) for facts in state.nodes.values()]
-    jobs = list(job_index.get(name, ()))
-    outcomes = {}
-    for job in jobs:
-        for outcome in agent_pod_index.get(job.name, ()):
-            outcomes[job.name] = outcome
-    meta = body.get("metadata") or {}
-    return Snapshot(
-        name=name,
-        uid=uid,
-        generation=int(meta.get("generation") or 0),
-        created=str(meta.get("creationTimestamp") or ""),
-        spec=dict(body.get("spec") or {}),
-        status=dict(body.get("status") or {}),
-        nodes=nodes,
-        jobs=jobs,
-        pod_outcomes=outcomes,
-        other_policies=[r for p, r in state.policy_ranges.items() if p != name],
+    daemon = PolicyDaemon(
+        operator.state, operator.reconciler, name, uid, body, job_index, agent_pod_index
     )
-
-
-def _overlay(state: OperatorState, policy: str, facts: NodeFacts) -> NodeFacts:
-    """Use a result we wrote until the node watch echoes it back (no double checks)."""
-    written = state.written.get((policy, facts.name))
-    if written is None:
-        return facts
-    seen = facts.results.get(policy)
-    if seen == written:
-        del state.written[(policy, facts.name)]
-        return facts
-    return dataclasses.replace(facts, results={**facts.results, policy: written})
+    await daemon.run()
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL)
 async def policy_deleted(name: str, memo: Any, **_: Any) -> None:
     """Leave nothing behind: the policy's Jobs and its result annotations on Nodes."""
-    state = _state(memo)
+    operator = _operator(memo)
+    kube = operator.kube
     removed = await asyncio.to_thread(
-        state.kube.delete_policy_jobs, state.config.job_namespace, f"{LABEL_POLICY}={name}"
+        kube.delete_policy_jobs, operator.config.job_namespace, f"{LABEL_POLICY}={name}"
     )
-    annotated = [facts.name for facts in state.nodes.values() if name in facts.results]
-    await asyncio.to_thread(
-        state.kube.clear_node_annotation, ANNOTATION_RESULT_PREFIX + name, annotated
-    )
-    state.policy_ranges.pop(name, None)
-    state.wakeups.pop(name, None)
-    state.written = {key: value for key, value in state.written.items() if key[0] != name}
-    state.wake()  # nodes this policy contested may now belong to another policy
+    annotated = operator.state.nodes_with_results(name)
+    await asyncio.to_thread(kube.clear_node_annotation, ANNOTATION_RESULT_PREFIX + name, annotated)
+    operator.state.forget_policy(name)  # and wakes the others: nodes it contested may be free
     logger.info(
         "policy %s deleted: %d jobs removed, %d nodes cleaned", name, removed, len(annotated)
     )

@@ -38,6 +38,12 @@ from nodesysctl.planning import (
     spec_hash,
 )
 
+# The operator's defaults for every Job, defined here once: `nodesysctl.config` (flags and
+# environment) and `JobSettings` both take them from here.
+DEFAULT_JOB_NAMESPACE = "nodesysctl-jobs"
+DEFAULT_AGENT_IMAGE = "ghcr.io/nodesysctl/nodesysctl:0.1.0"
+DEFAULT_AGENT_PYTHON = "python"
+
 HOST_SYSCTL_DIR = "/host/etc/sysctl.d"
 TERMINATION_LOG = "/dev/termination-log"
 DEFAULT_AGENT_RESOURCES = {
@@ -50,9 +56,9 @@ DEFAULT_AGENT_RESOURCES = {
 class JobSettings:
     """Operator-wide settings that shape every agent Job."""
 
-    namespace: str = "nodesysctl-jobs"
-    image: str = "ghcr.io/nodesysctl/nodesysctl:0.1.0"
-    python: str = "python"
+    namespace: str = DEFAULT_JOB_NAMESPACE
+    image: str = DEFAULT_AGENT_IMAGE
+    python: str = DEFAULT_AGENT_PYTHON
 
 
 def persist_file_name(policy: str) -> str:

@@ -25,7 +25,7 @@ from kubernetes.client.exceptions import ApiException
 
 from nodesysctl import GROUP, KIND, PLURAL, VERSION
 from nodesysctl.labels import LABEL_JOB_NAME
-from nodesysctl.planning import NodeFacts, format_time
+from nodesysctl.planning import format_time
 
 logger = logging.getLogger(__name__)
 
@@ -212,22 +212,19 @@ class Kube:
     def list_policies(self) -> list[dict[str, Any]]:
         return list(self.rest.get(_policy_path())["items"])
 
-    def list_node_facts(self, page: int = 500) -> list[NodeFacts]:
-        """Every Node's facts, listed in pages and reduced page by page (no full bodies kept)."""
-        return self.list_node_facts_at(page)[0]
-
-    def list_node_facts_at(self, page: int = 500) -> tuple[list[NodeFacts], str]:
-        """Every Node's facts and the list's resourceVersion (to watch from)."""
-        facts: list[NodeFacts] = []
+    def list_node_pages(self, page: int = 500) -> Iterator[dict[str, Any]]:
+        """The Node list, one raw page (a NodeList of at most `page` Nodes) at a time, lazily:
+        the caller reduces each page before the next one is fetched, so only one page of parsed
+        bodies is alive at once. Every page of a paged list is served from the first page's
+        snapshot and carries its resourceVersion (to watch from)."""
         token: str | None = None
         while True:
             chunk = self.rest.get("/api/v1/nodes", limit=page, **{"continue": token})
-            facts += [NodeFacts.from_body(item) for item in chunk.get("items", [])]
-            meta = chunk.get("metadata") or {}
-            token = meta.get("continue")
+            token = (chunk.get("metadata") or {}).get("continue")
+            yield chunk
+            del chunk  # not kept alive while the next page is fetched and parsed
             if not token:
-                # Every page of a paged list is served from the first page's snapshot.
-                return facts, str(meta.get("resourceVersion", ""))
+                return
 
     def watch_nodes(self, version: str, timeout_seconds: int) -> Iterator[tuple[str, Any]]:
         """(type, object) per Node watch event after `version`, bookmarks included, until the

@@ -1,5 +1,6 @@
 """The Node cache's source: one list+watch of Nodes, each Node reduced to its `NodeFacts` the
-moment it arrives.
+moment it arrives. `NodeFacts.from_body` is applied here and nowhere else: `Kube` hands over
+raw list pages and watch events (`NodeSource`), for the watch and `nodesysctl status` alike.
 
 Why not a Kopf watch: Kopf hands each object to a per-object worker together with its full
 body, and at start-up every Node's body is in flight at once. Real Nodes are 10-15 KiB of JSON
@@ -20,6 +21,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Protocol
 
+from nodesysctl.backoff import Backoff
 from nodesysctl.kube import WatchExpiredError
 from nodesysctl.planning import NodeFacts
 
@@ -27,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 LIST_PAGE = 100  # parsed Node bodies alive at once while listing
 WATCH_SECONDS = 300
+FIRST_BACKOFF_SECONDS = 1.0
 MAX_BACKOFF_SECONDS = 30.0
 # A healthy watch hears from the API server at least when each watch request ends (every
 # WATCH_SECONDS), and in between through events and bookmarks.
@@ -54,9 +57,22 @@ NodeUpdate = NodesListed | NodeChanged
 
 
 class NodeSource(Protocol):
-    def list_node_facts_at(self, page: int = ...) -> tuple[list[NodeFacts], str]: ...
+    """Raw Nodes from the API (`nodesysctl.kube.Kube`): pages of a list, events of a watch."""
+
+    def list_node_pages(self, page: int = ...) -> Iterator[Mapping[str, Any]]: ...
 
     def watch_nodes(self, version: str, timeout_seconds: int) -> Iterator[tuple[str, Any]]: ...
+
+
+def list_node_facts(source: NodeSource, page: int = LIST_PAGE) -> tuple[list[NodeFacts], str]:
+    """Every Node's facts and the list's resourceVersion, each page reduced as it arrives."""
+    nodes: list[NodeFacts] = []
+    version = ""
+    for chunk in source.list_node_pages(page):
+        nodes += [NodeFacts.from_body(item) for item in chunk.get("items") or ()]
+        version = str((chunk.get("metadata") or {}).get("resourceVersion", ""))
+        del chunk  # not kept alive while the next page is fetched and parsed
+    return nodes, version
 
 
 class NodeCache:
@@ -94,6 +110,7 @@ class NodeWatch:
         page: int = LIST_PAGE,
         watch_seconds: int = WATCH_SECONDS,
         sleep: Callable[[float], bool] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.source = source
         self.on_update = on_update
@@ -102,7 +119,8 @@ class NodeWatch:
         self.stopped = threading.Event()
         self.version: str | None = None  # where the watch resumes; None: list first
         self.listed = False
-        self.last_contact = time.monotonic()  # start-up counts: the first list gets its time
+        self.clock = clock
+        self.last_contact = clock()  # start-up counts: the first list gets its time
         # Waits between retries; returns True when stopped meanwhile (tests pass their own).
         self.sleep = sleep or self.stopped.wait
 
@@ -112,7 +130,7 @@ class NodeWatch:
     def health(self, now: float | None = None) -> dict[str, Any]:
         """For the liveness probe; raises NodeWatchStaleError when the watch is stuck or the API
         server has been unreachable for STALE_SECONDS (the cache may be outdated)."""
-        silent = (time.monotonic() if now is None else now) - self.last_contact
+        silent = (self.clock() if now is None else now) - self.last_contact
         if silent > STALE_SECONDS:
             raise NodeWatchStaleError(
                 f"no answer from the API server to the node watch for {silent:.0f} s"
@@ -125,22 +143,23 @@ class NodeWatch:
         return thread
 
     def run(self) -> None:
-        backoff = 1.0
+        backoff = Backoff(FIRST_BACKOFF_SECONDS, MAX_BACKOFF_SECONDS)
         while not self.stopped.is_set():
+            failure: Exception | None = None
             try:
                 if self.version is None:
-                    nodes, self.version = self.source.list_node_facts_at(self.page)
+                    nodes, self.version = list_node_facts(self.source, self.page)
                     self.on_update(NodesListed(nodes))
                     self.listed = True
-                    self.last_contact = time.monotonic()
+                    self.last_contact = self.clock()
                     logger.info("listed %d nodes at resourceVersion %s", len(nodes), self.version)
-                started = time.monotonic()
+                started = self.clock()
                 self._watch(self.version)
-                self.last_contact = time.monotonic()  # the server ended the watch: it answers
+                self.last_contact = self.clock()  # the server ended the watch: it answers
                 if self.stopped.is_set():
                     return
-                if time.monotonic() - started >= 1.0:
-                    backoff = 1.0
+                if self.clock() - started >= 1.0:
+                    backoff.reset()
                     continue
                 # A watch that ended at once: back off below rather than spin.
             except WatchExpiredError:
@@ -149,17 +168,19 @@ class NodeWatch:
                 continue
             except Exception as exc:
                 # The API server restarting, a dropped connection: resume from the last version.
-                logger.warning("node watch failed (%s); retrying in %.0f s", exc, backoff)
-            if self.sleep(backoff):
+                failure = exc
+            delay = backoff.next_delay()
+            if failure is not None:
+                logger.warning("node watch failed (%s); retrying in %.0f s", failure, delay)
+            if self.sleep(delay):
                 return
-            backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
 
     def _watch(self, version: str) -> None:
         """Follow one watch request; `self.version` follows every event (to resume from)."""
         for kind, obj in self.source.watch_nodes(version, self.watch_seconds):
             if self.stopped.is_set():
                 return
-            self.last_contact = time.monotonic()
+            self.last_contact = self.clock()
             meta: Mapping[str, Any] = obj.get("metadata") or {}
             self.version = str(meta.get("resourceVersion") or self.version)
             if kind != "BOOKMARK":

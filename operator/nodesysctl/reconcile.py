@@ -1,6 +1,6 @@
 """One reconcile pass of one policy: the blocking I/O half of the operator, and only that.
 
-The Kopf daemon (`nodesysctl.handlers`) snapshots what the watches know (nodes, jobs, agent
+The policy's daemon (`nodesysctl.daemon`) snapshots what the watches know (nodes, jobs, agent
 pods) on the event loop, then runs `PolicyReconciler.run_once` in a worker thread. A pass asks
 the pure modules what to do and carries their answers out in order: which nodes to check
 (`nodesysctl.planning`), which finished checks become which results (`nodesysctl.results`),

@@ -14,6 +14,7 @@ from devcluster.cluster import DevCluster
 from devcluster.pytest_plugin import NodeFactory
 from nodesysctl import GROUP, KIND, VERSION
 from nodesysctl.kube import FIELD_MANAGER, Kube, node_ref, policy_ref, workload_ref
+from nodesysctl.nodewatch import list_node_facts
 
 pytestmark = pytest.mark.integration
 
@@ -72,7 +73,11 @@ def test_an_invalid_body_raises_with_the_api_servers_status(
 def test_nodes_list_in_pages_and_patch_by_merge(kube: Kube, node_factory: NodeFactory) -> None:
     made = node_factory.many(5)
     names = {node.name for node in made}
-    listed = {facts.name: facts for facts in kube.list_node_facts(page=2)}
+    pages = list(kube.list_node_pages(page=2))
+    assert len(pages) >= 3
+    assert all(len(page["items"]) <= 2 for page in pages)
+    assert len({page["metadata"]["resourceVersion"] for page in pages}) == 1  # one snapshot
+    listed = {facts.name: facts for facts in list_node_facts(kube, page=2)[0]}
     assert names <= set(listed)
     first = made[0].name
     assert listed[first].labels == {**node_factory.selector, **listed[first].labels}

@@ -27,7 +27,7 @@ import yaml
 from devcluster.binaries import candidate_dirs
 from nodesysctl import GROUP, PLURAL
 from nodesysctl.api import NodeSysctlPolicySpec
-from nodesysctl.handlers import OperatorConfig
+from nodesysctl.config import OperatorConfig
 from nodesysctl.jobs import JobSettings
 
 REPO = Path(__file__).resolve().parents[2]

@@ -4,14 +4,14 @@ tests/integration/test_nodewatch_apiserver.py."""
 
 from __future__ import annotations
 
-import time
+import weakref
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
-from nodesysctl.kube import WatchExpiredError
+from nodesysctl.kube import Kube, WatchExpiredError
 from nodesysctl.labels import ANNOTATION_RESULT_PREFIX
 from nodesysctl.nodewatch import (
     STALE_SECONDS,
@@ -21,6 +21,7 @@ from nodesysctl.nodewatch import (
     NodeUpdate,
     NodeWatch,
     NodeWatchStaleError,
+    list_node_facts,
 )
 from nodesysctl.planning import NodeFacts, NodeResult, NodeState
 
@@ -68,12 +69,62 @@ def test_events_change_only_what_differs_and_deletes_are_idempotent() -> None:
     assert set(cache.nodes) == {"new"}
 
 
+# --- Listing ------------------------------------------------------------------------------
+
+
+class Page(dict[str, Any]):
+    """A parsed NodeList page that a weak reference can follow (a plain dict cannot)."""
+
+
+class PagedRest:
+    """`Kube.rest` serving Nodes in pages; checks that no earlier page is still alive when the
+    next one is requested (5000 Nodes must never be in memory as bodies at once)."""
+
+    def __init__(self, nodes: list[dict[str, Any]]) -> None:
+        self.nodes = nodes
+        self.pages: list[weakref.ref[Page]] = []
+        self.queries: list[dict[str, Any]] = []
+
+    def get(self, path: str, **query: Any) -> Page:
+        assert path == "/api/v1/nodes"
+        assert [ref for ref in self.pages if ref() is not None] == []
+        self.queries.append(query)
+        start = int(query["continue"] or 0)
+        end = start + int(query["limit"])
+        more = str(end) if end < len(self.nodes) else None
+        page = Page(
+            items=self.nodes[start:end], metadata={"resourceVersion": "77", "continue": more}
+        )
+        self.pages.append(weakref.ref(page))
+        return page
+
+
+def test_nodes_are_listed_page_by_page_and_reduced_as_each_page_arrives() -> None:
+    kube = Kube(cast(Any, None))
+    rest = PagedRest([body(f"n{i}", str(i)) for i in range(5)])
+    kube.rest = cast(Any, rest)
+    nodes, version = list_node_facts(kube, page=2)
+    assert [n.name for n in nodes] == ["n0", "n1", "n2", "n3", "n4"]
+    assert nodes[0] == NodeFacts.from_body(body("n0", "0"))
+    assert version == "77"
+    assert [q["continue"] for q in rest.queries] == [None, "2", "4"]
+    assert {q["limit"] for q in rest.queries} == {2}
+
+
 # --- NodeWatch ------------------------------------------------------------------------------
 
 
+def raw_node(facts: NodeFacts) -> dict[str, Any]:
+    """A Node body as the API serves it, reducing to `facts` (results aside)."""
+    return {
+        "metadata": {"name": facts.name, "labels": dict(facts.labels), "resourceVersion": "1"},
+        "status": {"nodeInfo": {"bootID": facts.boot_id}, "images": [{"names": ["x"]}]},
+    }
+
+
 class ScriptedApi:
-    """Each list returns the next scripted list; each watch plays the next scripted stream
-    (a list of events, or an exception raised when that point is reached)."""
+    """Each list serves the next scripted list, as raw pages; each watch plays the next
+    scripted stream (a list of events, or an exception raised when that point is reached)."""
 
     def __init__(self, lists: list[tuple[list[NodeFacts], str]], watches: list[list[Any]]):
         self.lists = lists
@@ -81,9 +132,12 @@ class ScriptedApi:
         self.calls: list[tuple[str, ...]] = []
         self.watch: NodeWatch | None = None
 
-    def list_node_facts_at(self, page: int = 100) -> tuple[list[NodeFacts], str]:
+    def list_node_pages(self, page: int = 100) -> Iterator[dict[str, Any]]:
         self.calls.append(("list",))
-        return self.lists.pop(0)
+        nodes, version = self.lists.pop(0)
+        for start in range(0, max(len(nodes), 1), page):
+            items = [raw_node(f) for f in nodes[start : start + page]]
+            yield {"metadata": {"resourceVersion": version}, "items": items}
 
     def watch_nodes(self, version: str, timeout_seconds: int) -> Iterator[tuple[str, Any]]:
         self.calls.append(("watch", version))
@@ -94,6 +148,9 @@ class ScriptedApi:
         for step in self.watches.pop(0):
             if isinstance(step, Exception):
                 raise step
+            if callable(step):
+                step()  # e.g. time passing on a fake clock
+                continue
             yield step
 
 
@@ -162,7 +219,7 @@ def test_an_expired_version_lists_again() -> None:
 
 def test_a_failed_list_is_retried_and_stop_ends_the_loop() -> None:
     class FailingList(ScriptedApi):
-        def list_node_facts_at(self, page: int = 100) -> tuple[list[NodeFacts], str]:
+        def list_node_pages(self, page: int = 100) -> Iterator[dict[str, Any]]:
             self.calls.append(("list",))
             raise ConnectionRefusedError("apiserver down")
 
@@ -178,17 +235,56 @@ def test_a_failed_list_is_retried_and_stop_ends_the_loop() -> None:
     assert attempts == [1.0, 2.0, 4.0]
 
 
+def test_the_watchs_own_clock_decides_when_a_watch_was_healthy_enough_to_reset() -> None:
+    now = [1000.0]
+
+    def later(seconds: float) -> Any:
+        return lambda: now.__setitem__(0, now[0] + seconds)
+
+    api = ScriptedApi(
+        lists=[([], "10")],
+        watches=[
+            [ConnectionResetError("down")],
+            [later(0.5)],  # ended at once (under a second): backs off further
+            [later(5.0)],  # a healthy watch: the next failure starts over
+            [ConnectionResetError("down again")],
+        ],
+    )
+    updates: list[NodeUpdate] = []
+    sleeps: list[float] = []
+
+    def sleep(seconds: float) -> bool:
+        sleeps.append(seconds)
+        return False
+
+    api.watch = NodeWatch(api, updates.append, sleep=sleep, clock=lambda: now[0])
+    assert api.watch.last_contact == 1000.0
+    api.watch.run()
+    assert sleeps == [1.0, 2.0, 1.0]
+    assert api.watch.last_contact == 1005.5  # the server's end of the healthy watch
+    assert api.watch.health() == {"listed": True, "secondsSinceContact": 0.0}
+    now[0] += STALE_SECONDS + 1
+    with pytest.raises(NodeWatchStaleError):
+        api.watch.health()
+
+
 def test_heartbeats_reduce_to_equal_facts() -> None:
     first = NodeFacts.from_body(body("a", "1", heartbeat="t1"))
     assert NodeFacts.from_body(body("a", "2", heartbeat="t2")) == first
 
 
 def test_health_counts_every_answer_of_the_api_server_and_fails_when_stale() -> None:
-    api = ScriptedApi(lists=[([facts("a")], "10")], watches=[[("BOOKMARK", {"metadata": {}})]])
-    watch = NodeWatch(api, lambda update: None, sleep=lambda seconds: False)
+    # Whole seconds on a fake clock: on time.monotonic()'s values, (t + 600) - t is above 600
+    # about one time in five (float rounding), which made this test flaky.
+    now = [1000.0]
+    api = ScriptedApi(
+        lists=[([facts("a")], "10")],
+        watches=[[lambda: now.__setitem__(0, 1003.0), ("BOOKMARK", {"metadata": {}})]],
+    )
+    watch = NodeWatch(api, lambda update: None, sleep=lambda seconds: False, clock=lambda: now[0])
     assert watch.health()["listed"] is False  # starting: within its grace period
     api.watch = watch
-    before = time.monotonic()
+    before = now[0]
     watch.run()
     assert watch.last_contact >= before
     assert watch.health() == {"listed": True, "secondsSinceContact": pytest.approx(0, abs=1)}

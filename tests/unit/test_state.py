@@ -1,0 +1,190 @@
+"""The operator's in-memory state without Kopf: node updates, wake-ups, write-through of our
+own results until the watch echoes them, policy ranges, and the snapshot a pass starts from."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from nodesysctl.api import parse_spec
+from nodesysctl.nodewatch import NodeChanged, NodesListed
+from nodesysctl.observed import PodOutcome
+from nodesysctl.planning import JobFacts, NodeFacts, NodeResult, NodeState, PolicyRanges
+from nodesysctl.reconcile import PassResult
+from nodesysctl.state import OperatorState
+
+CHECKED = datetime(2026, 1, 1, tzinfo=UTC)
+NO_JOBS: dict[str, list[JobFacts]] = {}
+NO_PODS: dict[str, list[PodOutcome]] = {}
+
+
+def node(name: str, **results: NodeResult) -> NodeFacts:
+    return NodeFacts(name=name, labels={}, boot_id="b1", results=results)
+
+
+def result(job: str, state: NodeState = NodeState.COMPLIANT) -> NodeResult:
+    return NodeResult(state, "hash", "b1", CHECKED, job)
+
+
+def ranges(policy: str, **ports: Any) -> PolicyRanges:
+    return PolicyRanges(policy, "2026-01-01T00:00:00Z", parse_spec({"ports": ports}))
+
+
+def policy_body(generation: int = 1) -> dict[str, Any]:
+    return {
+        "metadata": {"generation": generation, "creationTimestamp": "2026-01-01T00:00:00Z"},
+        "spec": {"remediation": {"mode": "Audit"}},
+        "status": {"nodes": 1},
+    }
+
+
+def listed(*nodes: NodeFacts) -> OperatorState:
+    state = OperatorState()
+    state.apply_node_update(NodesListed(list(nodes)))
+    return state
+
+
+def woken(state: OperatorState) -> set[str]:
+    return {name for name, event in state.wakeups.items() if event.is_set()}
+
+
+def clear(state: OperatorState) -> None:
+    for event in state.wakeups.values():
+        event.clear()
+
+
+# --- Nodes ----------------------------------------------------------------------------------
+
+
+def test_node_updates_complete_the_list_and_wake_only_on_changed_facts() -> None:
+    state = OperatorState()
+    state.wakeup("p")
+    assert not state.nodes_listed.is_set()
+    state.apply_node_update(NodesListed([node("a")]))
+    assert state.nodes_listed.is_set()
+    assert woken(state) == {"p"}
+    clear(state)
+    state.apply_node_update(NodeChanged(node("a")))  # a heartbeat: same facts
+    assert woken(state) == set()
+    state.apply_node_update(NodeChanged(node("b")))
+    assert woken(state) == {"p"}
+    assert set(state.nodes) == {"a", "b"}
+
+
+def test_a_deleted_node_drops_the_results_we_wrote_on_it() -> None:
+    state = listed(node("a"), node("b"))
+    state.record_pass("p", PassResult(5.0, None, {"a": result("j1"), "b": result("j2")}))
+    state.apply_node_update(NodeChanged(node("a"), deleted=True))
+    assert state.written == {("p", "b"): result("j2")}
+    state.apply_node_update(NodesListed([]))  # a relist without b: gone too
+    assert state.written == {}
+
+
+def test_nodes_with_results_are_those_annotated_by_that_policy() -> None:
+    state = listed(node("a", p=result("j1")), node("b", q=result("j2")), node("c"))
+    assert state.nodes_with_results("p") == ["a"]
+
+
+# --- Write-through of our own results -------------------------------------------------------
+
+
+def test_the_overlay_keeps_our_result_until_the_watch_echoes_it_then_drops_it() -> None:
+    state = listed(node("a"))
+    ours = result("j1")
+    state.record_pass("p", PassResult(5.0, None, {"a": ours}))
+
+    snap = state.snapshot("p", "uid", policy_body(), NO_JOBS, NO_PODS)
+    assert snap.nodes[0].results == {"p": ours}  # the watch has not echoed it yet
+    assert state.nodes["a"].results == {}  # the cache itself stays what the watch said
+    assert state.snapshot("q", "uid", policy_body(), NO_JOBS, NO_PODS).nodes[0].results == {}
+
+    state.apply_node_update(NodeChanged(node("a", p=ours)))  # the echo
+    assert state.snapshot("p", "uid", policy_body(), NO_JOBS, NO_PODS).nodes[0].results == {
+        "p": ours
+    }
+    assert state.written == {}  # dropped: from now on the watch is the truth
+    state.apply_node_update(NodeChanged(node("a", p=result("j2", NodeState.DRIFTED))))
+    seen = state.snapshot("p", "uid", policy_body(), NO_JOBS, NO_PODS).nodes[0]
+    assert seen.results["p"].job == "j2"
+
+
+def test_an_older_result_from_the_watch_does_not_replace_ours() -> None:
+    state = listed(node("a", p=result("old")))
+    state.record_pass("p", PassResult(5.0, None, {"a": result("new")}))
+    snap = state.snapshot("p", "uid", policy_body(), NO_JOBS, NO_PODS)
+    assert snap.nodes[0].results["p"].job == "new"
+    assert ("p", "a") in state.written
+
+
+# --- Ranges and wake-ups --------------------------------------------------------------------
+
+
+def test_record_pass_wakes_the_others_only_when_its_ranges_changed() -> None:
+    state = listed()
+    for name in ("p", "q", "r"):
+        state.wakeup(name)
+    state.record_pass("p", PassResult(5.0, ranges("p"), {}))
+    assert woken(state) == {"q", "r"}  # new ranges: not itself
+    assert state.policy_ranges == {"p": ranges("p")}
+    clear(state)
+    state.record_pass("p", PassResult(5.0, ranges("p"), {}))
+    assert woken(state) == set()  # the same ranges: nothing for the others to redo
+    state.record_pass("p", PassResult(5.0, ranges("p", protectedPorts=[10250]), {}))
+    assert woken(state) == {"q", "r"}
+    clear(state)
+    state.record_pass("p", PassResult(3600.0, None, {}))  # became invalid: no ranges
+    assert woken(state) == {"q", "r"}
+    assert state.policy_ranges == {}
+
+
+def test_a_stopped_daemon_drops_its_ranges() -> None:
+    state = listed()
+    state.record_pass("p", PassResult(5.0, ranges("p"), {}))
+    state.drop_ranges("p")
+    state.drop_ranges("p")  # idempotent
+    assert state.policy_ranges == {}
+
+
+def test_forget_policy_clears_ranges_wakeups_and_written_and_wakes_the_others() -> None:
+    state = listed(node("a"))
+    state.wakeup("p")
+    state.wakeup("q")
+    state.record_pass("p", PassResult(5.0, ranges("p"), {"a": result("j1")}))
+    state.record_pass("q", PassResult(5.0, ranges("q"), {"a": result("j2")}))
+    clear(state)
+    state.forget_policy("p")
+    assert set(state.wakeups) == {"q"}
+    assert woken(state) == {"q"}
+    assert state.policy_ranges == {"q": ranges("q")}
+    assert state.written == {("q", "a"): result("j2")}
+
+
+# --- The snapshot ---------------------------------------------------------------------------
+
+
+def test_the_snapshot_is_built_from_the_body_the_nodes_and_the_indexes() -> None:
+    state = listed(node("a"), node("b"))
+    state.record_pass("other", PassResult(5.0, ranges("other"), {}))
+    state.record_pass("p", PassResult(5.0, ranges("p"), {}))
+    job = JobFacts("job-a", "p", "a", "hash", "b1", CHECKED, finished=True, succeeded=True)
+    running = JobFacts("job-b", "p", "b", "hash", "b1", CHECKED)
+    foreign = JobFacts("job-x", "q", "a", "hash", "b1", CHECKED)
+    outcome = PodOutcome("job-a", 0, "{}", "Completed")
+    jobs = {"p": [job, running], "q": [foreign]}
+    pods = {"job-a": [outcome], "job-x": [PodOutcome("job-x", 1, "", "Error")]}
+
+    snap = state.snapshot("p", "uid-1", policy_body(generation=3), jobs, pods)
+    assert (snap.name, snap.uid, snap.generation) == ("p", "uid-1", 3)
+    assert snap.created == "2026-01-01T00:00:00Z"
+    assert snap.spec == {"remediation": {"mode": "Audit"}}
+    assert snap.status == {"nodes": 1}
+    assert [n.name for n in snap.nodes] == ["a", "b"]
+    assert list(snap.jobs) == [job, running]
+    assert snap.pod_outcomes == {"job-a": outcome}  # only this policy's Jobs' pods
+    assert list(snap.other_policies) == [ranges("other")]  # not its own
+
+
+def test_a_new_policy_snapshots_with_empty_indexes_and_a_bare_body() -> None:
+    snap = listed().snapshot("p", "uid", {"metadata": {}}, NO_JOBS, NO_PODS)
+    assert (snap.generation, snap.created, snap.spec, snap.status) == (0, "", {}, {})
+    assert (list(snap.nodes), list(snap.jobs), snap.pod_outcomes) == ([], [], {})
