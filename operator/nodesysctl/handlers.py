@@ -277,10 +277,9 @@ def _snapshot(
 ) -> Snapshot:
     nodes = [_overlay(state, name, facts) for facts in state.nodes.values()]
     jobs = list(job_index.get(name, ()))
-    outcomes = {}
-    for job in jobs:
-        for outcome in agent_pod_index.get(job.name, ()):
-            outcomes[job.name] = outcome
+    # Every outcome under a Job's name, not one of them: any pod can carry the job-name label,
+    # and a forged one must not shadow the Job's own. The pass judges them (results.judge_check).
+    outcomes = {job.name: tuple(agent_pod_index.get(job.name, ())) for job in jobs}
     meta = body.get("metadata") or {}
     return Snapshot(
         name=name,
