@@ -150,7 +150,8 @@ class Kube:
     # --- agent Jobs -----------------------------------------------------------------------
 
     def create_job(self, body: Mapping[str, Any]) -> bool:
-        """Create a Job; False if one by that name exists already (idempotent retries)."""
+        """Create a Job; False if one by that name exists already (idempotent retries; whose
+        it is, the caller checks with `get_job`)."""
         namespace = body["metadata"]["namespace"]
         try:
             self.rest.create(f"/apis/batch/v1/namespaces/{_name(namespace)}/jobs", body)
@@ -159,6 +160,18 @@ class Kube:
                 return False
             raise
         return True
+
+    def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """One Job's body; None if there is none by that name (404)."""
+        try:
+            job: dict[str, Any] = self.rest.get(
+                f"/apis/batch/v1/namespaces/{_name(namespace)}/jobs/{_name(name)}"
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return job
 
     def delete_job(self, namespace: str, name: str) -> None:
         try:

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from nodesysctl import GROUP, KIND
 from nodesysctl.labels import (
     ANNOTATION_BOOT_ID,
     ANNOTATION_NODE,
@@ -23,18 +24,41 @@ from nodesysctl.labels import (
 from nodesysctl.planning import JobFacts, parse_time
 
 
+def controller_uid(meta: Mapping[str, Any], group: str, kind: str) -> str:
+    """The uid of the controller ownerReference in `meta` if it points at a `kind` of API
+    `group` (any version: a Job created under v1alpha1 stays the policy's under a later one);
+    "" if there is none or it points at something else. Plain ownerReferences do not count:
+    anything may list an owner, only the controller is the one that made the object."""
+    for ref in meta.get("ownerReferences") or []:
+        if ref.get("controller") is not True:
+            continue  # the API server allows at most one controller reference
+        ref_group = str(ref.get("apiVersion", "")).rpartition("/")[0]
+        return str(ref.get("uid") or "") if (ref_group, ref.get("kind")) == (group, kind) else ""
+    return ""
+
+
 @dataclasses.dataclass(frozen=True)
 class PodOutcome:
-    """What the agent pod of a job reported when it terminated."""
+    """What the agent pod of a job reported when it terminated.
+
+    `job` is what the pod's job-name label claims, which any pod can carry; `pod`, `owner_uid`
+    (the uid of its controller ownerReference to a batch Job, "" without one) and `node` (its
+    `spec.nodeName`) are what `nodesysctl.results.verify_outcome` checks before the message is
+    believed.
+    """
 
     job: str
     exit_code: int | None
     message: str
     reason: str
+    pod: str = ""
+    owner_uid: str = ""
+    node: str = ""
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> PodOutcome | None:
-        labels = (body.get("metadata") or {}).get("labels") or {}
+        meta = body.get("metadata") or {}
+        labels = meta.get("labels") or {}
         job = labels.get(LABEL_JOB_NAME) or labels.get(LABEL_JOB_NAME_LEGACY)
         if not job:
             return None
@@ -46,6 +70,9 @@ class PodOutcome:
                     exit_code=terminated.get("exitCode"),
                     message=terminated.get("message") or "",
                     reason=terminated.get("reason") or "",
+                    pod=str(meta.get("name") or ""),
+                    owner_uid=controller_uid(meta, "batch", "Job"),
+                    node=str((body.get("spec") or {}).get("nodeName") or ""),
                 )
         return None
 
@@ -79,4 +106,6 @@ def job_facts_from_body(body: Mapping[str, Any]) -> JobFacts | None:
         finished=finished,
         succeeded=succeeded,
         failure_reason=failure,
+        uid=str(meta.get("uid") or ""),
+        owner_uid=controller_uid(meta, GROUP, KIND),
     )

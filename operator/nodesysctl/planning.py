@@ -130,7 +130,14 @@ class NodeFacts:
 
 @dataclasses.dataclass(frozen=True)
 class JobFacts:
-    """One agent Job of a policy, as far as planning cares."""
+    """One agent Job of a policy, as far as planning cares.
+
+    `policy` and `node` are what its label and annotation claim. `owner_uid` is the uid of its
+    controller ownerReference to a NodeSysctlPolicy ("" without one) and `uid` its own:
+    `nodesysctl.results.verify_job` checks the claim against the first (a leftover of a deleted
+    policy of the same name, or a Job made by hand, is not this policy's check), and an agent
+    pod's controller ownerReference against the second.
+    """
 
     name: str
     policy: str
@@ -141,6 +148,8 @@ class JobFacts:
     finished: bool = False
     succeeded: bool = False
     failure_reason: str = ""
+    uid: str = ""
+    owner_uid: str = ""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -27,9 +27,10 @@ from nodesysctl.jobs import (
     build_restart_patch,
 )
 from nodesysctl.kube import node_ref, policy_ref, workload_ref
-from nodesysctl.observed import PodOutcome
+from nodesysctl.observed import PodOutcome, job_facts_from_body
 from nodesysctl.pacing import INVALID_POLL_SECONDS, RestartLimiter, pass_delay
 from nodesysctl.planning import (
+    CheckOrder,
     JobFacts,
     NodeFacts,
     NodeResult,
@@ -53,7 +54,14 @@ from nodesysctl.policy_status import (
     same_status,
 )
 from nodesysctl.restarts import RestartAction, plan_restart_wave, restart_wave, restarts_done
-from nodesysctl.results import check_result, jobs_to_record
+from nodesysctl.results import (
+    jobs_to_record,
+    judge_check,
+    refused_check,
+    verify_existing_job,
+    verify_job,
+    verify_outcome,
+)
 
 if TYPE_CHECKING:
     from nodesysctl.kube import Kube
@@ -70,6 +78,8 @@ class PassClient(Protocol):
     """Exactly the API calls a pass makes (controller-runtime's narrow client interfaces)."""
 
     def create_job(self, body: Mapping[str, Any]) -> bool: ...
+
+    def get_job(self, namespace: str, name: str) -> Mapping[str, Any] | None: ...
 
     def delete_job(self, namespace: str, name: str) -> None: ...
 
@@ -112,7 +122,7 @@ class Snapshot:
     status: Mapping[str, Any]
     nodes: Sequence[NodeFacts]
     jobs: Sequence[JobFacts]
-    pod_outcomes: Mapping[str, PodOutcome]
+    pod_outcomes: Mapping[str, Sequence[PodOutcome]]  # by the job-name label the pods carry
     other_policies: Sequence[PolicyRanges]
 
 
@@ -156,7 +166,10 @@ class PolicyReconciler:
         recorded = self._record_finished(snap, spec, selected, now)
         selected = [n.with_result(snap.name, recorded.get(n.name)) for n in selected]
 
-        plan = plan_rollout(policy=snap.name, spec=spec, nodes=selected, jobs=snap.jobs, now=now)
+        # Only the policy's own Jobs run its checks: a foreign one neither holds a node's check
+        # back nor counts against maxConcurrent, and it is never deleted as stale.
+        own = [job for job in snap.jobs if verify_job(job, snap.uid).believed]
+        plan = plan_rollout(policy=snap.name, spec=spec, nodes=selected, jobs=own, now=now)
         self._each(
             lambda stale: self.kube.delete_job(self.settings.namespace, stale), plan.stale_jobs
         )
@@ -170,12 +183,18 @@ class PolicyReconciler:
             )
             for order in plan.checks
         ]
+        taken: list[CheckOrder] = []  # 409 AlreadyExists: whose Job holds the name?
         for order, created in zip(plan.checks, self._each(self.kube.create_job, jobs), strict=True):
             if created:
                 logger.info(
                     "policy %s: checking node %s (%s, boot %s) with Job %s",
                     snap.name, order.node, order.reason, order.boot_id, order.job_name,
                 )  # fmt: skip
+            else:
+                taken.append(order)
+        current = spec_hash(spec)
+        refused = self._each(lambda order: self._refuse_foreign(snap, order, current, now), taken)
+        recorded = {**recorded, **{o.node: r for o, r in zip(taken, refused, strict=True) if r}}
         if plan.halted and not condition_true(snap.status, "Degraded"):
             self.kube.post_event(
                 policy_ref(snap.name, snap.uid),
@@ -237,39 +256,71 @@ class PolicyReconciler:
         todo = jobs_to_record(snap.name, current, selected, snap.jobs)
 
         def record(job: JobFacts) -> NodeResult:
-            outcome = snap.pod_outcomes.get(job.name) or self._fetch_outcome(job.name)
-            result = check_result(job, outcome, spec, current, now).as_stored()
+            judged = judge_check(job, self._outcomes(snap, job), snap.uid, spec, current, now)
+            result = judged.result.as_stored()
             self.kube.patch_node(job.node, build_node_result_patch(snap.name, result))
-            self._announce(snap, job.node, result)
+            self._announce(snap, job.node, result, judged.event)
+            for ignored in judged.ignored:
+                self._post(snap, job.node, True, ignored.event, ignored.reason)
             return result
 
         return {
             job.node: result for job, result in zip(todo, self._each(record, todo), strict=True)
         }
 
-    def _fetch_outcome(self, job: str) -> PodOutcome | None:
-        for pod in self.kube.job_pods(self.settings.namespace, job):
-            outcome = PodOutcome.from_body(pod)
-            if outcome is not None:
-                return outcome
-        return None
+    def _outcomes(self, snap: Snapshot, job: JobFacts) -> list[PodOutcome]:
+        """The outcomes of pods that claim to be `job`'s: the watch's, and when none of those
+        is believed (the Job's own pod not delivered yet), the API server's too."""
+        seen = list(snap.pod_outcomes.get(job.name, ()))
+        if any(verify_outcome(job, outcome, snap.uid).believed for outcome in seen):
+            return seen
+        if not verify_job(job, snap.uid).believed:
+            return seen  # nothing its pods say counts
+        pods = self.kube.job_pods(self.settings.namespace, job.name)
+        fetched = [PodOutcome.from_body(pod) for pod in pods]
+        known = {outcome.pod for outcome in seen}
+        return seen + [o for o in fetched if o is not None and o.pod not in known]
 
-    def _announce(self, snap: Snapshot, node: str, result: NodeResult) -> None:
+    def _refuse_foreign(
+        self, snap: Snapshot, order: CheckOrder, current: str, now: datetime
+    ) -> NodeResult | None:
+        """After 409 AlreadyExists: carry on if the Job holding the check's name is ours (a
+        restarted operator, a retried pass); otherwise record the node Failed and report the
+        Job. None when there is nothing to record."""
+        body = self.kube.get_job(self.settings.namespace, order.job_name)
+        if body is None:
+            return None  # gone meanwhile: the next pass creates the check
+        existing = job_facts_from_body(body)
+        verdict = verify_existing_job(existing, order, snap.name, snap.uid, self.settings.namespace)
+        if verdict.believed:
+            return None
+        result = refused_check(order, verdict, current, now).as_stored()
+        self.kube.patch_node(order.node, build_node_result_patch(snap.name, result))
+        self._announce(snap, order.node, result, verdict.event)
+        return result
+
+    def _announce(self, snap: Snapshot, node: str, result: NodeResult, event: str = "") -> None:
         events = {
             NodeState.REMEDIATED: (False, "Remediated"),
             NodeState.DRIFTED: (True, "DriftDetected"),
             NodeState.FAILED: (True, "CheckFailed"),
         }
-        if result.status not in events:
-            return
-        warning, reason = events[result.status]
-        message = f"{snap.name}: {result.message}"
-        self.kube.post_event(node_ref(node), warning=warning, reason=reason, message=message)
+        if event:
+            self._post(snap, node, True, event, result.message)
+        elif result.status in events:
+            warning, reason = events[result.status]
+            self._post(snap, node, warning, reason, result.message)
+
+    def _post(self, snap: Snapshot, node: str, warning: bool, reason: str, message: str) -> None:
+        """One Event on the Node and one on the policy, each naming the other."""
+        self.kube.post_event(
+            node_ref(node), warning=warning, reason=reason, message=f"{snap.name}: {message}"
+        )
         self.kube.post_event(
             policy_ref(snap.name, snap.uid),
             warning=warning,
             reason=reason,
-            message=f"node {node}: {result.message}",
+            message=f"node {node}: {message}",
         )
 
     # Restarts -----------------------------------------------------------------------------

@@ -1,18 +1,122 @@
-"""From finished checks to Node results: which finished Jobs count, and what their agent said.
+"""From finished checks to Node results: which finished Jobs count, what their agent said, and
+whether to believe it.
 
 The reconcile pass fetches a missing pod outcome, writes each result onto its Node and announces
 it; every decision before those writes is made here, on plain facts.
+
+Labels are not evidence: any pod in the job namespace can carry a Job's job-name label, and any
+Job our labels and node annotation. A result is believed only along the chain the operator and
+the Job controller made: the policy (uid) is the Job's controller, the Job (uid) is the pod's
+controller, and the pod ran on the node the Job was for (`verify_job`, `verify_outcome`).
+Everything else is reported, once per Job, as a Failed node with the reason.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 
+from nodesysctl import KIND
 from nodesysctl.agent.contract import AgentResult
 from nodesysctl.api import NodeSysctlPolicySpec
 from nodesysctl.observed import PodOutcome
-from nodesysctl.planning import JobFacts, NodeFacts, NodeResult, NodeState, wants_restart
+from nodesysctl.planning import (
+    CheckOrder,
+    JobFacts,
+    NodeFacts,
+    NodeResult,
+    NodeState,
+    wants_restart,
+)
+
+# The warning Events that report what was not believed.
+FOREIGN_JOB = "ForeignJob"
+UNTRUSTED_RESULT = "UntrustedResult"
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    """Whether a Job or an agent result is what it claims to be; if not, why, as a sentence
+    for the Node result and the Events, and the Event reason that reports it."""
+
+    believed: bool
+    reason: str = ""
+    event: str = ""
+
+
+BELIEVED = Verdict(believed=True)
+
+
+def verify_job(job: JobFacts, policy_uid: str) -> Verdict:
+    """A Job counts as this policy's check of `job.node` only if the policy is its controller
+    owner: the label and annotation say which policy and node, the owner uid says that this
+    policy (not a deleted one of the same name, not a person) created it."""
+    if policy_uid and job.uid and job.owner_uid == policy_uid:
+        return BELIEVED
+    return Verdict(
+        False,
+        f"Job {job.name} claims to check node {job.node} for {job.policy} but is not owned by "
+        f"this {KIND} (uid {policy_uid}); nodesysctl did not create it",
+        FOREIGN_JOB,
+    )
+
+
+def verify_outcome(job: JobFacts, outcome: PodOutcome, policy_uid: str) -> Verdict:
+    """An agent result counts only from a pod that the Job (by uid) controls, that ran on the
+    Job's node, of a Job that `verify_job` believes."""
+    verdict = verify_job(job, policy_uid)
+    if not verdict.believed:
+        return verdict
+    pod = outcome.pod or "(unnamed)"
+    if outcome.owner_uid != job.uid:
+        return Verdict(
+            False,
+            f"the agent result came from pod {pod}, which is not owned by Job {job.name}",
+            UNTRUSTED_RESULT,
+        )
+    if outcome.node != job.node:
+        return Verdict(
+            False,
+            f"the agent result came from pod {pod}, which ran on node {outcome.node or '(none)'}"
+            f", not {job.node}",
+            UNTRUSTED_RESULT,
+        )
+    return BELIEVED
+
+
+def verify_existing_job(
+    existing: JobFacts | None, order: CheckOrder, policy: str, policy_uid: str, namespace: str
+) -> Verdict:
+    """The Job found under a check's name when creating it met 409 AlreadyExists (`existing`:
+    its facts, None when it is no agent Job at all): ours only if it is this policy's check of
+    the same node. A restarted operator meets its own Jobs that way; anything else holds the
+    name the check needs."""
+    if (
+        existing is not None
+        and existing.policy == policy
+        and existing.node == order.node
+        and verify_job(existing, policy_uid).believed
+    ):
+        return BELIEVED
+    return Verdict(
+        False,
+        f"a Job named {order.job_name} that nodesysctl did not create for this node exists in "
+        f"{namespace}",
+        FOREIGN_JOB,
+    )
+
+
+def refused_check(
+    order: CheckOrder, verdict: Verdict, current_spec_hash: str, now: datetime
+) -> NodeResult:
+    """The Node result of a check that could not start because `verdict` refused the Job
+    that holds its name. Failed for the current spec and boot, so `plan_rollout` does not
+    retry the node until its recheck is due (whose check has another Job name) or the policy
+    changes: the Job is reported once, not re-POSTed every pass."""
+    return NodeResult(
+        NodeState.FAILED, current_spec_hash, order.boot_id, now, order.job_name, verdict.reason
+    )
 
 
 def jobs_to_record(
@@ -64,17 +168,15 @@ def check_result(
     now: datetime,
 ) -> NodeResult:
     """The Node result of a finished check: the agent's own verdict when its pod left a
-    readable one, else Failed with the reason the Job (or the unreadable message) gives."""
-
-    def failed(message: str) -> NodeResult:
-        return NodeResult(NodeState.FAILED, current_spec_hash, job.boot_id, now, job.name, message)
-
+    readable one, else Failed with the reason the Job (or the unreadable message) gives.
+    Believes `outcome` as it is: `judge_check` hands it only outcomes `verify_outcome` believes."""
     if outcome is None or not outcome.message.strip():
-        return failed(job.failure_reason or "the agent reported no result")
+        message = job.failure_reason or "the agent reported no result"
+        return _failed(job, message, current_spec_hash, now)
     try:
         agent = AgentResult.parse_termination_message(outcome.message)
     except ValueError as exc:
-        return failed(f"unreadable agent result: {exc}")
+        return _failed(job, f"unreadable agent result: {exc}", current_spec_hash, now)
     state = NodeState(str(agent.status))
     return NodeResult(
         status=state,
@@ -85,3 +187,49 @@ def check_result(
         message=summarize_agent_result(agent),
         restart_pending=state == NodeState.REMEDIATED and wants_restart(spec),
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class Judgement:
+    """A finished check, judged: the Node result to write; `event`, the Event reason that
+    announces it when it is a refusal ("" for the usual one of its state); `ignored`, the
+    results not believed beside the one recorded (each reported too)."""
+
+    result: NodeResult
+    event: str = ""
+    ignored: tuple[Verdict, ...] = ()
+
+
+def judge_check(
+    job: JobFacts,
+    outcomes: Sequence[PodOutcome],
+    policy_uid: str,
+    spec: NodeSysctlPolicySpec,
+    current_spec_hash: str,
+    now: datetime,
+) -> Judgement:
+    """The Node result of a finished Job, from the pod outcomes that claim to be its own.
+
+    A Job `verify_job` refuses is Failed, whatever its pods said. Among the outcomes
+    `verify_outcome` believes, a successful attempt wins over a failed one (a Job retried
+    after a failure completed with its last pod), then the pod name (deterministic). When only
+    forged ones are left, the node is Failed with the first one's reason (and the Job's own
+    failure, if any): a forged "Compliant" is never recorded."""
+    refused = verify_job(job, policy_uid)
+    if not refused.believed:
+        return Judgement(_failed(job, refused.reason, current_spec_hash, now), refused.event)
+    verdicts = [(outcome, verify_outcome(job, outcome, policy_uid)) for outcome in outcomes]
+    believed = [outcome for outcome, verdict in verdicts if verdict.believed]
+    ignored = tuple(verdict for _, verdict in verdicts if not verdict.believed)
+    if believed:
+        best = min(believed, key=lambda o: (o.exit_code != 0, o.pod))
+        return Judgement(check_result(job, best, spec, current_spec_hash, now), ignored=ignored)
+    if ignored:
+        first, *rest = ignored
+        message = "; ".join(filter(None, [first.reason, job.failure_reason]))
+        return Judgement(_failed(job, message, current_spec_hash, now), first.event, tuple(rest))
+    return Judgement(check_result(job, None, spec, current_spec_hash, now))
+
+
+def _failed(job: JobFacts, message: str, current_spec_hash: str, now: datetime) -> NodeResult:
+    return NodeResult(NodeState.FAILED, current_spec_hash, job.boot_id, now, job.name, message)

@@ -75,10 +75,13 @@ class OperatorState:
         Job name), and the other policies' ranges."""
         nodes = [self._overlay(name, facts) for facts in self.nodes.values()]
         policy_jobs = list(jobs.get(name, ()))
-        outcomes = {}
-        for job in policy_jobs:
-            for outcome in pod_outcomes.get(job.name, ()):
-                outcomes[job.name] = outcome
+        # Every pod filed under a Job's name: a forged one must not shadow the Job's own pod
+        # (the pass believes only the pod the Job owns).
+        outcomes = {
+            job.name: found
+            for job in policy_jobs
+            if (found := tuple(pod_outcomes.get(job.name, ())))
+        }
         meta = body.get("metadata") or {}
         return Snapshot(
             name=name,

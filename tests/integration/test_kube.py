@@ -60,6 +60,16 @@ def test_jobs_create_idempotently_list_and_delete(kube: Kube, test_namespace: st
     assert kube.job_pods(test_namespace, "a") == []
 
 
+def test_get_job_reads_the_job_that_holds_a_name_or_none(kube: Kube, test_namespace: str) -> None:
+    """What the pass reads after 409 AlreadyExists, to see whose Job holds the name."""
+    assert kube.create_job(job_body(test_namespace, "held", {"app": "someone-else"})) is True
+    held = kube.get_job(test_namespace, "held")
+    assert held is not None
+    assert held["metadata"]["labels"] == {"app": "someone-else"}
+    assert held["metadata"]["uid"]
+    assert kube.get_job(test_namespace, "missing") is None  # 404
+
+
 def test_an_invalid_body_raises_with_the_api_servers_status(
     kube: Kube, test_namespace: str
 ) -> None:

@@ -119,3 +119,72 @@ def test_job_facts_tolerate_missing_optional_fields() -> None:
 )
 def test_job_facts_are_none_for_other_jobs(meta: dict[str, Any]) -> None:
     assert job_facts_from_body(agent_job(**meta)) is None
+
+
+def test_pod_outcome_keeps_what_verification_needs() -> None:
+    body = agent_pod({LABEL_JOB_NAME: "job-a"}, [terminated(exitCode=0, message="{}")])
+    body["metadata"].update(
+        name="job-a-x7k2p",
+        ownerReferences=[
+            {"apiVersion": "v1", "kind": "ConfigMap", "uid": "cm-uid"},
+            {"apiVersion": "batch/v1", "kind": "Job", "uid": "job-uid", "controller": True},
+        ],
+    )
+    body["spec"] = {"nodeName": "n1"}
+    outcome = PodOutcome.from_body(body)
+    assert outcome is not None
+    assert (outcome.pod, outcome.owner_uid, outcome.node) == ("job-a-x7k2p", "job-uid", "n1")
+
+
+@pytest.mark.parametrize(
+    "refs",
+    [
+        [],  # a bare pod
+        [{"apiVersion": "batch/v1", "kind": "Job", "uid": "job-uid"}],  # not the controller
+        [{"apiVersion": "batch/v1", "kind": "Job", "uid": "job-uid", "controller": False}],
+        [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "uid": "job-uid", "controller": True}],
+        [{"apiVersion": "example.com/v1", "kind": "Job", "uid": "job-uid", "controller": True}],
+    ],
+)
+def test_only_a_jobs_controller_reference_owns_a_pod(refs: list[dict[str, Any]]) -> None:
+    body = agent_pod({LABEL_JOB_NAME: "job-a"}, [terminated(exitCode=0)])
+    body["metadata"]["ownerReferences"] = refs
+    outcome = PodOutcome.from_body(body)
+    assert outcome is not None
+    assert (outcome.owner_uid, outcome.node) == ("", "")
+
+
+def policy_owner(uid: str, **ref: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "nodesysctl.io/v1alpha1",
+        "kind": "NodeSysctlPolicy",
+        "name": "p",
+        "uid": uid,
+        "controller": True,
+        **ref,
+    }
+
+
+def test_job_facts_keep_the_jobs_uid_and_its_controlling_policy() -> None:
+    body = agent_job(uid="job-uid", ownerReferences=[policy_owner("policy-uid")])
+    facts = job_facts_from_body(body)
+    assert facts is not None
+    assert (facts.uid, facts.owner_uid) == ("job-uid", "policy-uid")
+    # Any version of the group: a Job created under v1alpha1 stays the policy's.
+    later = agent_job(ownerReferences=[policy_owner("policy-uid", apiVersion="nodesysctl.io/v1")])
+    assert getattr(job_facts_from_body(later), "owner_uid", None) == "policy-uid"
+
+
+@pytest.mark.parametrize(
+    "refs",
+    [
+        [],
+        [policy_owner("policy-uid", controller=False)],
+        [policy_owner("policy-uid", kind="SomethingElse")],
+        [policy_owner("policy-uid", apiVersion="evil.example/v1alpha1")],
+    ],
+)
+def test_a_job_without_the_policy_as_controller_has_no_owner(refs: list[dict[str, Any]]) -> None:
+    facts = job_facts_from_body(agent_job(uid="job-uid", ownerReferences=refs))
+    assert facts is not None
+    assert facts.owner_uid == ""

@@ -25,6 +25,7 @@ from nodesysctl.reconcile import PolicyReconciler, Snapshot
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 POLICY = "nodeport-safe"
+POLICY_UID = "uid-1"
 SPEC: dict[str, Any] = {
     "rollout": {"maxConcurrent": 5, "maxFailedNodes": 1},
     "restart": {"selector": {"matchLabels": {"restart": "yes"}}},
@@ -38,25 +39,37 @@ class RecordingKube:
         self,
         workloads: list[dict[str, Any]] | None = None,
         pods: Mapping[str, list[dict[str, Any]]] | None = None,
+        existing_jobs: Mapping[str, dict[str, Any]] | None = None,
+        job_pods: Mapping[str, list[dict[str, Any]]] | None = None,
     ) -> None:
+        self.existing_jobs = dict(existing_jobs or {})  # by name: a create meets 409
+        self.jobs_read: list[str] = []
+        self.pods_of_jobs = job_pods or {}
         self.jobs_created: list[dict[str, Any]] = []
         self.jobs_deleted: list[str] = []
         self.node_patches: list[tuple[str, dict[str, Any]]] = []
         self.status_patches: list[dict[str, Any]] = []
         self.workload_patches: list[tuple[str, str, dict[str, Any]]] = []
         self.events: list[tuple[str, str, str]] = []
+        self.event_messages: list[str] = []
         self.workloads = workloads or []
         self.pods = pods or {}
 
     def create_job(self, body: Mapping[str, Any]) -> bool:
+        if body["metadata"]["name"] in self.existing_jobs:
+            return False  # 409 AlreadyExists
         self.jobs_created.append(dict(body))
         return True
+
+    def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        self.jobs_read.append(name)
+        return self.existing_jobs.get(name)
 
     def delete_job(self, namespace: str, name: str) -> None:
         self.jobs_deleted.append(name)
 
     def job_pods(self, namespace: str, job: str) -> list[dict[str, Any]]:
-        return []
+        return self.pods_of_jobs.get(job, [])
 
     def patch_node(self, name: str, patch: Mapping[str, Any]) -> None:
         self.node_patches.append((name, dict(patch)))
@@ -82,6 +95,7 @@ class RecordingKube:
         self, involved: Mapping[str, Any], *, warning: bool, reason: str, message: str
     ) -> None:
         self.events.append((involved["kind"], involved["name"], reason))
+        self.event_messages.append(message)
 
 
 def reconciler(kube: RecordingKube, per_minute: float = 600, burst: int = 10) -> PolicyReconciler:
@@ -98,18 +112,21 @@ def snapshot(
     spec: dict[str, Any] | None = None,
     jobs: list[JobFacts] | None = None,
     outcomes: dict[str, PodOutcome] | None = None,
+    candidates: dict[str, list[PodOutcome]] | None = None,
     status: dict[str, Any] | None = None,
 ) -> Snapshot:
+    """`outcomes`: one pod outcome per job name; `candidates`: several (forged ones among them)."""
+    pod_outcomes = {job: (outcome,) for job, outcome in (outcomes or {}).items()}
     return Snapshot(
         name=POLICY,
-        uid="uid-1",
+        uid=POLICY_UID,
         generation=2,
         created="2026-11-01T00:00:00Z",
         spec=spec if spec is not None else SPEC,
         status=status or {},
         nodes=nodes,
         jobs=jobs or [],
-        pod_outcomes=outcomes or {},
+        pod_outcomes={**pod_outcomes, **(candidates or {})},
         other_policies=[],
     )
 
@@ -126,9 +143,14 @@ def agent_message(status: str) -> str:
     )
 
 
-def finished_job(node: str, *, succeeded: bool = True, reason: str = "") -> JobFacts:
-    return JobFacts(
-        f"job-{node}",
+def finished_job(
+    node: str, *, succeeded: bool = True, reason: str = "", name: str = "", **fields: Any
+) -> JobFacts:
+    """A finished Job of the policy (its controller owner) for `node`; its uid is
+    `uid-<name>`."""
+    name = name or f"job-{node}"
+    facts = JobFacts(
+        name,
         POLICY,
         node,
         spec_hash(parse_spec(SPEC)),
@@ -137,6 +159,32 @@ def finished_job(node: str, *, succeeded: bool = True, reason: str = "") -> JobF
         finished=True,
         succeeded=succeeded,
         failure_reason=reason,
+        uid=f"uid-{name}",
+        owner_uid=POLICY_UID,
+    )
+    return dataclasses.replace(facts, **fields)
+
+
+def pod_outcome(
+    job: str,
+    exit_code: int,
+    message: str,
+    reason: str,
+    *,
+    node: str = "n1",
+    owner_uid: str | None = None,
+    pod: str = "",
+) -> PodOutcome:
+    """The outcome of an agent pod that claims to be `job`'s: by default the Job's own (its
+    controller ownerReference is the Job's uid, as `finished_job` makes it), on `node`."""
+    return PodOutcome(
+        job,
+        exit_code,
+        message,
+        reason,
+        pod=pod or f"{job}-pod",
+        owner_uid=f"uid-{job}" if owner_uid is None else owner_uid,
+        node=node,
     )
 
 
@@ -170,7 +218,7 @@ def test_invalid_spec_reports_once_and_creates_nothing() -> None:
 
 def test_finished_job_is_recorded_on_the_node_with_events() -> None:
     kube = RecordingKube()
-    outcome = PodOutcome("job-n1", 0, agent_message("Remediated"), "Completed")
+    outcome = pod_outcome("job-n1", 0, agent_message("Remediated"), "Completed")
     result = reconciler(kube).run_once(
         snapshot(
             [NodeFacts("n1", {}, "boot-1", {})],
@@ -202,7 +250,7 @@ def test_finished_job_is_recorded_on_the_node_with_events() -> None:
             "DeadlineExceeded: Job was active longer than specified deadline",
             "DeadlineExceeded",
         ),
-        (PodOutcome("job-n1", 1, "garbage{", "Error"), "", "unreadable agent result"),
+        (pod_outcome("job-n1", 1, "garbage{", "Error"), "", "unreadable agent result"),
     ],
 )
 def test_job_without_a_readable_result_is_a_failed_node(
@@ -273,7 +321,7 @@ def test_remembered_results_equal_what_the_node_annotation_reads_back() -> None:
             "errors": ["x" * 290] * 3,
         }
     )
-    outcome = PodOutcome("job-n1", 1, long_message, "Error")
+    outcome = pod_outcome("job-n1", 1, long_message, "Error")
     moment = NOW.replace(microsecond=123456)
     result = reconciler(kube).run_once(
         snapshot(
@@ -345,16 +393,14 @@ def test_a_superseded_finished_job_is_not_recorded_again() -> None:
     """A node checked, rebooted and checked again within the Jobs' TTL has two finished Jobs.
     Only the newest counts: re-recording the older one (stale boot ID) asked for a new check and
     a new restart wave on every pass until the TTL removed it."""
-    before = dataclasses.replace(
-        finished_job("n1"), name="job-a", created_at=NOW - timedelta(minutes=3)
-    )
-    after = dataclasses.replace(
-        finished_job("n1"), name="job-b", boot_id="boot-2", created_at=NOW - timedelta(minutes=1)
+    before = finished_job("n1", name="job-a", created_at=NOW - timedelta(minutes=3))
+    after = finished_job(
+        "n1", name="job-b", boot_id="boot-2", created_at=NOW - timedelta(minutes=1)
     )
     current = spec_hash(parse_spec(SPEC))
     stored = NodeResult(NodeState.REMEDIATED, current, "boot-2", NOW, "job-b", "fixed")
     outcomes = {
-        job: PodOutcome(job, 0, agent_message("Remediated"), "Completed")
+        job: pod_outcome(job, 0, agent_message("Remediated"), "Completed")
         for job in ("job-a", "job-b")
     }
     node = NodeFacts("n1", {}, "boot-2", {POLICY: stored})
@@ -382,3 +428,213 @@ def test_a_rate_limited_wave_resumes_when_the_next_token_is_due() -> None:
     result = reconciler(kube, per_minute=6, burst=1).run_once(snapshot([remediated("n1")]), NOW)
     assert len(kube.workload_patches) == 1
     assert 1.0 <= result.delay <= 10.0
+
+
+# --- Verify before believing -------------------------------------------------------------------
+
+
+def stored_result(kube: RecordingKube, node: str = "n1") -> NodeResult:
+    """The last result the pass wrote onto `node`."""
+    patches = [patch for name, patch in kube.node_patches if name == node]
+    stored = NodeResult.from_annotation(
+        patches[-1]["metadata"]["annotations"][ANNOTATION_RESULT_PREFIX + POLICY]
+    )
+    assert stored is not None
+    return stored
+
+
+def event_messages(kube: RecordingKube, kind: str, reason: str) -> list[str]:
+    return [
+        message
+        for (involved, _, why), message in zip(kube.events, kube.event_messages, strict=True)
+        if (involved, why) == (kind, reason)
+    ]
+
+
+def test_a_forged_compliant_result_is_not_recorded_and_is_reported() -> None:
+    """A pod with the Job's job-name label but not the Job's own (a bare pod, no controller
+    reference): the only outcome under the name of a Job that never ran its pod."""
+    forged = pod_outcome("job-n1", 0, agent_message("Compliant"), "Completed", owner_uid="")
+    failed_job = finished_job("n1", succeeded=False, reason="DeadlineExceeded: too long")
+    kube = RecordingKube()
+    result = reconciler(kube).run_once(
+        snapshot(
+            [NodeFacts("n1", {}, "boot-1", {})], jobs=[failed_job], outcomes={"job-n1": forged}
+        ),
+        NOW,
+    )
+    stored = stored_result(kube)
+    assert stored.status == NodeState.FAILED
+    assert stored.message.startswith(
+        "the agent result came from pod job-n1-pod, which is not owned by Job job-n1"
+    )
+    assert result.recorded["n1"] == stored
+    assert ("Node", "n1", "UntrustedResult") in kube.events
+    assert ("NodeSysctlPolicy", POLICY, "UntrustedResult") in kube.events
+    assert ("Node", "n1", "CheckFailed") not in kube.events  # reported once, by its own reason
+
+
+def test_a_forged_result_beside_the_jobs_own_does_not_shadow_it() -> None:
+    own = pod_outcome("job-n1", 0, agent_message("Remediated"), "Completed")
+    forged = [
+        pod_outcome("job-n1", 0, agent_message("Compliant"), "Completed", pod=f"forged-{n}", **f)
+        for n, f in enumerate([{"owner_uid": ""}, {"node": "elsewhere"}])
+    ]
+    for order in ([*forged, own], [own, *forged]):
+        kube = RecordingKube()
+        reconciler(kube).run_once(
+            snapshot(
+                [NodeFacts("n1", {}, "boot-1", {})],
+                jobs=[finished_job("n1")],
+                candidates={"job-n1": order},
+            ),
+            NOW,
+        )
+        assert stored_result(kube).status == NodeState.REMEDIATED
+        untrusted = event_messages(kube, "Node", "UntrustedResult")
+        assert len(untrusted) == 2
+        assert "forged-0, which is not owned by Job job-n1" in untrusted[0]
+        assert "forged-1, which ran on node elsewhere, not n1" in untrusted[1]
+
+
+def test_the_jobs_own_pod_is_fetched_when_the_watch_has_only_a_forged_one() -> None:
+    forged = pod_outcome("job-n1", 0, agent_message("Compliant"), "Completed", owner_uid="")
+    own_body = {
+        "metadata": {
+            "name": "job-n1-own",
+            "labels": {"batch.kubernetes.io/job-name": "job-n1"},
+            "ownerReferences": [
+                {"apiVersion": "batch/v1", "kind": "Job", "uid": "uid-job-n1", "controller": True}
+            ],
+        },
+        "spec": {"nodeName": "n1"},
+        "status": {
+            "containerStatuses": [
+                {
+                    "name": "agent",
+                    "state": {"terminated": {"exitCode": 0, "message": agent_message("Drifted")}},
+                }
+            ]
+        },
+    }
+    kube = RecordingKube(job_pods={"job-n1": [own_body]})
+    reconciler(kube).run_once(
+        snapshot(
+            [NodeFacts("n1", {}, "boot-1", {})],
+            jobs=[finished_job("n1")],
+            outcomes={"job-n1": forged},
+        ),
+        NOW,
+    )
+    assert stored_result(kube).status == NodeState.DRIFTED
+    assert ("Node", "n1", "UntrustedResult") in kube.events
+
+
+def test_a_finished_foreign_job_is_failed_once_never_compliant() -> None:
+    """A Job with the policy's label and the node's annotation that the policy does not control
+    (made by hand, or left by a deleted policy of the same name), with its own pod saying
+    Compliant: Failed, ForeignJob; and the next pass, which sees the result, writes nothing."""
+    foreign = finished_job("n1", owner_uid="uid-of-an-older-policy")
+    own_pod = pod_outcome("job-n1", 0, agent_message("Compliant"), "Completed")
+    kube = RecordingKube()
+    first = reconciler(kube).run_once(
+        snapshot([NodeFacts("n1", {}, "boot-1", {})], jobs=[foreign], outcomes={"job-n1": own_pod}),
+        NOW,
+    )
+    stored = stored_result(kube)
+    assert stored.status == NodeState.FAILED
+    assert "Job job-n1 claims to check node n1" in stored.message
+    assert ("NodeSysctlPolicy", POLICY, "ForeignJob") in kube.events
+    assert ("Node", "n1", "ForeignJob") in kube.events
+
+    again = RecordingKube()
+    node = NodeFacts("n1", {}, "boot-1", {POLICY: first.recorded["n1"]})
+    reconciler(again).run_once(
+        snapshot(
+            [node], jobs=[foreign], outcomes={"job-n1": own_pod}, status=kube.status_patches[-1]
+        ),
+        NOW + timedelta(seconds=30),
+    )
+    assert again.node_patches == []
+    assert [e for e in again.events if e[2] == "ForeignJob"] == []
+    assert again.jobs_created == []  # Failed for this spec and boot: not retried until recheck
+
+
+def test_a_running_foreign_job_neither_holds_the_check_back_nor_is_deleted() -> None:
+    spec = {**SPEC, "rollout": {"maxConcurrent": 1, "maxFailedNodes": 1}}
+    foreign = dataclasses.replace(finished_job("n1", owner_uid=""), finished=False)
+    stale_foreign = dataclasses.replace(foreign, name="job-old", spec_hash="old-spec")
+    kube = RecordingKube()
+    reconciler(kube).run_once(
+        snapshot(
+            [NodeFacts("n1", {}, "boot-1", {}), NodeFacts("n2", {}, "boot-1", {})],
+            spec=spec,
+            jobs=[foreign, stale_foreign],
+        ),
+        NOW,
+    )
+    # maxConcurrent=1 and a "running" check on n1, were it believed: nothing would start.
+    assert [j["metadata"]["annotations"]["nodesysctl.io/node"] for j in kube.jobs_created] == ["n1"]
+    assert kube.jobs_deleted == []  # not ours to delete, even when it looks stale
+
+
+def existing_job(owner_uid: str | None) -> tuple[str, dict[str, Any]]:
+    """The Job the pass would create for n1 (name, body) as the API server would return it,
+    owned by `owner_uid` (None: no ownerReferences at all)."""
+    probe = RecordingKube()
+    reconciler(probe).run_once(snapshot([NodeFacts("n1", {}, "boot-1", {})]), NOW)
+    body = json.loads(json.dumps(probe.jobs_created[0]))
+    body["metadata"]["uid"] = "uid-existing"
+    if owner_uid is None:
+        del body["metadata"]["ownerReferences"]
+    else:
+        body["metadata"]["ownerReferences"][0]["uid"] = owner_uid
+    return body["metadata"]["name"], body
+
+
+def test_409_with_our_own_job_carries_on_as_before() -> None:
+    name, body = existing_job(POLICY_UID)
+    kube = RecordingKube(existing_jobs={name: body})
+    result = reconciler(kube).run_once(snapshot([NodeFacts("n1", {}, "boot-1", {})]), NOW)
+    assert kube.jobs_read == [name]
+    assert kube.node_patches == []
+    assert kube.events == []
+    assert result.recorded == {}
+    conditions = {c["type"]: c["status"] for c in kube.status_patches[-1]["conditions"]}
+    assert conditions["Progressing"] == "True"
+
+
+@pytest.mark.parametrize("owner_uid", [None, "uid-of-an-older-policy"])
+def test_409_with_a_foreign_job_fails_the_node_and_reports_it_once(owner_uid: str | None) -> None:
+    name, body = existing_job(owner_uid)
+    kube = RecordingKube(existing_jobs={name: body})
+    result = reconciler(kube).run_once(snapshot([NodeFacts("n1", {}, "boot-1", {})]), NOW)
+    stored = stored_result(kube)
+    assert stored.status == NodeState.FAILED
+    assert stored.job == name
+    assert stored.message == (
+        f"a Job named {name} that nodesysctl did not create for this node exists in jobs"
+    )
+    assert ("Node", "n1", "ForeignJob") in kube.events
+    assert ("NodeSysctlPolicy", POLICY, "ForeignJob") in kube.events
+    assert result.recorded["n1"] == stored
+
+    # The next pass sees the Failed result (written through): no second POST, no second report.
+    again = RecordingKube(existing_jobs={name: body})
+    node = NodeFacts("n1", {}, "boot-1", {POLICY: result.recorded["n1"]})
+    reconciler(again).run_once(snapshot([node], status=kube.status_patches[-1]), NOW)
+    assert (again.jobs_read, again.node_patches) == ([], [])
+    assert [e for e in again.events if e[2] == "ForeignJob"] == []
+
+
+def test_409_for_a_job_gone_meanwhile_records_nothing() -> None:
+    name, _ = existing_job(POLICY_UID)
+
+    class Vanishing(RecordingKube):
+        def create_job(self, body: Mapping[str, Any]) -> bool:
+            return False  # 409, and the Job is deleted before the GET: 404
+
+    vanishing = Vanishing()
+    result = reconciler(vanishing).run_once(snapshot([NodeFacts("n1", {}, "boot-1", {})]), NOW)
+    assert vanishing.jobs_read == [name]
+    assert (vanishing.node_patches, result.recorded) == ([], {})

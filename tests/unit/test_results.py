@@ -12,8 +12,28 @@ import pytest
 from nodesysctl.agent.contract import AgentResult
 from nodesysctl.api import NodeSysctlPolicySpec, parse_spec
 from nodesysctl.observed import PodOutcome
-from nodesysctl.planning import JobFacts, NodeFacts, NodeResult, NodeState, spec_hash
-from nodesysctl.results import check_result, jobs_to_record, summarize_agent_result
+from nodesysctl.planning import (
+    CheckOrder,
+    CheckReason,
+    JobFacts,
+    NodeFacts,
+    NodeResult,
+    NodeState,
+    spec_hash,
+)
+from nodesysctl.results import (
+    FOREIGN_JOB,
+    UNTRUSTED_RESULT,
+    Verdict,
+    check_result,
+    jobs_to_record,
+    judge_check,
+    refused_check,
+    summarize_agent_result,
+    verify_existing_job,
+    verify_job,
+    verify_outcome,
+)
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 POLICY = "nodeport-safe"
@@ -157,3 +177,156 @@ def test_a_check_without_a_readable_result_failed(
         NOW,
     )
     assert failed.restart_pending is False
+
+
+# --- Verify before believing -------------------------------------------------------------------
+
+POLICY_UID = "policy-uid"
+
+
+def owned_job(node: str = "n1", **fields: Any) -> JobFacts:
+    """A Job of this policy (its controller owner) for `node`, uid `uid-<name>`."""
+    facts = job(node, **fields)
+    return dataclasses.replace(facts, uid=f"uid-{facts.name}", owner_uid=POLICY_UID)
+
+
+def own_pod(
+    status: str = "Compliant", *, lists: dict[str, list[str]] | None = None, **fields: Any
+) -> PodOutcome:
+    """Job job-n1's own pod (controller ownerReference = the Job's uid) on n1, reporting
+    `status` (with the agent's `lists`: errors, drift, actions); `fields` override."""
+    own = {"pod": "job-n1-abcde", "owner_uid": "uid-job-n1", "node": "n1"}
+    return dataclasses.replace(outcome(status, **(lists or {})), **{**own, **fields})
+
+
+def test_a_job_the_policy_controls_is_believed() -> None:
+    assert verify_job(owned_job(), POLICY_UID) == Verdict(True)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"owner_uid": ""},  # made by hand: no controller reference to a policy
+        {"owner_uid": "uid-of-a-deleted-policy-of-the-same-name"},
+        {"uid": ""},  # no uid: nothing a pod could be checked against
+    ],
+)
+def test_a_job_the_policy_does_not_control_is_foreign(fields: dict[str, Any]) -> None:
+    verdict = verify_job(dataclasses.replace(owned_job(), **fields), POLICY_UID)
+    assert (verdict.believed, verdict.event) == (False, FOREIGN_JOB)
+    assert "Job job-n1" in verdict.reason
+    assert "not owned by this NodeSysctlPolicy (uid policy-uid)" in verdict.reason
+
+
+def test_an_agent_result_from_the_jobs_own_pod_on_its_node_is_believed() -> None:
+    assert verify_outcome(owned_job(), own_pod(), POLICY_UID).believed
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        ({"owner_uid": ""}, "came from pod forged, which is not owned by Job job-n1"),
+        ({"owner_uid": "uid-job-other"}, "came from pod forged, which is not owned by Job job-n1"),
+        ({"node": "n2"}, "came from pod forged, which ran on node n2, not n1"),
+        ({"node": ""}, "came from pod forged, which ran on node (none), not n1"),
+    ],
+)
+def test_an_agent_result_from_any_other_pod_is_untrusted(
+    fields: dict[str, Any], reason: str
+) -> None:
+    verdict = verify_outcome(owned_job(), own_pod(pod="forged", **fields), POLICY_UID)
+    assert verdict == Verdict(False, f"the agent result {reason}", UNTRUSTED_RESULT)
+
+
+def test_even_the_jobs_own_pod_is_not_believed_for_a_foreign_job() -> None:
+    foreign = dataclasses.replace(owned_job(), owner_uid="")
+    verdict = verify_outcome(foreign, own_pod(), POLICY_UID)
+    assert (verdict.believed, verdict.event) == (False, FOREIGN_JOB)
+
+
+def test_judge_check_picks_the_jobs_own_pod_over_a_forged_compliant_one() -> None:
+    forged = own_pod("Compliant", pod="aaa-forged", owner_uid="")
+    real = own_pod("Drifted", lists={"drift": ["range too wide"]})
+    judged = judge_check(
+        owned_job(), [forged, real], POLICY_UID, ENFORCE_WITH_RESTARTS, CURRENT, NOW
+    )
+    assert (judged.result.status, judged.result.message, judged.event) == (
+        NodeState.DRIFTED,
+        "range too wide",
+        "",
+    )
+    # The forged one is reported beside the believed result.
+    assert [v.reason for v in judged.ignored] == [
+        "the agent result came from pod aaa-forged, which is not owned by Job job-n1"
+    ]
+
+
+def test_judge_check_never_records_a_forged_result_alone() -> None:
+    """The Job's own pod never ran (unschedulable, deadline exceeded): a forged "Compliant"
+    under its name is the only outcome. Failed, naming the pod, with the Job's own reason."""
+    forged = own_pod("Compliant", pod="forged", node="elsewhere")
+    failed_job = owned_job(succeeded=False, failure_reason="DeadlineExceeded: too long")
+    judged = judge_check(failed_job, [forged], POLICY_UID, ENFORCE_WITH_RESTARTS, CURRENT, NOW)
+    assert judged.result.status == NodeState.FAILED
+    assert judged.result.message == (
+        "the agent result came from pod forged, which ran on node elsewhere, not n1; "
+        "DeadlineExceeded: too long"
+    )
+    assert (judged.event, judged.ignored) == (UNTRUSTED_RESULT, ())
+
+
+def test_judge_check_fails_a_foreign_job_whatever_its_pods_say() -> None:
+    foreign = dataclasses.replace(owned_job(), owner_uid="")
+    judged = judge_check(foreign, [own_pod()], POLICY_UID, ENFORCE_WITH_RESTARTS, CURRENT, NOW)
+    assert (judged.result.status, judged.result.job, judged.event) == (
+        NodeState.FAILED,
+        "job-n1",
+        FOREIGN_JOB,
+    )
+    assert "nodesysctl did not create it" in judged.result.message
+
+
+def test_judge_check_prefers_the_successful_retry_and_is_otherwise_as_check_result() -> None:
+    first = own_pod("Failed", pod="b-first", exit_code=1, lists={"errors": ["transient"]})
+    retry = own_pod("Compliant", pod="c-retry")
+    judged = judge_check(
+        owned_job(), [first, retry], POLICY_UID, ENFORCE_WITH_RESTARTS, CURRENT, NOW
+    )
+    assert judged.result == check_result(owned_job(), retry, ENFORCE_WITH_RESTARTS, CURRENT, NOW)
+    assert judged.ignored == ()
+    # No outcome at all: exactly what check_result says of a Job without one.
+    empty = judge_check(owned_job(), [], POLICY_UID, ENFORCE_WITH_RESTARTS, CURRENT, NOW)
+    assert empty.result == check_result(owned_job(), None, ENFORCE_WITH_RESTARTS, CURRENT, NOW)
+
+
+ORDER = CheckOrder("n1", CheckReason.NEW, "job-n1", "boot-1")
+
+
+def test_an_existing_job_of_this_policy_for_this_node_is_ours() -> None:
+    assert verify_existing_job(owned_job(), ORDER, POLICY, POLICY_UID, "jobs").believed
+
+
+@pytest.mark.parametrize(
+    "existing",
+    [
+        None,  # no agent Job at all (no policy label or node annotation)
+        dataclasses.replace(owned_job(), owner_uid=""),
+        dataclasses.replace(owned_job(), owner_uid="uid-of-a-deleted-policy-of-the-same-name"),
+        dataclasses.replace(owned_job(), node="n2"),
+        dataclasses.replace(owned_job(), policy="another-policy"),
+    ],
+)
+def test_an_existing_job_of_anyone_else_is_foreign(existing: JobFacts | None) -> None:
+    verdict = verify_existing_job(existing, ORDER, POLICY, POLICY_UID, "jobs")
+    assert verdict == Verdict(
+        False,
+        "a Job named job-n1 that nodesysctl did not create for this node exists in jobs",
+        FOREIGN_JOB,
+    )
+
+
+def test_a_refused_check_is_failed_for_the_current_spec_and_boot() -> None:
+    verdict = verify_existing_job(None, ORDER, POLICY, POLICY_UID, "jobs")
+    assert refused_check(ORDER, verdict, CURRENT, NOW) == NodeResult(
+        NodeState.FAILED, CURRENT, "boot-1", NOW, "job-n1", verdict.reason
+    )

@@ -180,7 +180,7 @@ def test_the_snapshot_is_built_from_the_body_the_nodes_and_the_indexes() -> None
     assert snap.status == {"nodes": 1}
     assert [n.name for n in snap.nodes] == ["a", "b"]
     assert list(snap.jobs) == [job, running]
-    assert snap.pod_outcomes == {"job-a": outcome}  # only this policy's Jobs' pods
+    assert snap.pod_outcomes == {"job-a": (outcome,)}  # only this policy's Jobs' pods
     assert list(snap.other_policies) == [ranges("other")]  # not its own
 
 
