@@ -15,6 +15,7 @@ from typing import Any
 from nodesysctl import GROUP, KIND, VERSION
 from nodesysctl.agent.contract import PERSIST_FILE_PATTERN, AgentSpec
 from nodesysctl.api import NodeSysctlPolicySpec
+from nodesysctl.availability import agent_tolerations
 from nodesysctl.labels import (
     AGENT_APP,
     ANNOTATION_BOOT_ID,
@@ -86,7 +87,9 @@ def build_agent_spec(policy: str, spec: NodeSysctlPolicySpec) -> AgentSpec:
 
 def pin_to_node(node: str) -> dict[str, Any]:
     """Pod affinity that pins a pod to one node the way the DaemonSet controller does: unlike
-    `nodeName`, the scheduler still honours taints (so tolerations matter) and resource fit."""
+    `nodeName`, the scheduler still honours taints (so tolerations matter), cordons and
+    resource fit. `nodesysctl.availability` judges nodes by exactly these rules: change one,
+    change the other."""
     term = {"matchFields": [{"key": "metadata.name", "operator": "In", "values": [node]}]}
     required = {"nodeSelectorTerms": [term]}
     return {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": required}}
@@ -173,9 +176,10 @@ def build_agent_job(
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
+        # The same tolerations `nodesysctl.availability.judge` decides with.
         "tolerations": [
             t.model_dump(mode="json", by_alias=True, exclude_none=True)
-            for t in spec.job.tolerations
+            for t in agent_tolerations(spec)
         ],
         "containers": [container],
         "volumes": volumes,

@@ -17,6 +17,7 @@ from enum import StrEnum
 from typing import Any
 
 from nodesysctl.api import MAX_WORST_NODES, NodeSysctlPolicySpec
+from nodesysctl.availability import AVAILABLE, NodeAvailability
 from nodesysctl.labels import ANNOTATION_RESULT_PREFIX
 
 # Rechecks spread over this fraction of the interval so that a fleet checked together
@@ -101,6 +102,8 @@ class NodeFacts:
     labels: Mapping[str, str]
     boot_id: str
     results: Mapping[str, NodeResult]  # by policy name
+    # Ready condition, cordon, blocking taints (`nodesysctl.availability`).
+    availability: NodeAvailability = AVAILABLE
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> NodeFacts:
@@ -118,6 +121,7 @@ class NodeFacts:
             labels=dict(meta.get("labels") or {}),
             boot_id=str(node_info.get("bootID", "")),
             results=results,
+            availability=NodeAvailability.from_body(body),
         )
 
     def with_result(self, policy: str, result: NodeResult | None) -> NodeFacts:

@@ -41,7 +41,7 @@ def body(name: str, version: str, boot: str = "b1", heartbeat: str = "t0") -> di
         },
         "status": {
             "nodeInfo": {"bootID": boot},
-            "conditions": [{"type": "Ready", "lastHeartbeatTime": heartbeat}],
+            "conditions": [{"type": "Ready", "status": "True", "lastHeartbeatTime": heartbeat}],
         },
     }
 
@@ -115,10 +115,15 @@ def test_nodes_are_listed_page_by_page_and_reduced_as_each_page_arrives() -> Non
 
 
 def raw_node(facts: NodeFacts) -> dict[str, Any]:
-    """A Node body as the API serves it, reducing to `facts` (results aside)."""
+    """A Node body as the API serves it, reducing to `facts` (results and taints aside)."""
     return {
         "metadata": {"name": facts.name, "labels": dict(facts.labels), "resourceVersion": "1"},
-        "status": {"nodeInfo": {"bootID": facts.boot_id}, "images": [{"names": ["x"]}]},
+        "spec": {"unschedulable": facts.availability.unschedulable},
+        "status": {
+            "nodeInfo": {"bootID": facts.boot_id},
+            "conditions": [{"type": "Ready", "status": facts.availability.ready}],
+            "images": [{"names": ["x"]}],
+        },
     }
 
 
