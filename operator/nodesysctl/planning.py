@@ -3,7 +3,8 @@
 Everything here is a function of plain data (node facts, job facts, the parsed spec and the
 clock), so the whole decision logic is unit-tested without a cluster. The reconcile pass
 (`nodesysctl.reconcile`) gathers the facts, calls `plan_rollout`, and carries the plan out;
-restart waves are planned in `nodesysctl.restarts`.
+restart waves are planned in `nodesysctl.restarts`. Whether a node can run a check at all is
+judged in `nodesysctl.availability`: a node that cannot gets no Job and is reported `Waiting`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,13 @@ from enum import StrEnum
 from typing import Any
 
 from nodesysctl.api import MAX_WORST_NODES, NodeSysctlPolicySpec
-from nodesysctl.availability import AVAILABLE, NodeAvailability
+from nodesysctl.availability import (
+    AVAILABLE,
+    NodeAvailability,
+    Unavailable,
+    agent_tolerations,
+    judge,
+)
 from nodesysctl.labels import ANNOTATION_RESULT_PREFIX
 
 # Rechecks spread over this fraction of the interval so that a fleet checked together
@@ -26,13 +33,17 @@ RECHECK_JITTER_FRACTION = 0.1
 
 
 class NodeState(StrEnum):
-    """What the last check of a node said (the agent's status) or that none is current."""
+    """What the last check of a node said (the agent's status) or that none is current.
+
+    `Waiting` is never stored on a Node: it is derived on every pass from the node's
+    availability facts (a node that needs a check and cannot run one now)."""
 
     COMPLIANT = "Compliant"
     REMEDIATED = "Remediated"
     DRIFTED = "Drifted"
     FAILED = "Failed"
     PENDING = "Pending"
+    WAITING = "Waiting"
 
 
 class CheckReason(StrEnum):
@@ -183,6 +194,7 @@ class PolicySummary:
     pending: int
     in_flight: int
     worst: tuple[WorstNode, ...]
+    waiting: int = 0  # need a check and cannot run one now (never counted as failed)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -266,12 +278,33 @@ def current_state(node: NodeFacts, policy: str, current_spec_hash: str) -> NodeS
     return result.status
 
 
+def unavailable(node: NodeFacts, spec: NodeSysctlPolicySpec) -> Unavailable | None:
+    """Why this policy's agent pod cannot run on the node now (None if it can)."""
+    return judge(node.availability, agent_tolerations(spec))
+
+
+def reported_state(
+    node: NodeFacts, policy: str, current_spec_hash: str, blocked: Unavailable | None
+) -> tuple[NodeState, str]:
+    """The state and message the status and `nodesysctl status` show for a node. A node with
+    no current result that cannot run a check (`blocked`) is Waiting, with the reason; a node
+    with a current result keeps it while unavailable (its kernel did not change)."""
+    state = current_state(node, policy, current_spec_hash)
+    if state == NodeState.PENDING:
+        if blocked is not None:
+            return NodeState.WAITING, blocked.message()
+        return state, ""
+    result = node.results.get(policy)
+    return state, result.message if result else ""
+
+
 _SEVERITY = {
     NodeState.FAILED: 0,
     NodeState.DRIFTED: 1,
-    NodeState.PENDING: 2,
-    NodeState.REMEDIATED: 3,
-    NodeState.COMPLIANT: 4,
+    NodeState.WAITING: 2,
+    NodeState.PENDING: 3,
+    NodeState.REMEDIATED: 4,
+    NodeState.COMPLIANT: 5,
 }
 
 
@@ -280,15 +313,17 @@ def summarize(
     policy: str,
     current_spec_hash: str,
     in_flight: int,
+    waiting: Mapping[str, Unavailable] | None = None,
 ) -> PolicySummary:
+    """Counts and worst nodes; `waiting` holds the nodes that cannot run a check now and have
+    none running, with the reason (see `reported_state`)."""
+    blocked = waiting or {}
     counts = dict.fromkeys(NodeState, 0)
     ranked: list[WorstNode] = []
     for node in nodes:
-        state = current_state(node, policy, current_spec_hash)
+        state, message = reported_state(node, policy, current_spec_hash, blocked.get(node.name))
         counts[state] += 1
-        if state in (NodeState.FAILED, NodeState.DRIFTED, NodeState.PENDING):
-            result = node.results.get(policy)
-            message = result.message if result and state != NodeState.PENDING else ""
+        if state in (NodeState.FAILED, NodeState.DRIFTED, NodeState.WAITING, NodeState.PENDING):
             ranked.append(WorstNode(node.name, state, message))
     ranked.sort(key=lambda worst: (_SEVERITY[worst.state], worst.name))
     return PolicySummary(
@@ -299,6 +334,7 @@ def summarize(
         pending=counts[NodeState.PENDING],
         in_flight=in_flight,
         worst=tuple(ranked[:MAX_WORST_NODES]),
+        waiting=counts[NodeState.WAITING],
     )
 
 
@@ -323,7 +359,11 @@ def plan_rollout(
 
     - at most `maxConcurrent` checks run at once (counting those already running);
     - once `maxFailedNodes` nodes have failed under the current spec, nothing new starts;
-    - running checks for an old spec or for a node that left the selection are stale.
+    - running checks for an old spec or for a node that left the selection are stale;
+    - a node that cannot run the agent pod now (`unavailable`: not Ready, cordoned, a taint
+      not tolerated) gets no check: it takes no slot, cannot fail, and waits for the node watch
+      to wake the policy when its facts change. A check already running on a node that became
+      unavailable is left alone: it finishes or hits its deadline.
     """
     current = spec_hash(spec)
     by_name = {node.name: node for node in nodes}
@@ -337,7 +377,13 @@ def plan_rollout(
         else:
             running[job.node] = job
 
-    summary = summarize(nodes, policy, current, in_flight=len(running))
+    tolerations = agent_tolerations(spec)
+    waiting = {
+        node.name: blocked
+        for node in nodes
+        if node.name not in running and (blocked := judge(node.availability, tolerations))
+    }
+    summary = summarize(nodes, policy, current, in_flight=len(running), waiting=waiting)
     halted = summary.failed >= spec.rollout.max_failed_nodes
     budget = spec.rollout.max_concurrent_for(len(nodes)) - len(running)
     recheck_seconds = spec.rollout.recheck_interval_seconds()
@@ -352,7 +398,7 @@ def plan_rollout(
             if due_in is not None:
                 next_due = due_in if next_due is None else min(next_due, due_in)
             continue
-        if halted or len(checks) >= budget:
+        if node.name in waiting or halted or len(checks) >= budget:
             continue
         previous = node.results.get(policy)
         check_key = "|".join(

@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from nodesysctl.api import InvalidPolicy, NodeSysctlPolicySpec, parse_spec
-from nodesysctl.planning import NodeFacts, NodeState, current_state, spec_hash
+from nodesysctl.planning import NodeFacts, reported_state, spec_hash, unavailable
 
 HEADERS = ("NODE", "POLICY", "STATE", "CHECKED", "DETAIL")
 
@@ -33,7 +33,9 @@ def age(moment: datetime, now: datetime) -> str:
 def build_rows(
     policies: Sequence[Mapping[str, Any]], nodes: Iterable[NodeFacts], now: datetime
 ) -> list[Row]:
-    """Every node a policy selects, with the state the operator would report for it."""
+    """Every node a policy selects, with the state the operator would report for it. (Without
+    the Jobs, a node whose check is still running when it became unavailable shows Waiting
+    here and Pending in the policy status.)"""
     parsed: list[tuple[str, NodeSysctlPolicySpec | None]] = []
     for body in policies:
         name = body["metadata"]["name"]
@@ -49,10 +51,9 @@ def build_rows(
                 continue
             if not spec.node_selector.matches(node.labels):
                 continue
-            state = current_state(node, name, spec_hash(spec))
+            state, detail = reported_state(node, name, spec_hash(spec), unavailable(node, spec))
             result = node.results.get(name)
             checked = age(result.checked_at, now) + " ago" if result else "never"
-            detail = result.message if result and state != NodeState.PENDING else ""
             rows.append(Row(node.name, name, state.value, checked, detail))
     return rows
 
