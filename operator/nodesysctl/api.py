@@ -541,6 +541,7 @@ class NodeSysctlPolicyStatus(_StatusModel):
     drifted: Annotated[StrictInt, Field(ge=0)] = 0
     failed: Annotated[StrictInt, Field(ge=0)] = 0
     pending: Annotated[StrictInt, Field(ge=0)] = 0
+    waiting: Annotated[StrictInt, Field(ge=0)] = 0
     worst_nodes: Annotated[
         list[WorstNodeStatus],
         AfterValidator(_unique_by("name")),

@@ -60,7 +60,7 @@ def build_conditions(inputs: StatusInputs) -> list[dict[str, Any]]:
     s = inputs.summary
     gen = inputs.generation
     settled = s.pending == 0 and s.in_flight == 0
-    healthy = settled and s.failed == 0 and s.drifted == 0
+    healthy = settled and s.failed == 0 and s.drifted == 0 and s.waiting == 0
     if healthy:
         ready = condition(
             "Ready", True, "AllCompliant", f"{s.compliant}/{s.nodes} nodes compliant", gen
@@ -73,13 +73,23 @@ def build_conditions(inputs: StatusInputs) -> list[dict[str, Any]]:
             f"{s.drifted} drifted, {s.failed} failed of {s.nodes} nodes",
             gen,
         )
-    else:
+    elif not settled:
         ready = condition("Ready", False, "RolloutInProgress", f"{s.pending} nodes pending", gen)
+    else:
+        ready = condition(
+            "Ready",
+            False,
+            "NodesWaiting",
+            f"{s.waiting} nodes cannot run a check now (not Ready, cordoned or tainted; see "
+            "worstNodes); they are checked once available",
+            gen,
+        )
+    waiting = f", {s.waiting} nodes waiting" if s.waiting else ""
     progressing = condition(
         "Progressing",
         not settled and not inputs.halted,
         "Checking" if not settled and not inputs.halted else "Idle",
-        f"{s.in_flight} checks running, {s.pending} nodes pending",
+        f"{s.in_flight} checks running, {s.pending} nodes pending{waiting}",
         gen,
     )
     degraded = condition(
@@ -114,6 +124,7 @@ def build_status(inputs: StatusInputs) -> dict[str, Any]:
         "drifted": s.drifted,
         "failed": s.failed,
         "pending": s.pending,
+        "waiting": s.waiting,
         "worstNodes": [
             {"name": w.name, "state": w.state.value, "message": w.message[:200]} for w in s.worst
         ],

@@ -195,7 +195,16 @@ def test_crd_identity() -> None:
 def test_printer_columns_point_at_real_fields() -> None:
     version = load_crd()["spec"]["versions"][0]
     columns = {column["name"]: column for column in version["additionalPrinterColumns"]}
-    assert list(columns) == ["Mode", "Nodes", "Compliant", "Drifted", "Failed", "Ready", "Age"]
+    assert list(columns) == [
+        "Mode",
+        "Nodes",
+        "Compliant",
+        "Drifted",
+        "Failed",
+        "Waiting",
+        "Ready",
+        "Age",
+    ]
     assert columns["Ready"]["jsonPath"] == '.status.conditions[?(@.type=="Ready")].status'
     assert columns["Age"] == {
         "name": "Age",

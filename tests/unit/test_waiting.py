@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 from datetime import timedelta
+from typing import Any
 
 from nodesysctl.api import TaintEffect
 from nodesysctl.availability import NodeAvailability, Taint
@@ -17,8 +18,10 @@ from nodesysctl.planning import (
     is_quiescent,
     plan_rollout,
 )
+from nodesysctl.policy_status import StatusInputs, build_conditions, build_status
 from nodesysctl.report import build_rows
 from tests.unit.test_planning import NOW, POLICY, job, make_spec, node, result
+from tests.unit.test_reconcile import RecordingKube, reconciler, snapshot
 
 NOT_READY = NodeAvailability(ready="Unknown")
 CORDONED = NodeAvailability(unschedulable=True)
@@ -134,6 +137,43 @@ def test_worst_nodes_rank_waiting_after_failed_and_drifted_before_pending() -> N
     assert plan.summary.worst[2].message.startswith("Cordoned: ")
 
 
+# --- status -----------------------------------------------------------------------------------
+
+
+def conditions(summary: Any) -> dict[str, dict[str, Any]]:
+    inputs = StatusInputs(1, "Enforce", summary, halted=False)
+    return {c["type"]: c for c in build_conditions(inputs)}
+
+
+def test_status_counts_waiting_nodes_and_ready_says_why_it_is_false() -> None:
+    spec = make_spec()
+    nodes = [node("n0", result=result(spec)), unavailable(node("w"), NOT_READY)]
+    plan = plan_rollout(policy=POLICY, spec=spec, nodes=nodes, jobs=[], now=NOW)
+    status = build_status(StatusInputs(1, "Enforce", plan.summary, halted=plan.halted))
+    assert (status["compliant"], status["pending"], status["waiting"]) == (1, 0, 1)
+    assert status["worstNodes"] == [
+        {
+            "name": "w",
+            "state": "Waiting",
+            "message": "NotReady: the node's Ready condition is Unknown",
+        }
+    ]
+    found = conditions(plan.summary)
+    assert (found["Ready"]["status"], found["Ready"]["reason"]) == ("False", "NodesWaiting")
+    assert (found["Progressing"]["status"], found["Degraded"]["status"]) == ("False", "False")
+    assert "1 nodes waiting" in found["Progressing"]["message"]
+
+
+def test_failures_and_a_running_rollout_outrank_waiting_in_the_ready_reason() -> None:
+    spec = make_spec()
+    nodes = [node("f", result=result(spec, NodeState.FAILED)), unavailable(node("w"), CORDONED)]
+    failed = plan_rollout(policy=POLICY, spec=spec, nodes=nodes, jobs=[], now=NOW).summary
+    assert conditions(failed)["Ready"]["reason"] == "NodesNotCompliant"
+    nodes = [node("p"), unavailable(node("w"), CORDONED)]
+    running = plan_rollout(policy=POLICY, spec=spec, nodes=nodes, jobs=[], now=NOW).summary
+    assert conditions(running)["Ready"]["reason"] == "RolloutInProgress"
+
+
 # --- nodesysctl status ----------------------------------------------------------------------
 
 
@@ -159,3 +199,17 @@ def test_report_rows_show_waiting_with_the_reason() -> None:
         "Pending",
         "Pending",
     ]
+
+
+# --- one pass ---------------------------------------------------------------------------------
+
+
+def test_a_pass_creates_no_job_and_writes_nothing_onto_a_waiting_node() -> None:
+    kube = RecordingKube()
+    nodes = [unavailable(NodeFacts("dead", {}, "boot-1", {}), NOT_READY)]
+    nodes.append(NodeFacts("ok", {}, "boot-1", {}))
+    reconciler(kube).run_once(snapshot(nodes), NOW)
+    assert [j["metadata"]["annotations"]["nodesysctl.io/node"] for j in kube.jobs_created] == ["ok"]
+    assert kube.node_patches == []  # Waiting is derived from the facts on every pass
+    assert kube.status_patches[-1]["waiting"] == 1
+    assert [e for e in kube.events if e[1] == "dead"] == []
