@@ -201,8 +201,8 @@ def test_printer_columns_point_at_real_fields() -> None:
         "Compliant",
         "Drifted",
         "Failed",
-        "Waiting",
         "Ready",
+        "Waiting",
         "Age",
     ]
     assert columns["Ready"]["jsonPath"] == '.status.conditions[?(@.type=="Ready")].status'
