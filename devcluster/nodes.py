@@ -200,6 +200,10 @@ class SimulatedNode:
                 self.boot_sysctls[key.strip().lstrip("-")] = value.strip()
         return self.reboot()
 
+    def set_ready(self, ready: bool) -> None:
+        """The kubelet reports the node Ready, or NotReady (Ready=False, KubeletNotReady)."""
+        self._require_kubelet().report_ready(self.name, ready)
+
     def set_labels(self, labels: Mapping[str, str | None]) -> None:
         """Add/change labels; a value of None removes that label."""
         for key, value in labels.items():

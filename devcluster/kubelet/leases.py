@@ -158,6 +158,37 @@ class NodeLeases:
             _content_type=STRATEGIC,
         )
 
+    def report_ready(self, name: str, ready: bool) -> None:
+        """Post the Ready condition as a kubelet does when it turns (Not)Ready, e.g. when its
+        container runtime goes down: status False with reason KubeletNotReady. The Lease keeps
+        being renewed, so the node lifecycle controller keeps the status posted (it writes
+        Unknown only for a node whose heartbeats stop) and taints the node
+        ``node.kubernetes.io/not-ready`` while it is not Ready."""
+        reason, message = (
+            ("KubeletReady", "simulated kubelet is ready")
+            if ready
+            else ("KubeletNotReady", "simulated container runtime is down")
+        )
+        stamp = now()
+        self.core.patch_node_status(
+            name,
+            {
+                "status": {
+                    "conditions": [
+                        {
+                            "type": "Ready",
+                            "status": "True" if ready else "False",
+                            "reason": reason,
+                            "message": message,
+                            "lastHeartbeatTime": stamp,
+                            "lastTransitionTime": stamp,
+                        }
+                    ]
+                }
+            },
+            _content_type=STRATEGIC,
+        )
+
     def patch_labels(self, name: str, labels: Mapping[str, str | None]) -> None:
         self.core.patch_node(name, {"metadata": {"labels": dict(labels)}}, _content_type=MERGE)
 

@@ -100,6 +100,10 @@ class SimulatedKubelet:
         """After a reboot: the new ``nodeInfo.bootID`` and a fresh Ready heartbeat."""
         self.leases.report_boot_id(node)
 
+    def report_ready(self, name: str, ready: bool) -> None:
+        """Post the node's Ready condition True or False (its Lease is renewed either way)."""
+        self.leases.report_ready(name, ready)
+
     def patch_labels(self, name: str, labels: Mapping[str, str | None]) -> None:
         self.leases.patch_labels(name, labels)
 
