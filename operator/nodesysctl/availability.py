@@ -92,7 +92,11 @@ class NodeAvailability:
             if effect in _BLOCKING_EFFECTS:
                 key, value = str(raw.get("key") or ""), str(raw.get("value") or "")
                 taints.append(Taint(key, value, TaintEffect(effect)))
-        return cls(ready=ready, unschedulable=bool(spec.get("unschedulable")), taints=tuple(taints))
+        facts = cls(
+            ready=ready, unschedulable=bool(spec.get("unschedulable")), taints=tuple(taints)
+        )
+        # Most nodes are available: they share one object (thousands of nodes stay cached).
+        return AVAILABLE if facts == AVAILABLE else facts
 
 
 # A node that can run a check (facts built by hand default to it).

@@ -219,3 +219,8 @@ def test_the_agent_job_carries_exactly_the_tolerations_the_judgement_uses() -> N
     # ...and the pod is pinned through the scheduler (affinity), which the judgement assumes.
     assert "nodeName" not in job["spec"]["template"]["spec"]
     assert "nodeAffinity" in job["spec"]["template"]["spec"]["affinity"]
+
+
+def test_available_nodes_share_one_facts_object() -> None:
+    assert NodeAvailability.from_body(node_body()) is NodeAvailability.from_body(node_body())
+    assert NodeAvailability.from_body(node_body(ready="False")) == NodeAvailability(ready="False")
