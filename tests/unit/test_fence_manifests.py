@@ -179,7 +179,7 @@ def test_fence_guards_the_job_namespace_the_operator_uses(overlay: str) -> None:
         if base in JOB_NAMESPACE_POLICIES:
             assert selector == {"matchLabels": {"kubernetes.io/metadata.name": job_namespace}}
         else:
-            assert selector is None, base  # workloads and policies anywhere; Nodes have none
+            assert selector == {}, base  # workloads and policies anywhere; Nodes have none
 
 
 def fence_policy(name: str) -> dict[str, Any]:
