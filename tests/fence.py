@@ -20,6 +20,7 @@ from nodesysctl.devcluster.cluster import DevCluster
 from nodesysctl.devcluster.install import (
     FENCE_KINDS,
     OPERATOR_NAMESPACE,
+    SERVICE_ACCOUNT,
     apply_documents,
     service_account_kubeconfig,
 )
@@ -31,9 +32,9 @@ PROBE_POLICY = "nodesysctl-operator-workloads"
 PROBE = "nodesysctl-fence-probe"
 
 
-def operator_rest(cluster: DevCluster, path: Path) -> Rest:
+def operator_rest(cluster: DevCluster, path: Path, service_account: str = SERVICE_ACCOUNT) -> Rest:
     """REST calls with a fresh token of the operator's ServiceAccount and nothing else."""
-    kubeconfig = service_account_kubeconfig(cluster, path)
+    kubeconfig = service_account_kubeconfig(cluster, path, service_account=service_account)
     api: Any = config.new_client_from_config(config_file=str(kubeconfig))  # type: ignore[no-untyped-call]
     return Rest(api)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 from collections.abc import Callable, Iterator, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from nodesysctl.devcluster.install import (
     operator_rbac_documents,
 )
 from nodesysctl.devcluster.waiting import wait_for
+from nodesysctl.jobs import build_node_result_patch, build_restart_patch
 from nodesysctl.kube import Rest
 from nodesysctl.labels import AGENT_APP, LABEL_APP, LABEL_POLICY, RESTART_WAVE, RESTARTED_AT
 
@@ -53,9 +55,9 @@ def rendered(kubectl: Kubectl) -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def fence(devcluster: DevCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """The default overlay's two namespaces, then its RBAC and fence. Whatever this module
-    created is removed at its end, the fence first (a binding without its parameter denies),
-    the namespaces waited for; what existed before (the e2e session's install) is left."""
+    """The default overlay's two namespaces, then its RBAC and fence, enforced. Whatever this
+    module created is removed at its end, the fence first (a binding without its parameter
+    denies), the namespaces waited for; what existed before (the e2e session's) is left."""
     kubectl = devcluster.kubectl
     namespaces = [d for d in rendered(kubectl) if d["kind"] == "Namespace"]
     docs = operator_rbac_documents(devcluster)
@@ -66,7 +68,10 @@ def fence(devcluster: DevCluster, tmp_path_factory: pytest.TempPathFactory) -> I
     # `kind.group/name` -> `kind/name`, lower case, as `kubectl get -o name` prints them.
     found = kubectl("get", "-f", str(listed), "--ignore-not-found", "-o", "name").stdout.split()
     before = {f"{line.split('/')[0].split('.')[0]}/{line.split('/')[1]}" for line in found}
-    apply_documents(devcluster, namespaces, listed.with_name("namespaces.yaml"))
+    # A namespace that exists is left as it is (the e2e harness labels its job namespace).
+    missing = [d for d in namespaces if f"namespace/{d['metadata']['name']}" not in before]
+    if missing:
+        apply_documents(devcluster, missing, listed.with_name("namespaces.yaml"))
     apply_fenced(devcluster, docs, listed.parent)
     yield
     created = [d for d in everything
@@ -139,10 +144,11 @@ def test_operator_may_only_stamp_the_restart_annotations_on_a_workload(
     admin.create(path, workload(kind, "web", test_id))
     web = f"{path}/web"
 
-    restart = {RESTARTED_AT: "2026-01-01T00:00:00Z", RESTART_WAVE: "w1"}
-    operator.merge_patch(web, {"spec": {"template": {"metadata": {"annotations": restart}}}})
+    # The operator's own restart patch (what `kubectl rollout restart` does, plus the wave).
+    operator.merge_patch(web, build_restart_patch(datetime(2026, 1, 1, tzinfo=UTC), "w1"))
     annotations = admin.get(web)["spec"]["template"]["metadata"]["annotations"]
-    assert annotations == {"team": "shop", **restart}
+    assert annotations == {"team": "shop", RESTARTED_AT: "2026-01-01T00:00:00Z",
+                           RESTART_WAVE: "w1"}  # fmt: skip
 
     image = {"spec": {"template": {"spec": {"containers": [
         {"name": "web", "image": "evil.example/rootkit:latest"}]}}}}  # fmt: skip
@@ -179,7 +185,7 @@ def test_operator_may_only_change_its_annotations_on_a_node(
     result = f"{GROUP}/result.{test_id}"
     operator.merge_patch(path, {"metadata": {"annotations": {result: '{"state": "Compliant"}'}}})
     assert Rest(api_client).get(path)["metadata"]["annotations"][result]
-    operator.merge_patch(path, {"metadata": {"annotations": {result: None}}})
+    operator.merge_patch(path, build_node_result_patch(test_id, None))  # what cleanup sends
     assert result not in Rest(api_client).get(path)["metadata"].get("annotations", {})
 
     taint = {"key": "evil", "effect": "NoExecute"}
