@@ -28,14 +28,17 @@ from .test_manifests import operator_container as operator_container_of
 
 VAP = "ValidatingAdmissionPolicy"
 VAPB = "ValidatingAdmissionPolicyBinding"
-# Each policy of the fence, and whether it reads the operator's identity from its parameter.
+# Each policy of the fence -> what its binding does when the parameter (the operator's
+# ClusterRoleBinding) is missing, or None if it has no parameter. The job namespace fails
+# closed; the cluster-wide policies match everyone's Node and workload updates, so they must
+# not refuse them all during an uninstall (fence.yaml says why).
 POLICIES = {
-    "nodesysctl-operator-workloads": True,
-    "nodesysctl-operator-nodes": True,
-    "nodesysctl-operator-policies": True,
-    "nodesysctl-job-namespace-create": True,
-    "nodesysctl-job-namespace-integrity": True,
-    "nodesysctl-job-namespace-no-shell": False,
+    "nodesysctl-operator-workloads": "Allow",
+    "nodesysctl-operator-nodes": "Allow",
+    "nodesysctl-operator-policies": "Allow",
+    "nodesysctl-job-namespace-create": "Deny",
+    "nodesysctl-job-namespace-integrity": "Deny",
+    "nodesysctl-job-namespace-no-shell": None,
 }
 JOB_NAMESPACE_POLICIES = {name for name in POLICIES if "-job-namespace-" in name}
 
@@ -112,7 +115,7 @@ def check_fence_follows_the_service_account(docs: tuple[dict[str, Any], ...]) ->
         spec = binding["spec"]
         assert spec["policyName"] in policies, (base, spec)
         policy = policies[spec["policyName"]]
-        if not POLICIES[base]:
+        if POLICIES[base] is None:
             assert "paramKind" not in policy["spec"]
             assert "paramRef" not in spec
             continue
@@ -121,7 +124,9 @@ def check_fence_follows_the_service_account(docs: tuple[dict[str, Any], ...]) ->
             "kind": "ClusterRoleBinding",
         }
         param = spec["paramRef"]
-        assert param["parameterNotFoundAction"] == "Deny"
+        assert param["parameterNotFoundAction"] == POLICIES[base], base
+        if POLICIES[base] == "Allow":
+            assert base not in JOB_NAMESPACE_POLICIES
         assert "namespace" not in param
         assert "selector" not in param
         assert param["name"] in bindings, f"{base}: paramRef {param['name']} is no binding here"
