@@ -42,6 +42,7 @@ pytestmark = pytest.mark.integration
 Kubectl = Callable[..., subprocess.CompletedProcess[str]]
 WORKLOADS = "nodesysctl-operator-workloads"
 NODES = "nodesysctl-operator-nodes"
+NODE_RESULTS = "nodesysctl-node-results"
 POLICIES = "nodesysctl-operator-policies"
 CREATE = "nodesysctl-job-namespace-create"
 INTEGRITY = "nodesysctl-job-namespace-integrity"
@@ -54,7 +55,9 @@ def rendered(kubectl: Kubectl) -> list[dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def fence(devcluster: DevCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+def fence(
+    devcluster: DevCluster, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[list[dict[str, Any]]]:
     """The default overlay's two namespaces, then its RBAC and fence, enforced. Whatever this
     module created is removed at its end, the fence first (a binding without its parameter
     denies), the namespaces waited for; what existed before (the e2e session's) is left."""
@@ -73,7 +76,7 @@ def fence(devcluster: DevCluster, tmp_path_factory: pytest.TempPathFactory) -> I
     if missing:
         apply_documents(devcluster, missing, listed.with_name("namespaces.yaml"))
     apply_fenced(devcluster, docs, listed.parent)
-    yield
+    yield docs
     created = [d for d in everything
                if f"{d['kind'].lower()}/{d['metadata']['name']}" not in before]  # fmt: skip
     if created:
@@ -83,7 +86,9 @@ def fence(devcluster: DevCluster, tmp_path_factory: pytest.TempPathFactory) -> I
 
 
 @pytest.fixture(scope="module")
-def operator(devcluster: DevCluster, fence: None, tmp_path_factory: pytest.TempPathFactory) -> Rest:
+def operator(
+    devcluster: DevCluster, fence: list[dict[str, Any]], tmp_path_factory: pytest.TempPathFactory
+) -> Rest:
     """REST calls authenticated with a token of the operator's ServiceAccount, nothing else."""
     return operator_rest(devcluster, tmp_path_factory.mktemp("sa") / "kubeconfig")
 
@@ -201,6 +206,34 @@ def test_operator_may_only_change_its_annotations_on_a_node(
     body = Rest(api_client).get(path)
     assert "taints" not in body["spec"]
     assert body["metadata"]["labels"]["nodesysctl.io/test-id"] == test_id
+
+
+def test_nobody_else_writes_the_operators_annotations_on_a_node(
+    kubectl: Kubectl, operator: Rest, node_factory: Any, test_id: str, tmp_path: Path
+) -> None:
+    """What the operator believes on a Node (results, boot ids) only it writes: not the node's
+    own kubelet (the Node authorizer lets it patch and create its own Node), not a controller;
+    other annotations stay theirs."""
+    node = node_factory(netns=False)
+    result = f"{GROUP}/result.{test_id}"
+    operator.merge_patch(f"/api/v1/nodes/{node.name}", {"metadata": {"annotations": {
+        result: '{"state": "Failed"}'}}})  # fmt: skip
+    kubelet = [f"--as=system:node:{node.name}", "--as-group=system:nodes"]
+    for change in (f"{result}=" + '{"state":"Compliant"}', f"{result}-",
+                   f"{GROUP}/boot-id.{test_id}=forged"):  # fmt: skip
+        message = kubectl_fenced(kubectl, NODE_RESULTS, "annotate", f"node/{node.name}",
+                                 change, "--overwrite", *kubelet)  # fmt: skip
+        assert "only the nodesysctl operator writes" in message
+    kubectl("annotate", f"node/{node.name}", "example.com/rack=r1", *kubelet)
+    kubectl("annotate", f"node/{node.name}", "example.com/rack=r2", "--overwrite",
+            "--as=system:serviceaccount:kube-system:node-controller")  # fmt: skip
+    # A node re-registering cannot bring a result with it either.
+    other = f"{test_id}-reborn"
+    manifest = tmp_path / "node.json"
+    manifest.write_text(json.dumps({"apiVersion": "v1", "kind": "Node", "metadata": {
+        "name": other, "annotations": {result: '{"state": "Compliant"}'}}}))  # fmt: skip
+    kubectl_fenced(kubectl, NODE_RESULTS, "create", "-f", str(manifest), "--dry-run=server",
+                   f"--as=system:node:{other}", "--as-group=system:nodes")  # fmt: skip
 
 
 # --- policies -------------------------------------------------------------------------------
@@ -329,7 +362,7 @@ def test_operator_creates_no_pod_in_the_job_namespace_even_if_rbac_let_it(
 
 
 @pytest.fixture
-def editor(kubectl: Kubectl, fence: None, test_id: str) -> Iterator[str]:
+def editor(kubectl: Kubectl, fence: list[dict[str, Any]], test_id: str) -> Iterator[str]:
     """`--as` a user bound to the `edit` ClusterRole in the job namespace only."""
     user = f"{test_id}-editor"
     kubectl("create", "rolebinding", user, "-n", JOB_NAMESPACE, "--clusterrole=edit",
@@ -464,3 +497,39 @@ def test_break_glass_and_the_job_controllers_name(
     # Another controller's pods are refused even with a Job owner written on them.
     kubectl_fenced(kubectl, CREATE, "create", "-f", str(manifest), *dry,
                    "--as=system:serviceaccount:kube-system:replicaset-controller")  # fmt: skip
+
+
+def test_without_the_operators_binding_only_the_job_namespace_is_closed(
+    devcluster: DevCluster, fence: list[dict[str, Any]], kubectl: Kubectl, api_client: Any,
+    test_namespace: str, test_id: str, node_factory: Any, tmp_path: Path,
+) -> None:  # fmt: skip
+    """An uninstall may prune the operator's ClusterRoleBinding (the fence's parameter) before
+    the fence: the cluster-wide rules must not then refuse everyone's Node and workload
+    updates; the job namespace refuses pods until the binding is back."""
+    [binding] = [d for d in fence if d["kind"] == "ClusterRoleBinding"]
+    admin = Rest(api_client)
+    node = node_factory(netns=False)
+    path = f"/apis/apps/v1/namespaces/{test_namespace}/deployments"
+    admin.create(path, workload("Deployment", "web", test_id))
+    kubectl("delete", "clusterrolebinding", binding["metadata"]["name"])
+    try:
+        manifest = tmp_path / "pod.json"
+        manifest.write_text(json.dumps(pod_body(f"{test_id}-orphan", node.name)))
+
+        def job_namespace_closed() -> bool:
+            job_controller = "--as=system:serviceaccount:kube-system:job-controller"
+            out = kubectl("create", "-f", str(manifest), "--dry-run=server", job_controller,
+                          check=False)  # fmt: skip
+            return out.returncode != 0 and "no params found" in out.stderr
+
+        wait_for(job_namespace_closed, timeout=60, what="the job namespace to fail closed")
+        # As kubelets, the node lifecycle controller and users update them every day:
+        kubectl("label", f"node/{node.name}", "example.com/rack=r1",
+                f"--as=system:node:{node.name}", "--as-group=system:nodes")  # fmt: skip
+        kubectl("taint", "nodes", node.name, "example.com/maintenance=yes:NoSchedule",
+                "--as=system:serviceaccount:kube-system:node-controller")  # fmt: skip
+        admin.merge_patch(f"{path}/web", {"spec": {"replicas": 2}})
+        kubectl("annotate", f"node/{node.name}", f"{GROUP}/result.{test_id}=by-hand")
+    finally:
+        apply_fenced(devcluster, [binding] + [d for d in fence if d["kind"] in FENCE_KINDS],
+                     tmp_path)  # fmt: skip

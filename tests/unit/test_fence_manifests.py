@@ -36,6 +36,7 @@ POLICIES = {
     "nodesysctl-operator-workloads": "Allow",
     "nodesysctl-operator-nodes": "Allow",
     "nodesysctl-operator-policies": "Allow",
+    "nodesysctl-node-results": "Allow",
     "nodesysctl-job-namespace-create": "Deny",
     "nodesysctl-job-namespace-integrity": "Deny",
     "nodesysctl-job-namespace-no-shell": None,
@@ -242,3 +243,6 @@ def test_node_and_policy_rules_allow_the_operators_prefix() -> None:
     for name in ("nodesysctl-operator-nodes", "nodesysctl-operator-policies"):
         validations = " ".join(v["expression"] for v in fence_policy(name)["spec"]["validations"])
         assert f"k.startsWith('{GROUP}/')" in validations, name
+    # ... and nobody else writes them on a Node.
+    conditions = fence_policy("nodesysctl-node-results")["spec"]["matchConditions"]
+    assert f"k.startsWith('{GROUP}/')" in conditions[0]["expression"]
