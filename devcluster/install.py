@@ -22,15 +22,19 @@ SERVICE_ACCOUNT = "nodesysctl-operator"
 RBAC_KINDS = frozenset(
     {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
 )
+# The admission fence around that identity and the job namespace (manifests/base/fence.yaml);
+# its parameter is the operator's ClusterRoleBinding, so it is installed with the RBAC.
+FENCE_KINDS = frozenset({"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"})
 
 
 def operator_rbac_documents(cluster: DevCluster, overlay: str = "default") -> list[dict[str, Any]]:
-    """The operator namespace and RBAC objects of a rendered overlay."""
+    """The operator namespace, RBAC and admission fence objects of a rendered overlay (the
+    fence after the ClusterRoleBinding it reads, as the overlay renders them)."""
     rendered = cluster.kubectl("kustomize", str(REPO / "manifests" / "overlays" / overlay)).stdout
     docs = [d for d in yaml.safe_load_all(rendered) if d]
     return [
         d for d in docs
-        if d["kind"] in RBAC_KINDS
+        if d["kind"] in RBAC_KINDS | FENCE_KINDS
         or (d["kind"] == "Namespace" and d["metadata"]["name"] == OPERATOR_NAMESPACE)
     ]  # fmt: skip
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
@@ -21,6 +22,8 @@ from devcluster.cluster import DevCluster
 from devcluster.install import JOB_NAMESPACE
 from devcluster.waiting import wait_for
 from nodesysctl import GROUP, PLURAL, VERSION
+
+from ..fence import apply_fenced
 
 
 class OperatorProcess:
@@ -73,6 +76,25 @@ def job_namespace(devcluster: DevCluster) -> str:
         if exc.status != 409:
             raise
     return JOB_NAMESPACE
+
+
+@pytest.fixture(scope="session", autouse=True)
+def operator_identity(
+    devcluster: DevCluster, job_namespace: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Path]:
+    """The operator's namespace, ServiceAccount, RBAC and admission fence from
+    manifests/overlays/default, installed (and enforced) for the whole e2e session, so every
+    end-to-end test runs with the fence on: the operator as its ServiceAccount is fenced
+    (test_least_privilege); as admin it passes the fence's break-glass exemption, and the Job
+    controller, garbage collector, TTL controller and kubelet go through it either way.
+    Removed at the end, the fence before the ClusterRoleBinding it reads."""
+    directory = tmp_path_factory.mktemp("operator-identity")
+    docs = install.operator_rbac_documents(devcluster)
+    manifest = apply_fenced(devcluster, docs, directory)
+    yield manifest
+    removal = directory / "remove.yaml"
+    removal.write_text(yaml.safe_dump_all(list(reversed(docs))))
+    devcluster.kubectl("delete", "--ignore-not-found", "--wait=false", "-f", str(removal))
 
 
 @pytest.fixture

@@ -1,21 +1,22 @@
-"""The shipped RBAC is enough: the operator, authenticated only as its ServiceAccount from
-manifests/overlays/default (no admin certificate), completes the seed scenario."""
+"""The shipped RBAC is enough, and the admission fence lets the operator's own calls through:
+the operator, authenticated only as its ServiceAccount from manifests/overlays/default (no
+admin certificate), completes the seed scenario with no 403."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from devcluster.cluster import DevCluster
 from devcluster.install import (
+    FENCE_KINDS,
     OPERATOR_NAMESPACE,
     RBAC_KINDS,
     SERVICE_ACCOUNT,
-    apply_documents,
-    operator_rbac_documents,
     service_account_kubeconfig,
 )
 from devcluster.nodes import SimulatedNode
@@ -41,13 +42,14 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 
 @pytest.fixture
-def operator_rbac(devcluster: DevCluster, job_namespace: str, tmp_path: Path) -> Iterator[Path]:
-    """The namespace, ServiceAccount and RBAC of manifests/overlays/default, applied as is."""
-    docs = operator_rbac_documents(devcluster)
+def operator_rbac(operator_identity: Path) -> Path:
+    """The namespace, ServiceAccount, RBAC and fence of manifests/overlays/default, applied as
+    is and enforced; the e2e session installed them (conftest.operator_identity) and keeps them
+    to its end, since the fence's parameter is the ClusterRoleBinding."""
+    docs = [d for d in yaml.safe_load_all(operator_identity.read_text()) if d]
     assert {d["kind"] for d in docs} >= RBAC_KINDS, "the overlay lost part of its RBAC"
-    manifest = apply_documents(devcluster, docs, tmp_path / "rbac.yaml")
-    yield manifest
-    devcluster.kubectl("delete", "--ignore-not-found", "--wait=false", "-f", str(manifest))
+    assert {d["kind"] for d in docs} >= FENCE_KINDS, "the overlay lost its admission fence"
+    return operator_identity
 
 
 def test_operator_with_only_its_service_account_fixes_a_node_and_restarts_once(

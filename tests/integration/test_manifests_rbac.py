@@ -1,7 +1,8 @@
 """Every overlay on the real API server: it dry-runs and applies, Pod Security admits the operator
-pod (and, in the job namespace only, the privileged agent pod), and the operator's
+pod (and, in the job namespace only, the privileged agent pod), the operator's
 ServiceAccount can do exactly what it needs (`kubectl auth can-i` ... yes) and none of a list of
-dangerous things (... no).
+dangerous things (... no), and the admission fence binds that overlay's ServiceAccount, renamed
+or not (each fence rule: test_fence.py).
 
 The session's dev cluster is shared with other tests, so each overlay is removed again after its
 checks (the CRD stays: the session's `crds_installed` owns it), and the two namespaces are
@@ -13,17 +14,21 @@ from __future__ import annotations
 import json
 import subprocess
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from kubernetes.client.exceptions import ApiException
 
 from devcluster.cluster import DevCluster
 from devcluster.waiting import wait_for
 from nodesysctl.api import NodeSysctlPolicySpec
-from nodesysctl.jobs import JobSettings, build_agent_job
+from nodesysctl.jobs import JobSettings, build_agent_job, build_restart_patch
 from nodesysctl.planning import CheckOrder, CheckReason
+
+from ..fence import FENCE_MESSAGE, operator_rest
 
 pytestmark = pytest.mark.integration
 
@@ -34,6 +39,7 @@ OPERATOR_NS = "nodesysctl-system"
 JOB_NS = "nodesysctl-jobs"
 POD_LABEL = "app.kubernetes.io/name=nodesysctl-operator"
 PSA_WARNING = "would violate PodSecurity"
+WORKLOADS_POLICY = "nodesysctl-operator-workloads"  # the fence's (manifests/base/fence.yaml)
 
 Kubectl = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -197,13 +203,15 @@ def installed(
         yield overlay, docs, applied
     finally:
         removable = [d for d in docs if d["kind"] not in {"CustomResourceDefinition", "Namespace"}]
+        # In reverse: the fence's bindings go before the ClusterRoleBinding they read (a binding
+        # whose parameter is missing denies everything it matches).
         kubectl(
             "delete",
             "-f",
             "-",
             "--ignore-not-found",
             "--wait",
-            input=as_yaml(removable),
+            input=as_yaml(list(reversed(removable))),
             timeout=120,
         )
 
@@ -261,6 +269,44 @@ def test_operator_is_denied_everything_else(
     user = service_account(installed[1])
     granted = [case for case in DENIED if can_i(kubectl, user, *case)]
     assert not granted, f"{user} must be denied: {granted}"
+
+
+def test_fence_binds_the_overlays_service_account(
+    installed: tuple[str, list[dict[str, Any]], subprocess.CompletedProcess[str]],
+    devcluster: DevCluster,
+    tmp_path: Path,
+) -> None:
+    """The fence names the operator only through its ClusterRoleBinding, which Kustomize renames
+    with the ServiceAccount: in every overlay (private-registry prefixes both) the overlay's own
+    ServiceAccount is fenced. With its token, a dry-run patch of the overlay's own operator
+    Deployment: a new image is refused by that overlay's workloads policy, a restart passes."""
+    _, docs, _ = installed
+    [account] = [d["metadata"]["name"] for d in docs if d["kind"] == "ServiceAccount"]
+    [deployment] = [d["metadata"]["name"] for d in docs if d["kind"] == "Deployment"]
+    [policy] = [d["metadata"]["name"] for d in docs if d["kind"] == "ValidatingAdmissionPolicy"
+                and d["metadata"]["name"].endswith(WORKLOADS_POLICY)]  # fmt: skip
+    operator = operator_rest(devcluster, tmp_path / "sa.kubeconfig", service_account=account)
+    path = f"/apis/apps/v1/namespaces/{OPERATOR_NS}/deployments/{deployment}"
+
+    def dry_run(patch: dict[str, Any]) -> None:
+        operator.request("PATCH", path, query={"dryRun": "All"}, body=patch,
+                         content_type="application/merge-patch+json")  # fmt: skip
+
+    image = {"spec": {"template": {"spec": {"containers": [
+        {"name": "operator", "image": "evil.example/rootkit:latest"}]}}}}  # fmt: skip
+
+    def refused() -> str:
+        try:
+            dry_run(image)
+        except ApiException as exc:
+            return str(exc.body) if exc.status == 403 else ""
+        return ""
+
+    # The overlay was just applied: the API server loads its policies asynchronously.
+    message = wait_for(refused, timeout=60, what=f"{account}'s image patch refused")
+    assert f"ValidatingAdmissionPolicy '{policy}'" in message, message
+    assert FENCE_MESSAGE in message, message
+    dry_run(build_restart_patch(datetime(2026, 1, 1, tzinfo=UTC), "rbac-test"))
 
 
 def sample_agent_job() -> dict[str, Any]:

@@ -149,6 +149,8 @@ def test_renders_named_objects(overlay: str) -> None:
         "Role",
         "RoleBinding",
         "Deployment",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
     } <= kinds
     assert "Secret" not in kinds
 
@@ -161,6 +163,8 @@ def test_namespaced_objects_live_in_our_namespaces(overlay: str) -> None:
         "ClusterRole",
         "ClusterRoleBinding",
         "NodeSysctlPolicy",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
     }
     for doc in render(overlay):
         namespace = doc["metadata"].get("namespace")

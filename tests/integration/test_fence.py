@@ -1,0 +1,535 @@
+"""The admission fence (manifests/base/fence.yaml) on the real API server, rule by rule.
+
+The default overlay's namespaces, RBAC and fence are applied as the dev cluster installs them
+(`install.operator_rbac_documents`). The operator is its ServiceAccount's token only (no
+impersonation); the job-namespace user is `--as` a user bound to `edit` there, which RBAC lets
+do all of it, so every refusal below is the fence's. Each denial is asserted on the policy's
+name and message, each allowance by the change being there afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Callable, Iterator, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes.client.exceptions import ApiException
+
+from devcluster.cluster import DevCluster
+from devcluster.install import (
+    FENCE_KINDS,
+    JOB_NAMESPACE,
+    REPO,
+    apply_documents,
+    operator_rbac_documents,
+)
+from devcluster.waiting import wait_for
+from nodesysctl import GROUP, PLURAL, VERSION
+from nodesysctl.jobs import build_node_result_patch, build_restart_patch
+from nodesysctl.kube import Rest
+from nodesysctl.labels import AGENT_APP, LABEL_APP, LABEL_POLICY, RESTART_WAVE, RESTARTED_AT
+
+from ..fence import FENCE_MESSAGE as FENCE
+from ..fence import apply_fenced, operator_rest
+
+pytestmark = pytest.mark.integration
+
+Kubectl = Callable[..., subprocess.CompletedProcess[str]]
+WORKLOADS = "nodesysctl-operator-workloads"
+NODES = "nodesysctl-operator-nodes"
+NODE_RESULTS = "nodesysctl-node-results"
+POLICIES = "nodesysctl-operator-policies"
+CREATE = "nodesysctl-job-namespace-create"
+INTEGRITY = "nodesysctl-job-namespace-integrity"
+NO_SHELL = "nodesysctl-job-namespace-no-shell"
+
+
+def rendered(kubectl: Kubectl) -> list[dict[str, Any]]:
+    out = kubectl("kustomize", str(REPO / "manifests" / "overlays" / "default")).stdout
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+@pytest.fixture(scope="module")
+def fence(
+    devcluster: DevCluster, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[list[dict[str, Any]]]:
+    """The default overlay's two namespaces, then its RBAC and fence, enforced. Whatever this
+    module created is removed at its end, the fence first (a binding without its parameter
+    denies), the namespaces waited for; what existed before (the e2e session's) is left."""
+    kubectl = devcluster.kubectl
+    namespaces = [d for d in rendered(kubectl) if d["kind"] == "Namespace"]
+    docs = operator_rbac_documents(devcluster)
+    assert {d["kind"] for d in docs} >= FENCE_KINDS
+    everything = namespaces + [d for d in docs if d["kind"] != "Namespace"]
+    listed = tmp_path_factory.mktemp("fence") / "all.yaml"
+    listed.write_text(yaml.safe_dump_all(everything))
+    # `kind.group/name` -> `kind/name`, lower case, as `kubectl get -o name` prints them.
+    found = kubectl("get", "-f", str(listed), "--ignore-not-found", "-o", "name").stdout.split()
+    before = {f"{line.split('/')[0].split('.')[0]}/{line.split('/')[1]}" for line in found}
+    # A namespace that exists is left as it is (the e2e harness labels its job namespace).
+    missing = [d for d in namespaces if f"namespace/{d['metadata']['name']}" not in before]
+    if missing:
+        apply_documents(devcluster, missing, listed.with_name("namespaces.yaml"))
+    apply_fenced(devcluster, docs, listed.parent)
+    yield docs
+    created = [d for d in everything
+               if f"{d['kind'].lower()}/{d['metadata']['name']}" not in before]  # fmt: skip
+    if created:
+        leftover = listed.with_name("created.yaml")
+        leftover.write_text(yaml.safe_dump_all(list(reversed(created))))
+        kubectl("delete", "-f", str(leftover), "--ignore-not-found", "--wait", timeout=180)
+
+
+@pytest.fixture(scope="module")
+def operator(
+    devcluster: DevCluster, fence: list[dict[str, Any]], tmp_path_factory: pytest.TempPathFactory
+) -> Rest:
+    """REST calls authenticated with a token of the operator's ServiceAccount, nothing else."""
+    return operator_rest(devcluster, tmp_path_factory.mktemp("sa") / "kubeconfig")
+
+
+def refusal(call: Callable[..., Any], *args: Any) -> str:
+    """The body of the 403 that `call(*args)` must end in."""
+    with pytest.raises(ApiException) as caught:
+        call(*args)
+    assert caught.value.status == 403, caught.value.body
+    return str(caught.value.body)
+
+
+def fenced(policy: str, call: Callable[..., Any], *args: Any) -> str:
+    """`call(*args)` is refused by `policy` (not by RBAC): its message."""
+    body = refusal(call, *args)
+    assert f"ValidatingAdmissionPolicy '{policy}'" in body, body
+    assert FENCE in body, body
+    return body
+
+
+def kubectl_fenced(kubectl: Kubectl, policy: str, *args: str, **kwargs: Any) -> str:
+    out = kubectl(*args, check=False, **kwargs)
+    assert out.returncode != 0, f"kubectl {' '.join(args)} was allowed: {out.stdout}"
+    assert f"ValidatingAdmissionPolicy '{policy}'" in out.stderr, out.stderr
+    assert FENCE in out.stderr, out.stderr
+    return str(out.stderr)
+
+
+# --- workloads ------------------------------------------------------------------------------
+
+WORKLOAD_PATHS = {"Deployment": "deployments", "StatefulSet": "statefulsets",
+                  "DaemonSet": "daemonsets"}  # fmt: skip
+
+
+def workload(kind: str, name: str, test_id: str) -> dict[str, Any]:
+    template = {
+        "metadata": {"labels": {"app": name}, "annotations": {"team": "shop"}},
+        "spec": {
+            # No node has this label: the workload exists, nothing runs.
+            "nodeSelector": {"nodesysctl.io/test-id": f"{test_id}-nowhere"},
+            "containers": [{"name": "web", "image": "registry.example/web:1"}],
+        },
+    }
+    spec: dict[str, Any] = {"selector": {"matchLabels": {"app": name}}, "template": template}
+    if kind != "DaemonSet":
+        spec["replicas"] = 1
+    if kind == "StatefulSet":
+        spec["serviceName"] = name
+    return {"apiVersion": "apps/v1", "kind": kind, "metadata": {"name": name}, "spec": spec}
+
+
+@pytest.mark.parametrize("kind", sorted(WORKLOAD_PATHS))
+def test_operator_may_only_stamp_the_restart_annotations_on_a_workload(
+    kind: str, operator: Rest, api_client: Any, test_namespace: str, test_id: str
+) -> None:
+    admin = Rest(api_client)
+    path = f"/apis/apps/v1/namespaces/{test_namespace}/{WORKLOAD_PATHS[kind]}"
+    admin.create(path, workload(kind, "web", test_id))
+    web = f"{path}/web"
+
+    # The operator's own restart patch (what `kubectl rollout restart` does, plus the wave).
+    operator.merge_patch(web, build_restart_patch(datetime(2026, 1, 1, tzinfo=UTC), "w1"))
+    annotations = admin.get(web)["spec"]["template"]["metadata"]["annotations"]
+    assert annotations == {"team": "shop", RESTARTED_AT: "2026-01-01T00:00:00Z",
+                           RESTART_WAVE: "w1"}  # fmt: skip
+
+    image = {"spec": {"template": {"spec": {"containers": [
+        {"name": "web", "image": "evil.example/rootkit:latest"}]}}}}  # fmt: skip
+    assert "changes the pod spec" in fenced(WORKLOADS, operator.merge_patch, web, image)
+    cases: list[Mapping[str, Any]] = [
+        {"spec": {"template": {"spec": {"serviceAccountName": "default"}}}},
+        {"spec": {"template": {"metadata": {"labels": {"app": "web", "x": "y"}}}}},
+        {"spec": {"template": {"metadata": {"annotations": {"team": "evil"}}}}},
+        {"spec": {"minReadySeconds": 5}},
+        {"metadata": {"labels": {"x": "y"}}},
+        {"metadata": {"annotations": {"x": "y"}}},
+    ]
+    if kind != "DaemonSet":
+        cases.append({"spec": {"replicas": 3}})
+    for patch in cases:
+        fenced(WORKLOADS, operator.merge_patch, web, patch)
+    assert admin.get(web)["spec"]["template"]["spec"]["containers"][0]["image"] == (
+        "registry.example/web:1"
+    )
+    # Removing its own stamp is allowed too; an admin is not fenced at all.
+    operator.merge_patch(web, {"spec": {"template": {"metadata": {"annotations": {
+        RESTART_WAVE: None}}}}})  # fmt: skip
+    admin.merge_patch(web, image)
+
+
+# --- Nodes ----------------------------------------------------------------------------------
+
+
+def test_operator_may_only_change_its_annotations_on_a_node(
+    operator: Rest, api_client: Any, node_factory: Any, test_id: str
+) -> None:
+    node = node_factory(netns=False)
+    path = f"/api/v1/nodes/{node.name}"
+    result = f"{GROUP}/result.{test_id}"
+    operator.merge_patch(path, {"metadata": {"annotations": {result: '{"state": "Compliant"}'}}})
+    assert Rest(api_client).get(path)["metadata"]["annotations"][result]
+    operator.merge_patch(path, build_node_result_patch(test_id, None))  # what cleanup sends
+    assert result not in Rest(api_client).get(path)["metadata"].get("annotations", {})
+
+    taint = {"key": "evil", "effect": "NoExecute"}
+    assert "changes its spec" in fenced(NODES, operator.merge_patch, path,
+                                        {"spec": {"taints": [taint]}})  # fmt: skip
+    for patch in (
+        {"spec": {"unschedulable": True}},
+        {"metadata": {"labels": {"node-role.kubernetes.io/control-plane": ""}}},
+        {"metadata": {"labels": {"nodesysctl.io/test-id": None}}},
+        {"metadata": {"annotations": {"example.com/owner": "evil"}}},
+    ):
+        fenced(NODES, operator.merge_patch, path, patch)
+    body = Rest(api_client).get(path)
+    assert "taints" not in body["spec"]
+    assert body["metadata"]["labels"]["nodesysctl.io/test-id"] == test_id
+
+
+def test_nobody_else_writes_the_operators_annotations_on_a_node(
+    kubectl: Kubectl, operator: Rest, node_factory: Any, test_id: str, tmp_path: Path
+) -> None:
+    """What the operator believes on a Node (results, boot ids) only it writes: not the node's
+    own kubelet (the Node authorizer lets it patch and create its own Node), not a controller;
+    other annotations stay theirs."""
+    node = node_factory(netns=False)
+    result = f"{GROUP}/result.{test_id}"
+    operator.merge_patch(f"/api/v1/nodes/{node.name}", {"metadata": {"annotations": {
+        result: '{"state": "Failed"}'}}})  # fmt: skip
+    kubelet = [f"--as=system:node:{node.name}", "--as-group=system:nodes"]
+    for change in (f"{result}=" + '{"state":"Compliant"}', f"{result}-",
+                   f"{GROUP}/boot-id.{test_id}=forged"):  # fmt: skip
+        message = kubectl_fenced(kubectl, NODE_RESULTS, "annotate", f"node/{node.name}",
+                                 change, "--overwrite", *kubelet)  # fmt: skip
+        assert "only the nodesysctl operator writes" in message
+    kubectl("annotate", f"node/{node.name}", "example.com/rack=r1", *kubelet)
+    kubectl("annotate", f"node/{node.name}", "example.com/rack=r2", "--overwrite",
+            "--as=system:serviceaccount:kube-system:node-controller")  # fmt: skip
+    # A node re-registering cannot bring a result with it either.
+    other = f"{test_id}-reborn"
+    manifest = tmp_path / "node.json"
+    manifest.write_text(json.dumps({"apiVersion": "v1", "kind": "Node", "metadata": {
+        "name": other, "annotations": {result: '{"state": "Compliant"}'}}}))  # fmt: skip
+    kubectl_fenced(kubectl, NODE_RESULTS, "create", "-f", str(manifest), "--dry-run=server",
+                   f"--as=system:node:{other}", "--as-group=system:nodes")  # fmt: skip
+
+
+# --- policies -------------------------------------------------------------------------------
+
+
+def test_operator_may_change_a_policys_status_finalizer_and_annotations_not_its_spec(
+    operator: Rest, api_client: Any, crds_installed: list[str], test_id: str
+) -> None:
+    admin = Rest(api_client)
+    collection = f"/apis/{GROUP}/{VERSION}/{PLURAL}"
+    admin.create(collection, {
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "NodeSysctlPolicy",
+        "metadata": {"name": test_id, "labels": {"team": "shop"}},
+        "spec": {"nodeSelector": {"matchLabels": {"nodesysctl.io/test-id": test_id}},
+                 "remediation": {"mode": "Audit"}},
+    })  # fmt: skip
+    path = f"{collection}/{test_id}"
+    try:
+        # What Kopf does on the main resource, and the operator's status patch.
+        operator.merge_patch(path, {"metadata": {
+            "finalizers": [f"{GROUP}/cleanup"],
+            "annotations": {f"{GROUP}/last-handled-configuration": "{}"}}})  # fmt: skip
+        operator.merge_patch(f"{path}/status", {"status": {"observedGeneration": 1}})
+        body = admin.get(path)
+        assert body["metadata"]["finalizers"] == [f"{GROUP}/cleanup"]
+        assert body["status"]["observedGeneration"] == 1
+
+        spec = {"spec": {"remediation": {"mode": "Enforce"}}}
+        assert "changes its spec" in fenced(POLICIES, operator.merge_patch, path, spec)
+        for patch in (
+            {"metadata": {"labels": {"team": "evil"}}},
+            {"metadata": {"annotations": {"argocd.argoproj.io/sync-options": "Prune=false"}}},
+            {"metadata": {"finalizers": [f"{GROUP}/cleanup", "example.com/hold"]}},
+        ):
+            fenced(POLICIES, operator.merge_patch, path, patch)
+        assert admin.get(path)["spec"]["remediation"]["mode"] == "Audit"
+        operator.merge_patch(path, {"metadata": {"finalizers": None}})  # Kopf releasing it
+    finally:
+        admin.merge_patch(path, {"metadata": {"finalizers": None}})
+        admin.delete(path)
+
+
+# --- the job namespace ----------------------------------------------------------------------
+
+JOBS = f"/apis/batch/v1/namespaces/{JOB_NAMESPACE}/jobs"
+PODS = f"/api/v1/namespaces/{JOB_NAMESPACE}/pods"
+
+
+def job(name: str, node: str, *, agent: bool) -> dict[str, Any]:
+    """A Job pinned to `node`. With `agent`, the simulated kubelet really runs its command
+    (`python -c pass`: it completes); without, its pod just stays Running."""
+    labels = {LABEL_APP: AGENT_APP} if agent else {"app": name}
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name, "namespace": JOB_NAMESPACE,
+                     "labels": {LABEL_POLICY: "fence-test"}},
+        "spec": {"backoffLimit": 0, "template": {"metadata": {"labels": labels}, "spec": {
+            "nodeName": node, "restartPolicy": "Never", "automountServiceAccountToken": False,
+            "containers": [{"name": "agent", "image": "registry.example/agent:1",
+                            "command": ["python", "-c", "pass"]}]}}},
+    }  # fmt: skip
+
+
+def pod_body(name: str, node: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": JOB_NAMESPACE},
+        "spec": {"nodeName": node, "containers": [{"name": "c", "image": "busybox"}]},
+    }
+
+
+def job_pod(admin: Rest, name: str) -> dict[str, Any]:
+    def found() -> dict[str, Any] | None:
+        pods = admin.get(PODS, labelSelector=f"batch.kubernetes.io/job-name={name}")["items"]
+        return pods[0] if pods else None
+
+    pod: dict[str, Any] = wait_for(found, timeout=60, what=f"the pod of Job {name}")
+    return pod
+
+
+def condition(body: dict[str, Any], kind: str) -> bool:
+    conditions = body.get("status", {}).get("conditions", [])
+    return any(c["type"] == kind and c["status"] == "True" for c in conditions)
+
+
+def test_operator_creates_jobs_the_job_controller_runs_and_the_operator_deletes(
+    operator: Rest, api_client: Any, node_factory: Any, test_id: str
+) -> None:
+    admin = Rest(api_client)
+    node = node_factory(netns=False)
+    name = f"{test_id}-agent"
+    operator.create(JOBS, job(name, node.name, agent=True))
+    # The Job controller creates the pod (fenced: only it, only for a Job), removes its
+    # tracking finalizer and writes the Job's status; the kubelet writes the pod's.
+    wait_for(lambda: condition(admin.get(f"{JOBS}/{name}"), "Complete"), timeout=60,
+             what=f"Job {name} Complete")  # fmt: skip
+    pod = job_pod(admin, name)
+    assert [r["kind"] for r in pod["metadata"]["ownerReferences"]] == ["Job"]
+    operator.delete(f"{JOBS}/{name}", propagationPolicy="Background")
+    wait_for(lambda: not admin.get(PODS, labelSelector=f"batch.kubernetes.io/job-name={name}")
+             ["items"], timeout=60, what="the garbage collector to delete the pod")  # fmt: skip
+
+
+def test_operator_creates_no_pod_in_the_job_namespace_even_if_rbac_let_it(
+    operator: Rest, api_client: Any, kubectl: Kubectl, node_factory: Any, test_id: str
+) -> None:
+    node = node_factory(netns=False)
+    body = pod_body(f"{test_id}-direct", node.name)
+    assert "cannot create resource" in refusal(operator.create, PODS, body)  # RBAC first
+    # An overlay that widened the operator's Role would still not get it a pod.
+    account = "system:serviceaccount:nodesysctl-system:nodesysctl-operator"
+    kubectl("create", "role", f"{test_id}-pods", "-n", JOB_NAMESPACE, "--verb=create",
+            "--resource=pods")  # fmt: skip
+    kubectl("create", "rolebinding", f"{test_id}-pods", "-n", JOB_NAMESPACE,
+            f"--role={test_id}-pods", f"--user={account}")  # fmt: skip
+    try:
+        wait_for(lambda: kubectl("auth", "can-i", "create", "pods", "-n", JOB_NAMESPACE,
+                                 f"--as={account}", check=False).stdout.strip() == "yes",
+                 timeout=30, what="the extra grant to take effect")  # fmt: skip
+        message = fenced(CREATE, operator.create, PODS, body)
+        assert "only the Job controller creates pods" in message
+    finally:
+        kubectl("delete", "rolebinding,role", f"{test_id}-pods", "-n", JOB_NAMESPACE)
+
+
+@pytest.fixture
+def editor(kubectl: Kubectl, fence: list[dict[str, Any]], test_id: str) -> Iterator[str]:
+    """`--as` a user bound to the `edit` ClusterRole in the job namespace only."""
+    user = f"{test_id}-editor"
+    kubectl("create", "rolebinding", user, "-n", JOB_NAMESPACE, "--clusterrole=edit",
+            f"--user={user}")  # fmt: skip
+    yield f"--as={user}"
+    kubectl("delete", "rolebinding", user, "-n", JOB_NAMESPACE, "--ignore-not-found")
+
+
+@pytest.fixture
+def running_job(operator: Rest, api_client: Any, node_factory: Any, test_id: str
+                ) -> Iterator[tuple[str, str]]:  # fmt: skip
+    """(Job, pod) created by the operator and the Job controller; the pod is Running."""
+    admin = Rest(api_client)
+    node = node_factory(netns=False)
+    name = f"{test_id}-idle"
+    operator.create(JOBS, job(name, node.name, agent=False))
+    pod = job_pod(admin, name)["metadata"]["name"]
+    wait_for(lambda: admin.get(f"{PODS}/{pod}")["status"].get("phase") == "Running",
+             timeout=60, what=f"pod {pod} Running")  # fmt: skip
+    yield name, pod
+    admin.delete(f"{JOBS}/{name}", propagationPolicy="Background")
+
+
+def test_job_namespace_editor_creates_no_job_and_no_pod(
+    kubectl: Kubectl, editor: str, node_factory: Any, test_id: str, tmp_path: Path
+) -> None:
+    node = node_factory(netns=False)
+    manifest = tmp_path / "job.json"
+    manifest.write_text(json.dumps(job(f"{test_id}-mine", node.name, agent=True)))
+    message = kubectl_fenced(kubectl, CREATE, "create", "-f", str(manifest), editor)
+    assert "only the nodesysctl operator creates Jobs" in message
+    manifest.write_text(json.dumps(pod_body(f"{test_id}-mine", node.name)))
+    kubectl_fenced(kubectl, CREATE, "create", "-f", str(manifest), editor)
+    # A pod controller of its own gets nowhere either: its controller's pods are refused.
+    kubectl("create", "deployment", f"{test_id}-dep", "-n", JOB_NAMESPACE, "--image=busybox",
+            editor)  # fmt: skip
+    try:
+
+        def refused() -> bool:
+            events = kubectl("get", "events", "-n", JOB_NAMESPACE, "-o", "json",
+                             "--field-selector", "reason=FailedCreate").stdout  # fmt: skip
+            return any(f"{test_id}-dep" in e["involvedObject"]["name"]
+                       and CREATE in e["message"] for e in json.loads(events)["items"])  # fmt: skip
+
+        wait_for(refused, timeout=60, what="the ReplicaSet controller's pod to be refused")
+    finally:
+        kubectl("delete", "deployment", f"{test_id}-dep", "-n", JOB_NAMESPACE)
+
+
+def test_nobody_gets_a_shell_in_an_agent_pod(
+    kubectl: Kubectl, editor: str, running_job: tuple[str, str]
+) -> None:
+    _, pod = running_job
+    ns = f"--namespace={JOB_NAMESPACE}"
+    for who in (editor, None):  # the editor, and the cluster admin too
+        as_who = [who] if who else []
+        message = kubectl_fenced(kubectl, NO_SHELL, "exec", ns, pod, *as_who, "--", "true")
+        assert "nobody may use exec" in message
+        kubectl_fenced(kubectl, NO_SHELL, "attach", ns, pod, *as_who)
+        kubectl_fenced(kubectl, NO_SHELL, "port-forward", ns, pod, "18080:80", *as_who,
+                       timeout=30)  # fmt: skip
+        proxy = f"/api/v1/namespaces/{JOB_NAMESPACE}/pods/{pod}/proxy/"
+        kubectl_fenced(kubectl, NO_SHELL, "get", "--raw", proxy, *as_who)
+    # `kubectl debug` (an ephemeral container): `edit` may not; the admin is fenced.
+    kubectl_fenced(kubectl, NO_SHELL, "debug", ns, pod, "--image=busybox", "--", "sh")
+
+
+def test_job_namespace_editor_cannot_touch_what_the_operator_trusts(
+    kubectl: Kubectl, editor: str, running_job: tuple[str, str]
+) -> None:
+    name, pod = running_job
+    ns = f"--namespace={JOB_NAMESPACE}"
+    for target in (f"job/{name}", f"pod/{pod}"):
+        removals = ["job-name-", "controller-uid-"] if target.startswith("pod/") else []
+        for label in (f"{LABEL_POLICY}=forged", f"{LABEL_APP}=x",
+                      "batch.kubernetes.io/job-name=other", *removals):  # fmt: skip
+            message = kubectl_fenced(kubectl, INTEGRITY, "label", ns, target, label,
+                                     "--overwrite", editor)  # fmt: skip
+            assert "labels and annotations the operator trusts" in message
+        kubectl_fenced(kubectl, INTEGRITY, "annotate", ns, target, f"{GROUP}/node=other",
+                       editor)  # fmt: skip
+        # Keys the operator does not read stay the editor's to change.
+        kubectl("label", ns, target, "color=blue", editor)
+    image = {"spec": {"containers": [{"name": "agent", "image": "evil.example/rootkit"}]}}
+    kubectl_fenced(kubectl, INTEGRITY, "patch", ns, f"pod/{pod}", "-p", json.dumps(image),
+                   editor)  # fmt: skip
+    kubectl_fenced(kubectl, INTEGRITY, "patch", ns, f"job/{name}", "--type=merge",
+                   "-p", '{"spec": {"activeDeadlineSeconds": 5}}', editor)  # fmt: skip
+    owners = json.loads(kubectl("get", ns, f"pod/{pod}", "-o",
+                                "jsonpath={.metadata.ownerReferences}").stdout)  # fmt: skip
+    forged = [{**owners[0], "uid": "00000000-0000-0000-0000-000000000000"}]
+    message = kubectl_fenced(kubectl, INTEGRITY, "patch", ns, f"pod/{pod}", "--type=merge",
+                             "-p", json.dumps({"metadata": {"ownerReferences": forged}}),
+                             editor)  # fmt: skip
+    assert "owner references" in message
+
+
+def test_break_glass_and_the_job_controllers_name(
+    kubectl: Kubectl, running_job: tuple[str, str], node_factory: Any, test_id: str,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    """Who could delete the fence's bindings anyway (system:masters, a cluster-admin) passes
+    the create and integrity rules; the Job controller only for a Job's pod."""
+    name, pod = running_job
+    node = node_factory(netns=False)
+    admin_user = f"{test_id}-admin"
+    kubectl("create", "clusterrolebinding", admin_user, "--clusterrole=cluster-admin",
+            f"--user={admin_user}")  # fmt: skip
+    wait_for(lambda: kubectl("auth", "can-i", "delete", "validatingadmissionpolicybindings",
+                             f"--as={admin_user}", check=False).stdout.strip() == "yes",
+             timeout=30, what="the cluster-admin binding to take effect")  # fmt: skip
+    manifest = tmp_path / "pod.json"
+    manifest.write_text(json.dumps(pod_body(f"{test_id}-glass", node.name)))
+    dry = ["--dry-run=server", f"--namespace={JOB_NAMESPACE}"]
+    try:
+        for who in ([], [f"--as={admin_user}"]):
+            kubectl("create", "-f", str(manifest), *dry, *who)
+            kubectl("label", f"pod/{pod}", f"{LABEL_POLICY}=by-hand", "--overwrite", *dry, *who)
+    finally:
+        kubectl("delete", "clusterrolebinding", admin_user)
+
+    job_controller = "--as=system:serviceaccount:kube-system:job-controller"
+    message = kubectl_fenced(kubectl, CREATE, "create", "-f", str(manifest), *dry, job_controller)
+    assert "for the operator's Jobs" in message
+    uid = kubectl("get", f"job/{name}", f"--namespace={JOB_NAMESPACE}", "-o",
+                  "jsonpath={.metadata.uid}").stdout  # fmt: skip
+    owned = pod_body(f"{test_id}-owned", node.name)
+    owned["metadata"]["ownerReferences"] = [{"apiVersion": "batch/v1", "kind": "Job",
+        "name": name, "uid": uid, "controller": True, "blockOwnerDeletion": True}]  # fmt: skip
+    manifest.write_text(json.dumps(owned))
+    kubectl("create", "-f", str(manifest), *dry, job_controller)
+    # Another controller's pods are refused even with a Job owner written on them.
+    kubectl_fenced(kubectl, CREATE, "create", "-f", str(manifest), *dry,
+                   "--as=system:serviceaccount:kube-system:replicaset-controller")  # fmt: skip
+
+
+def test_without_the_operators_binding_only_the_job_namespace_is_closed(
+    devcluster: DevCluster, fence: list[dict[str, Any]], kubectl: Kubectl, api_client: Any,
+    test_namespace: str, test_id: str, node_factory: Any, tmp_path: Path,
+) -> None:  # fmt: skip
+    """An uninstall may prune the operator's ClusterRoleBinding (the fence's parameter) before
+    the fence: the cluster-wide rules must not then refuse everyone's Node and workload
+    updates; the job namespace refuses pods until the binding is back."""
+    [binding] = [d for d in fence if d["kind"] == "ClusterRoleBinding"]
+    admin = Rest(api_client)
+    node = node_factory(netns=False)
+    path = f"/apis/apps/v1/namespaces/{test_namespace}/deployments"
+    admin.create(path, workload("Deployment", "web", test_id))
+    kubectl("delete", "clusterrolebinding", binding["metadata"]["name"])
+    try:
+        manifest = tmp_path / "pod.json"
+        manifest.write_text(json.dumps(pod_body(f"{test_id}-orphan", node.name)))
+
+        def job_namespace_closed() -> bool:
+            job_controller = "--as=system:serviceaccount:kube-system:job-controller"
+            out = kubectl("create", "-f", str(manifest), "--dry-run=server", job_controller,
+                          check=False)  # fmt: skip
+            return out.returncode != 0 and "no params found" in out.stderr
+
+        wait_for(job_namespace_closed, timeout=60, what="the job namespace to fail closed")
+        # As kubelets, the node lifecycle controller and users update them every day:
+        kubectl("label", f"node/{node.name}", "example.com/rack=r1",
+                f"--as=system:node:{node.name}", "--as-group=system:nodes")  # fmt: skip
+        kubectl("taint", "nodes", node.name, "example.com/maintenance=yes:NoSchedule",
+                "--as=system:serviceaccount:kube-system:node-controller")  # fmt: skip
+        admin.merge_patch(f"{path}/web", {"spec": {"replicas": 2}})
+        kubectl("annotate", f"node/{node.name}", f"{GROUP}/result.{test_id}=by-hand")
+    finally:
+        apply_fenced(devcluster, [binding] + [d for d in fence if d["kind"] in FENCE_KINDS],
+                     tmp_path)  # fmt: skip
