@@ -2,8 +2,9 @@
 
 Anyone who can create pods in the job namespace can label one with a Job's job-name label and
 have it report "Compliant". Before the operator checked owners, that pod's message was taken
-for the Job's result whenever the Job's own pod left none (here: it cannot be scheduled, and the
-Job runs into its deadline).
+for the Job's result whenever the Job's own pod left none (here: a ResourceQuota of zero pods
+keeps the Job controller from creating it, and the Job runs into its deadline; a taint would not
+do, since a node whose taint the policy does not tolerate now waits and gets no Job at all).
 """
 
 from __future__ import annotations
@@ -29,13 +30,13 @@ from .test_operator import enforce_spec, events_for, node_result, read_json, wai
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
-UNSCHEDULABLE = {"key": "nodesysctl.io/e2e-unschedulable", "effect": "NoSchedule"}
+NO_PODS_QUOTA = "nodesysctl-e2e-no-pods"
 
 
 def forged_agent_pod(name: str, job: str, policy: str, node: str) -> dict[str, Any]:
     """A bare pod that claims to be `job`'s agent pod and reports Compliant. `spec.nodeName`
-    bypasses the scheduler (and so the node's taint); the simulated kubelet runs it as it runs
-    any pod labelled as an agent."""
+    bypasses the scheduler; the simulated kubelet runs it as it runs any pod labelled as an
+    agent."""
     compliant = AgentResult.model_validate(
         {"policy": policy, "node": node, "status": "Compliant", "checkedAt": datetime.now(UTC)}
     ).model_dump_json()
@@ -75,6 +76,20 @@ def job_namespace_pods(api_client: Any) -> Iterator[list[str]]:
                 raise
 
 
+@pytest.fixture
+def no_new_pods(api_client: Any) -> Iterator[None]:
+    """A ResourceQuota of zero pods in the job namespace while the test runs: the Job
+    controller's pod creation is refused (FailedCreate), pods that already finished are not
+    counted."""
+    core: Any = client.CoreV1Api(api_client)
+    quota = {"metadata": {"name": NO_PODS_QUOTA}, "spec": {"hard": {"pods": "0"}}}
+    core.create_namespaced_resource_quota(JOB_NAMESPACE, quota)
+    try:
+        yield
+    finally:
+        core.delete_namespaced_resource_quota(NO_PODS_QUOTA, JOB_NAMESPACE)
+
+
 def test_a_forged_compliant_result_is_not_recorded_and_names_the_pod(
     operator: OperatorProcess,
     policies: Policies,
@@ -82,9 +97,9 @@ def test_a_forged_compliant_result_is_not_recorded_and_names_the_pod(
     api_client: Any,
     job_namespace_pods: list[str],
     test_id: str,
+    request: pytest.FixtureRequest,
 ) -> None:
-    # The Job's own pod can never run here (no toleration), so the Job only fails by deadline.
-    node: SimulatedNode = node_factory(netns=False, taints=[UNSCHEDULABLE])
+    node: SimulatedNode = node_factory(netns=False)
     name = f"{test_id}-forged"
     spec = enforce_spec(node_factory.selector, job={"activeDeadlineSeconds": 10})
     # The name the operator gives the node's first check (planning.plan_rollout's check key).
@@ -103,6 +118,8 @@ def test_a_forged_compliant_result_is_not_recorded_and_names_the_pod(
 
     wait_for(reported_compliant, timeout=30, what="the forged pod to report Compliant")
 
+    # The Job's own pod can never be created now, so the Job only fails by deadline.
+    request.getfixturevalue("no_new_pods")
     policies.create(name, spec)
     result = wait_node_state(api_client, node.name, name, NodeState.FAILED, timeout=60)
     assert result.job == job
