@@ -55,11 +55,16 @@ DEFAULT_AGENT_RESOURCES = {
 
 @dataclasses.dataclass(frozen=True)
 class JobSettings:
-    """Operator-wide settings that shape every agent Job."""
+    """Operator-wide settings that shape every agent Job.
+
+    `allowed_images` and `allowed_priority_classes`: what a policy's `job.image` and
+    `job.priorityClassName` may name besides `image` and no class (`nodesysctl.admission`)."""
 
     namespace: str = DEFAULT_JOB_NAMESPACE
     image: str = DEFAULT_AGENT_IMAGE
     python: str = DEFAULT_AGENT_PYTHON
+    allowed_images: tuple[str, ...] = ()
+    allowed_priority_classes: tuple[str, ...] = ()
 
 
 def persist_file_name(policy: str) -> str:
