@@ -2,6 +2,8 @@
 
 * policies: each file of tests/data/invalid-policies, sent to a real kube-apiserver
   (`kubectl apply --dry-run=server`); the answer is the API server's own;
+* operator refusals: policies the API server accepts and the operator's configuration does not
+  allow (`nodesysctl.admission`, with the default flags); the pass reports them Invalid;
 * agent inputs: the real agent CLI (`python -m nodesysctl.agent`) on a fake /proc/sys tree,
   with bad arguments, bad specs and bad node values; its result's status, errors, exit code;
 * what the operator reads back: garbage termination messages and result annotations.
@@ -18,9 +20,10 @@ import tempfile
 from pathlib import Path
 
 from devcluster.cluster import DevCluster
+from nodesysctl.admission import admit
 from nodesysctl.agent.contract import AgentResult
 from nodesysctl.api import parse_spec
-from nodesysctl.jobs import build_agent_spec
+from nodesysctl.jobs import JobSettings, build_agent_spec
 from nodesysctl.planning import NodeResult
 
 from .harness import REPO
@@ -43,8 +46,23 @@ def policies() -> list[tuple[str, str, str]]:
             what = path.read_text().splitlines()[0].lstrip("# ")
             proc = cluster.kubectl("apply", "--dry-run=server", "-f", str(path), check=False)
             answer = proc.stderr.strip() or f"ACCEPTED: {proc.stdout.strip()}"
-            answer = answer.split(" is invalid: ", 1)[-1]
+            answer = answer.split(" is invalid: ", 1)[-1].replace(f"{REPO}/", "")
             rows.append((f"policy `{path.stem}`", what, answer))
+    return rows
+
+
+def operator_refusals() -> list[tuple[str, str, str]]:
+    cases = {
+        "job.image not in --allowed-agent-images": {"image": "evil.example/rootkit:latest"},
+        "job.priorityClassName not in --allowed-priority-classes": {
+            "priorityClassName": "system-node-critical"
+        },
+    }
+    rows = []
+    for what, job in cases.items():
+        [problem] = admit(parse_spec({"job": job}), JobSettings())
+        answer = f"policy Invalid (condition, one InvalidSpec Event), no Job created: {problem}"
+        rows.append(("operator refusal", what, answer))
     return rows
 
 
@@ -143,7 +161,7 @@ def read_back() -> list[tuple[str, str, str]]:
 
 
 def main() -> int:
-    rows = [*policies(), *agent_inputs(), *read_back()]
+    rows = [*policies(), *operator_refusals(), *agent_inputs(), *read_back()]
     print("| # | input | bad value | what happens |")
     print("| --- | --- | --- | --- |")
     for index, (kind, what, answer) in enumerate(rows, 1):

@@ -1,10 +1,16 @@
 """Pydantic models of the NodeSysctlPolicy CRD (`crds/nodesysctlpolicies.yaml`).
 
 The models mirror the CRD's OpenAPI schema: same camelCase names, defaults, bounds and enums, and
-every CEL rule (`x-kubernetes-validations`) is repeated as a `Rule` with the same message, so the
-operator rejects whatever slips past an API server (an old CRD, a disabled validation) with the
-words a user already saw from `kubectl apply` (`nodesysctl.api_errors` words pydantic's errors
-as the API server does). `tests/unit/test_crd.py` keeps the two in sync.
+every CEL rule (`x-kubernetes-validations`) is repeated with the same message, as a `Rule` of the
+model for an object (and its scalar properties) or as a `Check` on a map, a map's values or a
+list's items, so the operator rejects whatever slips past an API server (an old CRD, a disabled
+validation) with the words a user already saw from `kubectl apply` (`nodesysctl.api_errors`
+words pydantic's errors as the API server does). `tests/unit/test_crd.py` keeps the two in sync.
+
+What a policy passes on to Kubernetes (label keys and values, tolerations, PriorityClass names,
+resource names and quantities) is checked as Kubernetes checks it, so a policy the API server
+accepted never makes a Job it refuses; which image and PriorityClass may run privileged is the
+operator's decision, not the schema's (`nodesysctl.admission`).
 
 Pure core: imports neither `kubernetes` nor `kopf`.
 """
@@ -16,6 +22,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Generic, Literal, Self, TypeVar
 
@@ -24,6 +31,8 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    GetCoreSchemaHandler,
+    GetJsonSchemaHandler,
     StrictBool,
     StrictInt,
     StrictStr,
@@ -31,7 +40,8 @@ from pydantic import (
     model_validator,
 )
 from pydantic.alias_generators import to_camel
-from pydantic_core import PydanticCustomError
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema, PydanticCustomError, core_schema
 
 from nodesysctl import GROUP, VERSION
 from nodesysctl.api_errors import kubernetes_problems, rule_violation
@@ -44,14 +54,25 @@ MAX_POLICY_NAME_LENGTH = 40
 # `status.worstNodes` maxItems; `nodesysctl.planning.summarize` keeps at most this many.
 MAX_WORST_NODES = 10
 
-_LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
 _DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
-_DNS_SUBDOMAIN_OR_EMPTY_PATTERN = (
-    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*)?$"
+# Kubernetes' own syntax checks (k8s.io/apimachinery/pkg/util/validation), written for RE2 (the
+# API server's CEL `matches`) and Python alike: `[.]` rather than an escape, so the CRD's YAML
+# holds them unchanged; the CRD rules quote them (tests/unit/test_crd.py checks).
+# IsValidLabelValue: at most 63 characters (the CRD's maxLength), may be empty.
+LABEL_VALUE_PATTERN = "^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+# IsQualifiedName (label keys, toleration keys): an optional DNS-subdomain prefix and "/", then
+# a name of 1 to 63 characters; QUALIFIED_NAME_PREFIX_PATTERN bounds the prefix to 253.
+QUALIFIED_NAME_PATTERN = (
+    "^([a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    "[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
 )
+QUALIFIED_NAME_PREFIX_PATTERN = "^[^/]{1,253}/"
+# IsDNS1123Subdomain (PriorityClass names; at most 253 characters, the CRD's maxLength).
+DNS_SUBDOMAIN_PATTERN = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+# corev1's quantity pattern, except that an exponent is an integer, as the API server's parser
+# wants it ("1e1.5" matches corev1's pattern and is still refused when a pod is created).
 _QUANTITY_PATTERN = (
-    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
-    r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?[0-9]+))?$"
 )
 _CONDITION_TYPE_PATTERN = (
     r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
@@ -182,12 +203,101 @@ def _unique_by(key: str) -> Callable[[list[ItemT]], list[ItemT]]:
     return check
 
 
+@dataclass(frozen=True)
+class Check:
+    """A CRD rule on a value no model class stands for (a map, a map's values, a list's strings),
+    repeated in Python: `Annotated[T, Check(message, holds)]`.
+
+    It validates like a `Rule` and shows in the models' JSON schema as
+    `x-kubernetes-validations: [{message}]`, where the CRD sync test compares it with the CRD.
+    """
+
+    message: str
+    holds: Callable[[Any], bool]
+
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> CoreSchema:
+        return core_schema.no_info_after_validator_function(self._validate, handler(source))
+
+    def __get_pydantic_json_schema__(
+        self, schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        json_schema = handler(schema)
+        json_schema.setdefault("x-kubernetes-validations", []).append({"message": self.message})
+        return json_schema
+
+    def _validate(self, value: Any) -> Any:
+        if not self.holds(value):
+            raise rule_violation([("", self.message)])
+        return value
+
+
+def _full_match(pattern: str) -> Callable[[str], bool]:
+    """RE2's `matches` with `^...$`: Python's `$` would also accept a trailing newline."""
+    compiled = re.compile(pattern)
+    return lambda text: compiled.fullmatch(text) is not None
+
+
+is_label_value = _full_match(LABEL_VALUE_PATTERN)
+is_dns_subdomain = _full_match(DNS_SUBDOMAIN_PATTERN)
+_is_qualified_shape = _full_match(QUALIFIED_NAME_PATTERN)
+_has_short_prefix = re.compile(QUALIFIED_NAME_PREFIX_PATTERN)
+
+
+def is_qualified_name(text: str) -> bool:
+    """A label key: `[prefix/]name`, the prefix a DNS subdomain of at most 253 characters."""
+    return _is_qualified_shape(text) and ("/" not in text or bool(_has_short_prefix.match(text)))
+
+
+# The API server's wording for the label syntax, shared by every rule that checks it.
+LABEL_KEY_RULE = (
+    "must be a label key: an optional DNS subdomain prefix (at most 253 characters) and '/', "
+    "then a name of at most 63 letters, digits, '-', '_' or '.', starting and ending with a "
+    "letter or digit"
+)
+LABEL_VALUE_RULE = (
+    "must be a label value: empty, or at most 63 letters, digits, '-', '_' or '.', starting "
+    "and ending with a letter or digit"
+)
+
+
+# Kubernetes quantities (k8s.io/apimachinery/pkg/api/resource): a decimal number, then a binary
+# (Ki..Ei) or decimal (n..E) suffix or an exponent.
+_QUANTITY_PARTS = re.compile(
+    r"([+-]?(?:[0-9]+(?:[.][0-9]*)?|[.][0-9]+))((?:[KMGTPE]i)|[numkMGTPE]|(?:[eE][+-]?[0-9]+))?"
+)
+_BINARY_SUFFIXES = {"Ki": 1, "Mi": 2, "Gi": 3, "Ti": 4, "Pi": 5, "Ei": 6}
+_DECIMAL_SUFFIXES = {"n": -9, "u": -6, "m": -3, "k": 3, "M": 6, "G": 9, "T": 12, "P": 15, "E": 18}
+
+
+def quantity_value(quantity: int | str) -> Decimal:
+    """The exact value of a quantity the CRD's pattern accepts ("500m" is 0.5, "1Ki" 1024)."""
+    if isinstance(quantity, int):
+        return Decimal(quantity)
+    found = _QUANTITY_PARTS.fullmatch(quantity)
+    if found is None:
+        raise ValueError(f"{quantity!r} is not a Kubernetes quantity")
+    number, suffix = Decimal(found.group(1)), found.group(2) or ""
+    if suffix in _BINARY_SUFFIXES:
+        return number * Decimal(1024) ** _BINARY_SUFFIXES[suffix]
+    if suffix in _DECIMAL_SUFFIXES:
+        return number.scaleb(_DECIMAL_SUFFIXES[suffix])
+    return number.scaleb(int(Decimal(suffix[1:]))) if suffix else number
+
+
+def _is_quantity(value: int | str) -> bool:
+    return isinstance(value, int) or _QUANTITY_PARTS.fullmatch(value) is not None
+
+
 _SET_LIST: dict[str, Any] = {"x-kubernetes-list-type": "set"}
 _ATOMIC_LIST: dict[str, Any] = {"x-kubernetes-list-type": "atomic"}
 _MAP_LIST: dict[str, Any] = {"x-kubernetes-list-type": "map"}
 
 Port = Annotated[StrictInt, Field(ge=1, le=65535)]
-LabelValue = Annotated[StrictStr, Field(max_length=63, pattern=_LABEL_VALUE_PATTERN)]
+LabelValue = Annotated[
+    StrictStr, Field(max_length=63), Check(f"values {LABEL_VALUE_RULE}", is_label_value)
+]
 Quantity = StrictInt | Annotated[StrictStr, Field(pattern=_QUANTITY_PATTERN)]
 DnsLabel = Annotated[StrictStr, Field(max_length=63, pattern=_DNS_LABEL_PATTERN)]
 
@@ -249,12 +359,11 @@ class PortsSpec(_RuledModel):
         ]
 
 
-def _is_absolute_non_root(path: str) -> bool:
-    return path.startswith("/") and path != "/"
-
-
-def _has_dot_dot_segment(path: str) -> bool:
-    return ".." in path.split("/")
+# Where a persisted file survives a reboot and belongs to the node's admin (sysctl.d(5)); the
+# Job mounts it. Not /run/sysctl.d (a tmpfs, empty at boot), not /usr/lib/sysctl.d or
+# /lib/sysctl.d (the OS vendor's, read-only on image-based systems), nothing else: the policy
+# writer chooses which host directory a privileged pod may write.
+SYSCTL_DIRS = ("/etc/sysctl.d", "/usr/local/lib/sysctl.d")
 
 
 class RemediationSpec(_RuledModel):
@@ -271,16 +380,17 @@ class RemediationSpec(_RuledModel):
             lambda r: r.narrow_range or r.reserve_ports,
         ),
         Rule(
-            "sysctlDir must be an absolute path other than /",
-            lambda r: _is_absolute_non_root(r.sysctl_dir),
-            field_path=".sysctlDir",
-        ),
-        Rule(
-            "sysctlDir must not contain a '..' segment",
-            lambda r: not _has_dot_dot_segment(r.sysctl_dir),
+            "sysctlDir must be /etc/sysctl.d or /usr/local/lib/sysctl.d, the admin's directories "
+            "that survive a reboot (/run/sysctl.d is emptied at boot, /usr/lib/sysctl.d and "
+            "/lib/sysctl.d belong to the OS vendor)",
+            lambda r: r.sysctl_dir in SYSCTL_DIRS,
             field_path=".sysctlDir",
         ),
     )
+
+    def writes_host_files(self) -> bool:
+        """Whether the agent writes into sysctlDir: only in Enforce mode with persist."""
+        return self.mode is Mode.ENFORCE and self.persist
 
 
 def _go_duration_seconds(text: str) -> float | None:
@@ -340,11 +450,12 @@ class LabelSelectorRequirement(_RuledModel):
     key: Annotated[StrictStr, Field(min_length=1, max_length=317)]
     operator: SelectorOperator
     values: Annotated[
-        list[Annotated[StrictStr, Field(max_length=63)]],
+        list[LabelValue],
         Field(max_length=64, json_schema_extra=_ATOMIC_LIST),
     ] = []
 
     RULES: ClassVar[tuple[Rule[LabelSelectorRequirement], ...]] = (
+        Rule(f"key {LABEL_KEY_RULE}", lambda r: is_qualified_name(r.key), field_path=".key"),
         Rule(
             "values must be non-empty when operator is In or NotIn",
             lambda r: (
@@ -380,7 +491,11 @@ class LabelSelectorRequirement(_RuledModel):
 class LabelSelector(_ApiModel):
     """metav1.LabelSelector; the empty selector matches everything."""
 
-    match_labels: Annotated[dict[str, LabelValue], Field(max_length=64)] = {}
+    match_labels: Annotated[
+        dict[str, LabelValue],
+        Field(max_length=64),
+        Check(f"keys {LABEL_KEY_RULE}", lambda labels: all(map(is_qualified_name, labels))),
+    ] = {}
     match_expressions: Annotated[
         list[LabelSelectorRequirement], Field(max_length=32, json_schema_extra=_ATOMIC_LIST)
     ] = []
@@ -421,6 +536,16 @@ class Toleration(_RuledModel):
 
     RULES: ClassVar[tuple[Rule[Toleration], ...]] = (
         Rule(
+            f"a toleration key, when set, {LABEL_KEY_RULE}",
+            lambda t: not t.key or is_qualified_name(t.key),
+            field_path=".key",
+        ),
+        Rule(
+            f"a toleration value {LABEL_VALUE_RULE}",
+            lambda t: t.value is None or is_label_value(t.value),
+            field_path=".value",
+        ),
+        Rule(
             "a toleration with operator Exists must not set value",
             lambda t: t.operator != TolerationOperator.EXISTS or not t.value,
             field_path=".value",
@@ -440,26 +565,91 @@ class Toleration(_RuledModel):
     )
 
 
-class ResourceRequirements(_ApiModel):
+# What a policy may give the agent container: it runs on every selected node at once, so a large
+# request would take room (or, with a priority class, evict) the node's workloads everywhere.
+# The agent needs about 10m and 32Mi (`nodesysctl.jobs.DEFAULT_AGENT_RESOURCES`).
+MAX_AGENT_CPU = "1"
+MAX_AGENT_MEMORY = "512Mi"
+
+
+def _within(value: Quantity | None, most: str) -> bool:
+    """CEL: `!isQuantity(q) || (quantity(q) >= 0 && quantity(q) <= most)`; a string that is no
+    quantity is the pattern's to refuse."""
+    if value is None or not _is_quantity(value):
+        return True
+    return Decimal(0) <= quantity_value(value) <= quantity_value(most)
+
+
+class ResourceList(_RuledModel):
+    """corev1.ResourceList, cpu and memory only: the agent needs nothing else."""
+
+    cpu: Quantity | None = None
+    memory: Quantity | None = None
+
+    RULES: ClassVar[tuple[Rule[ResourceList], ...]] = (
+        Rule(
+            f"cpu must be from 0 to {MAX_AGENT_CPU}: the agent needs about 10m, and it runs on "
+            "every selected node",
+            lambda r: _within(r.cpu, MAX_AGENT_CPU),
+            field_path=".cpu",
+        ),
+        Rule(
+            f"memory must be from 0 to {MAX_AGENT_MEMORY}: the agent needs about 32Mi, and it runs "
+            "on every selected node",
+            lambda r: _within(r.memory, MAX_AGENT_MEMORY),
+            field_path=".memory",
+        ),
+    )
+
+
+def _request_within_limit(requests: Quantity | None, limits: Quantity | None) -> bool:
+    if requests is None or limits is None or not (_is_quantity(requests) and _is_quantity(limits)):
+        return True
+    return quantity_value(requests) <= quantity_value(limits)
+
+
+class ResourceRequirements(_RuledModel):
     """corev1.ResourceRequirements (limits and requests only)."""
 
-    limits: Annotated[dict[str, Quantity], Field(max_length=16)] = {}
-    requests: Annotated[dict[str, Quantity], Field(max_length=16)] = {}
+    limits: ResourceList = ResourceList()
+    requests: ResourceList = ResourceList()
+
+    RULES: ClassVar[tuple[Rule[ResourceRequirements], ...]] = (
+        Rule(
+            "requests.cpu must not be greater than limits.cpu",
+            lambda r: _request_within_limit(r.requests.cpu, r.limits.cpu),
+            field_path=".requests.cpu",
+        ),
+        Rule(
+            "requests.memory must not be greater than limits.memory",
+            lambda r: _request_within_limit(r.requests.memory, r.limits.memory),
+            field_path=".requests.memory",
+        ),
+    )
 
 
-class JobSpec(_ApiModel):
+class JobSpec(_RuledModel):
+    # Only images in the operator's --allowed-agent-images run (`nodesysctl.admission`).
     image: Annotated[StrictStr, Field(max_length=512)] = ""
     tolerations: Annotated[
         list[Toleration], Field(max_length=32, json_schema_extra=_ATOMIC_LIST)
     ] = []
-    priority_class_name: Annotated[
-        StrictStr, Field(max_length=253, pattern=_DNS_SUBDOMAIN_OR_EMPTY_PATTERN)
-    ] = ""
+    # Only classes in the operator's --allowed-priority-classes (`nodesysctl.admission`).
+    priority_class_name: Annotated[StrictStr, Field(max_length=253)] = ""
     resources: ResourceRequirements = ResourceRequirements()
     active_deadline_seconds: Annotated[StrictInt, Field(ge=10, le=3600)] = 120
     backoff_limit: Annotated[StrictInt, Field(ge=0, le=6)] = 1
     # At least a minute so the operator reads the agent's result before the Job is collected.
     ttl_seconds_after_finished: Annotated[StrictInt, Field(ge=60, le=604800)] = 600
+
+    RULES: ClassVar[tuple[Rule[JobSpec], ...]] = (
+        Rule(
+            "priorityClassName must be empty or a PriorityClass name: a DNS subdomain of "
+            "lowercase letters, digits, '-' and '.'",
+            lambda j: not j.priority_class_name or is_dns_subdomain(j.priority_class_name),
+            field_path=".priorityClassName",
+        ),
+    )
 
 
 def _protected_ports_are_kept_out(spec: NodeSysctlPolicySpec) -> bool:

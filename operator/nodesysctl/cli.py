@@ -8,7 +8,7 @@ import shutil
 import sys
 from collections.abc import Sequence
 
-from nodesysctl.config import OperatorConfig
+from nodesysctl.config import OperatorConfig, split_list
 
 STATUS_LIST_PAGE = 500
 
@@ -26,6 +26,8 @@ def _run(args: argparse.Namespace) -> int:
         agent_python=args.agent_python,
         restarts_per_minute=args.restarts_per_minute,
         restart_burst=args.restart_burst,
+        allowed_agent_images=args.allowed_agent_images,
+        allowed_priority_classes=args.allowed_priority_classes,
     )
     kopf.configure(verbose=args.verbose)
     if not args.verbose:
@@ -71,6 +73,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--agent-python",
         default=defaults.agent_python,
         help="interpreter the agent Job runs (the image's python)",
+    )
+    run.add_argument(
+        "--allowed-agent-images",
+        type=split_list,
+        default=defaults.allowed_agent_images,
+        metavar="IMAGE[,IMAGE...]",
+        help="images a policy's job.image may name besides --agent-image (pin digests: "
+        "repo@sha256:...); default none",
+    )
+    run.add_argument(
+        "--allowed-priority-classes",
+        type=split_list,
+        default=defaults.allowed_priority_classes,
+        metavar="NAME[,NAME...]",
+        help="PriorityClasses a policy's job.priorityClassName may name; default none",
     )
     run.add_argument("--restarts-per-minute", type=float, default=defaults.restarts_per_minute)
     run.add_argument("--restart-burst", type=int, default=defaults.restart_burst)

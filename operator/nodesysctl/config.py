@@ -18,6 +18,11 @@ from nodesysctl.jobs import (
 )
 
 
+def split_list(text: str) -> tuple[str, ...]:
+    """A comma-separated flag or variable ("a, b,") as its items ("a", "b")."""
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
 @dataclasses.dataclass(frozen=True)
 class OperatorConfig:
     job_namespace: str = DEFAULT_JOB_NAMESPACE
@@ -25,6 +30,9 @@ class OperatorConfig:
     agent_python: str = DEFAULT_AGENT_PYTHON
     restarts_per_minute: float = 30.0
     restart_burst: int = 10
+    # Empty: a policy's job.image may name only agent_image, and no priority class at all.
+    allowed_agent_images: tuple[str, ...] = ()
+    allowed_priority_classes: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls) -> OperatorConfig:
@@ -38,9 +46,17 @@ class OperatorConfig:
                 os.environ.get("NODESYSCTL_RESTARTS_PER_MINUTE", defaults.restarts_per_minute)
             ),
             restart_burst=int(os.environ.get("NODESYSCTL_RESTART_BURST", defaults.restart_burst)),
+            allowed_agent_images=split_list(os.environ.get("NODESYSCTL_ALLOWED_AGENT_IMAGES", "")),
+            allowed_priority_classes=split_list(
+                os.environ.get("NODESYSCTL_ALLOWED_PRIORITY_CLASSES", "")
+            ),
         )
 
     def job_settings(self) -> JobSettings:
         return JobSettings(
-            namespace=self.job_namespace, image=self.agent_image, python=self.agent_python
+            namespace=self.job_namespace,
+            image=self.agent_image,
+            python=self.agent_python,
+            allowed_images=self.allowed_agent_images,
+            allowed_priority_classes=self.allowed_priority_classes,
         )

@@ -14,6 +14,7 @@ from typing import Any
 
 from nodesysctl import GROUP, KIND, VERSION
 from nodesysctl.agent.contract import PERSIST_FILE_PATTERN, AgentSpec
+from nodesysctl.agent.run import HOST_MOUNT_ROOT
 from nodesysctl.api import NodeSysctlPolicySpec
 from nodesysctl.availability import agent_tolerations
 from nodesysctl.labels import (
@@ -45,7 +46,6 @@ DEFAULT_JOB_NAMESPACE = "nodesysctl-jobs"
 DEFAULT_AGENT_IMAGE = "ghcr.io/nodesysctl/nodesysctl:0.1.0"
 DEFAULT_AGENT_PYTHON = "python"
 
-HOST_SYSCTL_DIR = "/host/etc/sysctl.d"
 TERMINATION_LOG = "/dev/termination-log"
 DEFAULT_AGENT_RESOURCES = {
     "requests": {"cpu": "10m", "memory": "32Mi"},
@@ -55,11 +55,16 @@ DEFAULT_AGENT_RESOURCES = {
 
 @dataclasses.dataclass(frozen=True)
 class JobSettings:
-    """Operator-wide settings that shape every agent Job."""
+    """Operator-wide settings that shape every agent Job.
+
+    `allowed_images` and `allowed_priority_classes`: what a policy's `job.image` and
+    `job.priorityClassName` may name besides `image` and no class (`nodesysctl.admission`)."""
 
     namespace: str = DEFAULT_JOB_NAMESPACE
     image: str = DEFAULT_AGENT_IMAGE
     python: str = DEFAULT_AGENT_PYTHON
+    allowed_images: tuple[str, ...] = ()
+    allowed_priority_classes: tuple[str, ...] = ()
 
 
 def persist_file_name(policy: str) -> str:
@@ -119,6 +124,35 @@ def job_labels(policy: str, node: str, current_spec_hash: str) -> dict[str, str]
     }
 
 
+def agent_sysctl_dir(spec: NodeSysctlPolicySpec) -> str:
+    """Where the agent finds the policy's sysctlDir: the host's path below HOST_MOUNT_ROOT, where
+    the agent (its default --host-root) maps paths back to the host's in its messages."""
+    return f"{HOST_MOUNT_ROOT}{spec.remediation.sysctl_dir}"
+
+
+def sysctl_dir_volume(
+    spec: NodeSysctlPolicySpec,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The hostPath volume and mount of the policy's sysctlDir, if the agent opens it at all.
+
+    Neither with persist false (the agent never opens the directory). The host path must exist
+    (`type: Directory`: a missing one fails the pod instead of being created on the host), and
+    the mount is read-only unless the agent writes the persisted file (Enforce with persist);
+    Audit only reads it, to report whether the file is there."""
+    if not spec.remediation.persist:
+        return [], []
+    volume = {
+        "name": "host-sysctl-d",
+        "hostPath": {"path": spec.remediation.sysctl_dir, "type": "Directory"},
+    }
+    mount = {
+        "name": "host-sysctl-d",
+        "mountPath": agent_sysctl_dir(spec),
+        "readOnly": not spec.remediation.writes_host_files(),
+    }
+    return [volume], [mount]
+
+
 def build_agent_job(
     *,
     policy: str,
@@ -130,16 +164,7 @@ def build_agent_job(
     """A privileged, host-network Job that checks (and in Enforce mode fixes) one node."""
     labels = job_labels(policy, order.node, spec_hash(spec))
     agent_spec = build_agent_spec(policy, spec).model_dump_json(by_alias=True)
-    volumes: list[dict[str, Any]] = []
-    mounts: list[dict[str, Any]] = []
-    if spec.remediation.persist:
-        volumes.append(
-            {
-                "name": "host-sysctl-d",
-                "hostPath": {"path": spec.remediation.sysctl_dir, "type": "DirectoryOrCreate"},
-            }
-        )
-        mounts.append({"name": "host-sysctl-d", "mountPath": HOST_SYSCTL_DIR})
+    volumes, mounts = sysctl_dir_volume(spec)
     container: dict[str, Any] = {
         "name": "agent",
         "image": spec.job.image or settings.image,
@@ -151,7 +176,7 @@ def build_agent_job(
             "--proc-sys",
             "/proc/sys",
             "--sysctl-dir",
-            HOST_SYSCTL_DIR,
+            agent_sysctl_dir(spec),
             "--termination-log",
             TERMINATION_LOG,
         ],

@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
+from nodesysctl.admission import admit
 from nodesysctl.api import InvalidPolicy, NodeSysctlPolicySpec, parse_spec
 from nodesysctl.jobs import (
     JobSettings,
@@ -155,6 +156,8 @@ class PolicyReconciler:
     def run_once(self, snap: Snapshot, now: datetime) -> PassResult:
         try:
             spec = parse_spec(snap.spec)
+            if not_allowed := admit(spec, self.settings):
+                raise InvalidPolicy(not_allowed)
         except InvalidPolicy as exc:
             self._report_invalid(snap, str(exc), now)
             return PassResult(INVALID_POLL_SECONDS, None, {})

@@ -13,6 +13,11 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from devcluster.cluster import DevCluster
+from nodesysctl.api import InvalidPolicy, parse_spec
+from nodesysctl.jobs import JobSettings, build_agent_job
+from nodesysctl.kube import Rest
+from nodesysctl.planning import CheckOrder, CheckReason
+from tests.unit.test_crd_cel import Case, agreement_cases
 
 pytestmark = pytest.mark.integration
 
@@ -113,3 +118,65 @@ def test_the_api_server_accepts_an_example(
     assert created["metadata"]["name"] == load(path)["metadata"]["name"]
     # The server filled in the schema defaults.
     assert created["spec"]["remediation"]["mode"] in ("Enforce", "Audit")
+
+
+def kubernetes_accepts(api_client: Any, case: Case) -> bool:
+    """Kubernetes' own validation of what the policy passes on: the labels as a ConfigMap's
+    labels (metav1 label validation, the same as for selectors), or the job fields in the agent
+    Job the operator would render (pod template validation); dry runs, sent as raw JSON the way
+    `nodesysctl.kube` sends them."""
+    rest = Rest(api_client)
+    dry_run = {"dryRun": "All"}
+    try:
+        if case.labels is not None:
+            body = {"apiVersion": "v1", "kind": "ConfigMap",
+                    "metadata": {"name": case.id, "labels": case.labels}}  # fmt: skip
+            rest.request("POST", "/api/v1/namespaces/default/configmaps", query=dry_run, body=body)
+        if case.job is not None:
+            order = CheckOrder("node-1", CheckReason.NEW, case.id, "boot")
+            job = build_agent_job(
+                policy="p", policy_uid="0", spec=parse_spec({}), order=order, settings=JobSettings()
+            )
+            job["metadata"]["namespace"] = "default"
+            del job["metadata"]["ownerReferences"]  # the policy does not exist
+            pod = job["spec"]["template"]["spec"]
+            pod["tolerations"] = case.job.get("tolerations", [])
+            if case.job.get("priorityClassName"):
+                pod["priorityClassName"] = case.job["priorityClassName"]
+            if "resources" in case.job:
+                pod["containers"][0]["resources"] = case.job["resources"]
+            rest.request("POST", "/apis/batch/v1/namespaces/default/jobs", query=dry_run, body=job)
+    except ApiException as exc:
+        if exc.status not in (400, 422):
+            raise
+        return False
+    return True
+
+
+def test_what_the_crd_accepts_kubernetes_accepts(
+    api_client: Any, crds_installed: list[str]
+) -> None:
+    """The agreement cases of the unit tests (label keys and values, toleration keys and values,
+    resource quantities, PriorityClass names) on the real API server: the CRD gives the verdict
+    the models give, and Kubernetes' own validation of the same values agrees (the CRD refuses
+    more only where it caps the agent's resources)."""
+    disagreements = []
+    for case in agreement_cases():
+        body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "NodeSysctlPolicy",
+                "metadata": {"name": case.id}, "spec": case.spec}  # fmt: skip
+        try:
+            create_dry_run(api_client, body)
+            crd_accepts = True
+        except ApiException as exc:
+            if exc.status not in (400, 422):
+                raise
+            crd_accepts = False
+        try:
+            parse_spec(case.spec)
+            models_accept = True
+        except InvalidPolicy:
+            models_accept = False
+        verdicts = (crd_accepts, models_accept, kubernetes_accepts(api_client, case))
+        if verdicts != (case.valid, case.valid, case.kubernetes_valid):
+            disagreements.append((case.id, case.valid, case.kubernetes_valid, verdicts))
+    assert disagreements == []

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from decimal import Decimal
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from nodesysctl.api import (
+    SYSCTL_DIRS,
     InvalidPolicy,
     LabelSelector,
     Mode,
@@ -22,6 +24,7 @@ from nodesysctl.api import (
     WorkloadKind,
     parse_policy,
     parse_spec,
+    quantity_value,
 )
 
 
@@ -182,3 +185,69 @@ def test_api_imports_no_kubernetes_client_and_no_kopf() -> None:
     code = "import sys, nodesysctl.api; print(sorted({'kubernetes', 'kopf'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("quantity", "value"),
+    [
+        ("500m", "0.5"),
+        ("1", "1"),
+        (2, "2"),
+        ("1Ki", "1024"),
+        ("512Mi", "536870912"),
+        ("0.5Gi", "536870912"),
+        ("1e3", "1000"),
+        ("5E-1", "0.5"),
+        (".5", "0.5"),
+        ("+2k", "2000"),
+        ("-100m", "-0.1"),
+        ("10n", "0.00000001"),
+    ],
+)
+def test_quantity_value_is_exact(quantity: int | str, value: str) -> None:
+    assert quantity_value(quantity) == Decimal(value)
+
+
+@pytest.mark.parametrize("text", ["lots", "1e1.5", "1KiB", "", "1 Mi", "0x10"])
+def test_quantity_value_refuses_what_kubernetes_cannot_parse(text: str) -> None:
+    with pytest.raises(ValueError, match="is not a Kubernetes quantity"):
+        quantity_value(text)
+
+
+def test_sysctl_dir_is_one_of_two_admin_directories() -> None:
+    for directory in SYSCTL_DIRS:
+        assert parse_spec({"remediation": {"sysctlDir": directory}}).remediation.sysctl_dir == (
+            directory
+        )
+    for directory in ("/etc", "/.", "//", "/run/sysctl.d", "/etc/sysctl.d/", "/etc//sysctl.d"):
+        with pytest.raises(InvalidPolicy, match=r"sysctlDir must be /etc/sysctl\.d or"):
+            parse_spec({"remediation": {"sysctlDir": directory}})
+
+
+@pytest.mark.parametrize(
+    ("mode", "persist", "writes"),
+    [("Enforce", True, True), ("Enforce", False, False), ("Audit", True, False),
+     ("Audit", False, False)],
+)  # fmt: skip
+def test_only_enforce_with_persist_writes_host_files(
+    mode: str, persist: bool, writes: bool
+) -> None:
+    remediation = parse_spec({"remediation": {"mode": mode, "persist": persist}}).remediation
+    assert remediation.writes_host_files() is writes
+
+
+def test_a_rule_on_a_map_or_a_value_names_where_it_broke() -> None:
+    with pytest.raises(InvalidPolicy) as refused:
+        parse_spec(
+            {
+                "nodeSelector": {"matchLabels": {"bad key": "a,b"}},
+                "restart": {"selector": {"matchExpressions": [{"key": "a", "operator": "In",
+                                                               "values": ["ok", "x=y"]}]}},
+            }
+        )  # fmt: skip
+    assert [problem.split(": ", 1)[0] for problem in refused.value.problems] == [
+        "spec.nodeSelector.matchLabels.bad key",
+        "spec.restart.selector.matchExpressions[0].values[1]",
+    ]
+    # A value is checked before its map: the map's own rule waits until its values are valid.
+    assert "values must be a label value" in refused.value.problems[0]

@@ -3,8 +3,10 @@ pydantic models in `nodesysctl.api`.
 
 The sync test walks the CRD's OpenAPI schema and the models' JSON schema side by side and fails on
 any difference in fields, required fields, types, enums, bounds, patterns, list types, defaults
-(after the API server's own nested defaulting) and CEL rule messages. Add a field, a bound or a
-rule to one side only and it names the path.
+(after the API server's own nested defaulting) and CEL rule messages: a model's `RULES` for an
+object and its scalar properties, `nodesysctl.api.Check` (shown in the JSON schema) for a map,
+a map's values or a list's items. Add a field, a bound or a rule to one side only and it names
+the path.
 
 `apply_crd_defaults` and `crd_schema_errors` are small stand-ins for the API server's structural
 defaulting and OpenAPI validation (no CEL); `test_examples.py` uses them too.
@@ -331,6 +333,15 @@ def model_rules(model: type[Any]) -> set[tuple[str, str, str]]:
     return {(rule.message, rule.field_path, rule.reason) for rule in getattr(model, "RULES", ())}
 
 
+def rule_messages(node: dict[str, Any]) -> list[str]:
+    """The messages of a node's own rules: the CRD's, or a model JSON schema's `Check`s."""
+    return sorted(rule["message"] for rule in node.get("x-kubernetes-validations", []))
+
+
+def is_scalar(node: dict[str, Any]) -> bool:
+    return node.get("type") not in ("object", "array")
+
+
 class SchemaSync:
     """Walks a CRD schema node and the matching pydantic JSON schema node together."""
 
@@ -345,14 +356,28 @@ class SchemaSync:
     def resolve(self, node: dict[str, Any]) -> tuple[dict[str, Any], type[Any] | None]:
         """Follow $ref (naming the model) and unwrap `X | None`."""
         if "anyOf" in node and {"type": "null"} in node["anyOf"]:
-            [node] = [member for member in node["anyOf"] if member != {"type": "null"}]
+            members = [member for member in node["anyOf"] if member != {"type": "null"}]
+            node = members[0] if len(members) == 1 else {**node, "anyOf": members}
         if "$ref" in node:
             name = node["$ref"].rsplit("/", 1)[-1]
             return self.definitions[name], getattr(api, name, None)
         return node, None
 
-    def compare(self, crd: dict[str, Any], model_node: dict[str, Any], path: str) -> None:
+    def compare(
+        self,
+        crd: dict[str, Any],
+        model_node: dict[str, Any],
+        path: str,
+        *,
+        rules_checked: bool = False,
+    ) -> None:
+        """`rules_checked`: the node's rules were compared already, as a `Rule` of the model
+        that holds it (a scalar property of a modelled object)."""
         model_node, model = self.resolve(model_node)
+        if model is None and not rules_checked and rule_messages(crd) != rule_messages(model_node):
+            self.problem(
+                path, f"CEL rules differ: {rule_messages(crd)} vs {rule_messages(model_node)}"
+            )
         if is_int_or_string(crd):
             members = [self.resolve(member)[0] for member in model_node.get("anyOf", [])]
             if sorted(member.get("type", "") for member in members) != ["integer", "string"]:
@@ -401,7 +426,12 @@ class SchemaSync:
             )
         for name in sorted(crd_props.keys() & model_props.keys()):
             self.compare_default(crd_props[name], model_props[name], f"{path}.{name}")
-            self.compare(crd_props[name], model_props[name], f"{path}.{name}")
+            self.compare(
+                crd_props[name],
+                model_props[name],
+                f"{path}.{name}",
+                rules_checked=model is not None and is_scalar(crd_props[name]),
+            )
 
     def compare_default(self, crd: dict[str, Any], model_node: dict[str, Any], path: str) -> None:
         if path.startswith("status"):
@@ -429,12 +459,17 @@ def test_the_sync_check_notices_a_field_missing_from_the_model() -> None:
     crd_spec["properties"]["rollout"]["properties"]["maxFailedNodes"]["maximum"] = 5
     crd_spec["properties"]["job"]["properties"]["backoffLimit"]["default"] = 2
     crd_spec["properties"]["remediation"]["x-kubernetes-validations"][0]["message"] = "changed"
+    labels = crd_spec["properties"]["nodeSelector"]["properties"]["matchLabels"]
+    labels["additionalProperties"]["x-kubernetes-validations"][0]["message"] = "changed too"
+    del labels["x-kubernetes-validations"]
     sync.compare(crd_spec, sync.json_schema["properties"]["spec"], "spec")
     found = "\n".join(sync.problems)
     assert "spec.ports.extra: in the CRD, missing from the model" in found
     assert "spec.rollout.maxFailedNodes: maximum 5 vs None" in found
     assert "spec.job.backoffLimit: default 2 vs 1" in found
     assert "spec.remediation: CEL rules differ" in found
+    assert "spec.nodeSelector.matchLabels{}: CEL rules differ: ['changed too']" in found
+    assert 'spec.nodeSelector.matchLabels: CEL rules differ: [] vs ["keys must be' in found
 
 
 @pytest.mark.parametrize(
@@ -457,6 +492,50 @@ def test_enums_match(enum_class: type[Any], crd_path: str) -> None:
 def test_policy_name_limit_matches_the_crd_rule() -> None:
     [rule] = openapi_schema()["x-kubernetes-validations"]
     assert rule["rule"] == f"self.metadata.name.size() <= {api.MAX_POLICY_NAME_LENGTH}"
+
+
+def test_the_crd_rules_quote_the_models_patterns_and_limits() -> None:
+    """The CEL rules and their Python mirrors share their regular expressions and limits:
+    the CRD spells out what `nodesysctl.api` defines."""
+    nodes = dict(walk(openapi_schema()))
+
+    def rule(path: str, message_start: str) -> str:
+        found: str
+        [found] = [
+            r["rule"]
+            for r in nodes[path].get("x-kubernetes-validations", [])
+            if r["message"].startswith(message_start)
+        ]
+        return found
+
+    key_rules = [
+        rule("spec.nodeSelector.matchLabels", "keys must be a label key"),
+        rule("spec.restart.selector.matchLabels", "keys must be a label key"),
+        rule("spec.nodeSelector.matchExpressions[]", "key must be a label key"),
+        rule("spec.restart.selector.matchExpressions[]", "key must be a label key"),
+        rule("spec.job.tolerations[]", "a toleration key"),
+    ]
+    for text in key_rules:
+        assert f"matches('{api.QUALIFIED_NAME_PATTERN}')" in text
+        assert f"matches('{api.QUALIFIED_NAME_PREFIX_PATTERN}')" in text
+    value_rules = [
+        rule("spec.nodeSelector.matchLabels{}", "values must be a label value"),
+        rule("spec.restart.selector.matchLabels{}", "values must be a label value"),
+        rule("spec.nodeSelector.matchExpressions[].values[]", "values must be a label value"),
+        rule("spec.restart.selector.matchExpressions[].values[]", "values must be a label value"),
+        rule("spec.job.tolerations[]", "a toleration value"),
+    ]
+    for text in value_rules:
+        assert f"matches('{api.LABEL_VALUE_PATTERN}')" in text
+    assert f"matches('{api.DNS_SUBDOMAIN_PATTERN}')" in rule(
+        "spec.job.priorityClassName", "priorityClassName"
+    )
+    assert rule("spec.remediation.sysctlDir", "sysctlDir") == f"self in {list(api.SYSCTL_DIRS)}"
+    for kind in ("requests", "limits"):
+        assert f"quantity('{api.MAX_AGENT_CPU}')" in rule(f"spec.job.resources.{kind}.cpu", "cpu")
+        assert f"quantity('{api.MAX_AGENT_MEMORY}')" in rule(
+            f"spec.job.resources.{kind}.memory", "memory"
+        )
 
 
 def test_worst_nodes_limit_matches_the_crd() -> None:

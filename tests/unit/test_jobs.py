@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+import pytest
+
 from nodesysctl.agent.contract import AgentSpec
+from nodesysctl.agent.run import AgentPaths
 from nodesysctl.api import parse_spec
 from nodesysctl.jobs import JobSettings, build_agent_job, build_restart_patch
 from nodesysctl.labels import RESTART_WAVE, RESTARTED_AT
@@ -70,6 +74,48 @@ def test_no_host_mount_without_persistence_and_tolerations_pass_through() -> Non
     assert pod["volumes"] == []
     assert pod["tolerations"] == [toleration]  # exactly the corev1 shape, nothing added
     assert pod["priorityClassName"] == "system-node-critical"
+
+
+@pytest.mark.parametrize(
+    ("mode", "persist", "mounted", "read_only"),
+    [
+        ("Enforce", True, True, False),  # writes the persisted file
+        ("Audit", True, True, True),  # reads it, to report whether it is there
+        ("Enforce", False, False, None),  # never opens the directory
+        ("Audit", False, False, None),
+    ],
+)
+def test_sysctl_dir_is_mounted_read_write_only_when_the_agent_writes(
+    mode: str, persist: bool, mounted: bool, read_only: bool | None
+) -> None:
+    pod = render(remediation={"mode": mode, "persist": persist})["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    args = container["args"]
+    assert args[args.index("--sysctl-dir") + 1] == "/host/etc/sysctl.d"
+    if not mounted:
+        assert pod["volumes"] == []
+        assert container["volumeMounts"] == []
+        return
+    [volume] = pod["volumes"]
+    [mount] = container["volumeMounts"]
+    # Directory, not DirectoryOrCreate: a missing directory fails the pod; the host is unchanged.
+    assert volume["hostPath"] == {"path": "/etc/sysctl.d", "type": "Directory"}
+    assert mount == {
+        "name": volume["name"],
+        "mountPath": "/host/etc/sysctl.d",
+        "readOnly": read_only,
+    }
+
+
+def test_the_other_sysctl_dir_is_mounted_where_the_agent_maps_it_back_to_the_host() -> None:
+    pod = render(remediation={"sysctlDir": "/usr/local/lib/sysctl.d"})["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    assert pod["volumes"][0]["hostPath"]["path"] == "/usr/local/lib/sysctl.d"
+    assert container["volumeMounts"][0]["mountPath"] == "/host/usr/local/lib/sysctl.d"
+    args = container["args"]
+    paths = AgentPaths(sysctl_dir=Path(args[args.index("--sysctl-dir") + 1]))
+    # The agent's default --host-root: its messages name /usr/local/lib/sysctl.d/...
+    assert paths.effective_host_root() == Path("/host")
 
 
 def test_resources_default_unless_the_policy_sets_them() -> None:

@@ -19,7 +19,7 @@ from nodesysctl.api import parse_spec
 from nodesysctl.jobs import JobSettings
 from nodesysctl.labels import ANNOTATION_RESULT_PREFIX, RESTART_WAVE
 from nodesysctl.observed import PodOutcome
-from nodesysctl.pacing import RestartLimiter
+from nodesysctl.pacing import INVALID_POLL_SECONDS, RestartLimiter
 from nodesysctl.planning import JobFacts, NodeFacts, NodeResult, NodeState, spec_hash
 from nodesysctl.reconcile import PolicyReconciler, Snapshot
 
@@ -214,6 +214,52 @@ def test_invalid_spec_reports_once_and_creates_nothing() -> None:
     )
     assert again.status_patches == []
     assert again.events == []
+
+
+@pytest.mark.parametrize(
+    ("job", "refused"),
+    [
+        ({"image": "evil.example/rootkit:latest"}, 'spec.job.image: "evil.example/rootkit:latest"'),
+        ({"priorityClassName": "system-node-critical"}, "spec.job.priorityClassName"),
+    ],
+)
+def test_an_image_or_priority_class_the_operator_does_not_allow_is_invalid_and_runs_nothing(
+    job: dict[str, Any], refused: str
+) -> None:
+    kube = RecordingKube()
+    spec = {**SPEC, "job": job}
+    result = reconciler(kube).run_once(snapshot([NodeFacts("n1", {}, "b", {})], spec=spec), NOW)
+    assert kube.jobs_created == []
+    assert kube.events == [("NodeSysctlPolicy", POLICY, "InvalidSpec")]
+    invalid = next(c for c in kube.status_patches[0]["conditions"] if c["type"] == "Invalid")
+    assert invalid["status"] == "True"
+    assert refused in invalid["message"]
+    assert "is not in the operator's --allowed-" in invalid["message"]
+    # It waits for an edit (or an operator with another configuration), not for a retry.
+    assert result.delay == INVALID_POLL_SECONDS
+    again = RecordingKube()
+    reconciler(again).run_once(
+        snapshot([NodeFacts("n1", {}, "b", {})], spec=spec, status=kube.status_patches[0]), NOW
+    )
+    assert again.jobs_created == []
+    assert again.events == []
+
+
+def test_an_allowed_image_and_priority_class_run() -> None:
+    kube = RecordingKube()
+    settings = JobSettings(
+        namespace="jobs",
+        allowed_images=("registry.example/agent@sha256:" + "b" * 64,),
+        allowed_priority_classes=("nodesysctl-agent",),
+    )
+    job = {"image": settings.allowed_images[0], "priorityClassName": "nodesysctl-agent"}
+    PolicyReconciler(kube, settings, RestartLimiter(600, 10)).run_once(
+        snapshot([NodeFacts("n1", {}, "b", {})], spec={**SPEC, "job": job}), NOW
+    )
+    [created] = kube.jobs_created
+    pod = created["spec"]["template"]["spec"]
+    assert pod["containers"][0]["image"] == settings.allowed_images[0]
+    assert pod["priorityClassName"] == "nodesysctl-agent"
 
 
 def test_finished_job_is_recorded_on_the_node_with_events() -> None:
