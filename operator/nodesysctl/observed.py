@@ -101,6 +101,7 @@ def job_facts_from_body(body: Mapping[str, Any]) -> JobFacts | None:
         node=str(annotations[ANNOTATION_NODE]),
         spec_hash=str(labels.get(LABEL_SPEC_HASH, "")),
         boot_id=str(annotations.get(ANNOTATION_BOOT_ID, "")),
+        active=int((body.get("status") or {}).get("active") or 0),
         # The API server always sets creationTimestamp; the clock is only a fallback.
         created_at=parse_time(created) if created else datetime.now(UTC),
         finished=finished,

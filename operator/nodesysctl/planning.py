@@ -160,6 +160,7 @@ class JobFacts:
     spec_hash: str
     boot_id: str
     created_at: datetime
+    active: int = 0  # its pods not yet finished (status.active): 0 while none could be created
     finished: bool = False
     succeeded: bool = False
     failure_reason: str = ""
