@@ -20,12 +20,14 @@ from typing import Any
 from urllib.parse import quote
 
 import kubernetes
+import urllib3
 from kubernetes.client import ApiClient
 from kubernetes.client.exceptions import ApiException
 
 from nodesysctl import GROUP, KIND, PLURAL, VERSION
 from nodesysctl.labels import LABEL_JOB_NAME
 from nodesysctl.planning import format_time
+from nodesysctl.refusals import ApiRefusal
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +52,46 @@ class WatchExpiredError(Exception):
     """The watch's resourceVersion is too old (HTTP 410 Gone): list again, then watch."""
 
 
+class KubeError(ApiException):
+    """Every failed API call, mapped here and nowhere else: `status` is the HTTP status (0 when
+    the API server did not answer), `reason` and `message` come from its Status body
+    (`Forbidden`, `jobs.batch "x" is forbidden: ...`). `refusal` is the same as plain data, for
+    the pure core to judge (`nodesysctl.refusals.classify`: whose fault it is).
+
+    A subclass of the client's ApiException, so code that expects that still works."""
+
+    def __init__(self, status: int, reason: str, message: str, *, body: str | None = None):
+        super().__init__(status=status, reason=reason, body=body)
+        self.message = message
+
+    @classmethod
+    def from_api_exception(cls, exc: ApiException) -> KubeError:
+        """From the client's exception (its `body` is the Status JSON, if the server sent one)."""
+        status = int(exc.status or 0)
+        reason, message = str(exc.reason or ""), ""
+        try:
+            decoded = json.loads(exc.body or "")
+        except ValueError:
+            decoded = None
+        if isinstance(decoded, dict) and decoded.get("kind") == "Status":
+            reason = str(decoded.get("reason") or reason)
+            message = str(decoded.get("message") or "")
+        error = cls(status, reason, message or str(exc.body or exc.reason or ""), body=exc.body)
+        error.headers = exc.headers
+        return error
+
+    @classmethod
+    def unreachable(cls, exc: BaseException) -> KubeError:
+        return cls(0, "Unreachable", f"{type(exc).__name__}: {exc}")
+
+    @property
+    def refusal(self) -> ApiRefusal:
+        return ApiRefusal(int(self.status or 0), str(self.reason or ""), self.message)
+
+    def __str__(self) -> str:
+        return self.refusal.describe()  # one line, not the client's headers and body
+
+
 class Rest:
     """JSON over the API server's REST paths, with the client's configuration and auth."""
 
@@ -65,14 +107,19 @@ class Rest:
         body: Any = None,
         content_type: str = "application/json",
     ) -> Any:
-        """The decoded JSON response; ApiException (with .status) for any non-2xx answer."""
+        """The decoded JSON response; KubeError for any non-2xx answer, or for none at all."""
         headers = {"Accept": "application/json"}
         if body is not None:
             headers["Content-Type"] = content_type
-        response = self.api.call_api(*self._serialize(method, path, query, headers, body))
-        response.read()  # type: ignore[no-untyped-call]
+        try:
+            response = self.api.call_api(*self._serialize(method, path, query, headers, body))
+            response.read()  # type: ignore[no-untyped-call]
+        except ApiException as exc:  # the client's own, e.g. status 0 for a TLS failure
+            raise KubeError.from_api_exception(exc) from exc
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise KubeError.unreachable(exc) from exc
         if not 200 <= response.status <= 299:
-            raise ApiException(http_resp=response)
+            raise KubeError.from_api_exception(ApiException(http_resp=response))
         return json.loads(response.data) if response.data else None
 
     def _serialize(
@@ -120,7 +167,7 @@ class Rest:
                 response.read()  # type: ignore[no-untyped-call]
                 if response.status == 410:
                     raise WatchExpiredError((response.data or b"").decode(errors="replace"))
-                raise ApiException(http_resp=response)
+                raise KubeError.from_api_exception(ApiException(http_resp=response))
             for line in raw:
                 if line.strip():
                     yield line
@@ -155,7 +202,7 @@ class Kube:
         namespace = body["metadata"]["namespace"]
         try:
             self.rest.create(f"/apis/batch/v1/namespaces/{_name(namespace)}/jobs", body)
-        except ApiException as exc:
+        except KubeError as exc:
             if exc.status == 409:
                 return False
             raise
@@ -179,7 +226,7 @@ class Kube:
                 f"/apis/batch/v1/namespaces/{_name(namespace)}/jobs/{_name(name)}",
                 propagationPolicy="Background",
             )
-        except ApiException as exc:
+        except KubeError as exc:
             if exc.status != 404:
                 raise
 
@@ -191,6 +238,15 @@ class Kube:
         for name in names:
             self.delete_job(namespace, name)
         return len(names)
+
+    def job_events(self, namespace: str, reason: str) -> list[dict[str, Any]]:
+        """The Events about Jobs in `namespace` with this reason (the Job controller's
+        FailedCreate: the only word it gives when it cannot create a Job's pod)."""
+        events = self.rest.get(
+            f"/api/v1/namespaces/{_name(namespace)}/events",
+            fieldSelector=f"involvedObject.kind=Job,reason={reason}",
+        )
+        return list(events.get("items", []))
 
     def job_pods(self, namespace: str, job: str) -> list[dict[str, Any]]:
         """Pods of one Job (used when the watch has not delivered them yet)."""
@@ -205,7 +261,7 @@ class Kube:
     def patch_node(self, name: str, patch: Mapping[str, Any]) -> None:
         try:
             self.rest.merge_patch(f"/api/v1/nodes/{_name(name)}", patch)
-        except ApiException as exc:
+        except KubeError as exc:
             if exc.status != 404:  # the node left meanwhile: nothing to record on it
                 raise
 
@@ -218,7 +274,7 @@ class Kube:
     def patch_policy_status(self, name: str, status: Mapping[str, Any]) -> None:
         try:
             self.rest.merge_patch(f"{_policy_path(name)}/status", {"status": dict(status)})
-        except ApiException as exc:
+        except KubeError as exc:
             if exc.status != 404:  # deleted meanwhile
                 raise
 
@@ -262,7 +318,7 @@ class Kube:
                 code = obj.get("code")
                 if code == 410:
                     raise WatchExpiredError(str(obj.get("message", "")))
-                raise ApiException(status=code, reason=f"{obj.get('reason')}: {obj.get('message')}")
+                raise KubeError(int(code or 0), str(obj.get("reason")), str(obj.get("message")))
             yield kind, obj
 
     # --- Workloads ------------------------------------------------------------------------
@@ -319,8 +375,8 @@ class Kube:
         }
         try:
             self.rest.request("POST", f"/api/v1/namespaces/{_name(namespace)}/events", body=body)
-        except ApiException as exc:
-            logger.warning("could not post event %s on %s: %s", reason, involved, exc.reason)
+        except KubeError as exc:
+            logger.warning("could not post event %s on %s: %s", reason, involved, exc)
 
 
 def policy_ref(name: str, uid: str) -> dict[str, Any]:
