@@ -16,6 +16,10 @@ from datetime import datetime
 from typing import Any
 
 from nodesysctl.planning import PolicySummary, format_time
+from nodesysctl.refusals import ApiRefusal
+
+INVALID_SPEC = "InvalidSpec"  # the operator's models refuse the spec (`parse_spec`)
+JOB_REFUSED = "JobRefused"  # the API server refuses the agent Job the spec makes
 
 
 def condition(
@@ -134,14 +138,53 @@ def build_status(inputs: StatusInputs) -> dict[str, Any]:
     return status
 
 
-def build_invalid_conditions(message: str, generation: int) -> list[dict[str, Any]]:
+def build_invalid_conditions(
+    message: str, generation: int, reason: str = INVALID_SPEC
+) -> list[dict[str, Any]]:
+    ready = {
+        INVALID_SPEC: "the spec is invalid; nothing is applied",
+        JOB_REFUSED: "the API server refuses the agent Job; nothing is applied",
+    }.get(reason, "nothing is applied")
     return [
-        condition("Invalid", True, "InvalidSpec", message, generation),
-        condition(
-            "Ready", False, "InvalidSpec", "the spec is invalid; nothing is applied", generation
-        ),
-        condition("Progressing", False, "InvalidSpec", "nothing is applied", generation),
+        condition("Invalid", True, reason, message, generation),
+        condition("Ready", False, reason, ready, generation),
+        condition("Progressing", False, reason, "nothing is applied", generation),
     ]
+
+
+def reported_refusal(status: Mapping[str, Any], generation: int) -> str | None:
+    """The message of a `JobRefused` Invalid condition the status holds for this generation:
+    the API server refused this spec's agent Job already, and will refuse it again."""
+    for cond in status.get("conditions") or []:
+        if (
+            cond.get("type") == "Invalid"
+            and cond.get("status") == "True"
+            and cond.get("reason") == JOB_REFUSED
+            and cond.get("observedGeneration") == generation
+        ):
+            return str(cond.get("message") or "")
+    return None
+
+
+def build_api_degraded_condition(refusal: ApiRefusal, generation: int) -> dict[str, Any]:
+    """Degraded while passes fail on the API server's side (RBAC, throttling, 5xx, no answer):
+    the next successful pass writes the usual Degraded condition over it."""
+    return condition(
+        "Degraded",
+        True,
+        refusal.condition_reason,
+        f"{refusal.describe()}; retrying with backoff",
+        generation,
+    )
+
+
+def with_condition(
+    previous: Sequence[Mapping[str, Any]], wanted: dict[str, Any], now: datetime
+) -> list[dict[str, Any]]:
+    """The conditions with `wanted` in place of the one of its type, the others as they are."""
+    [merged] = merge_conditions(previous, [wanted], now)
+    conditions = [merged if c.get("type") == wanted["type"] else dict(c) for c in previous]
+    return conditions if merged in conditions else [*conditions, merged]
 
 
 def condition_true(status: Mapping[str, Any], kind: str) -> bool:

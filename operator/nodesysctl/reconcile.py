@@ -8,6 +8,11 @@ what a restart wave does (`nodesysctl.restarts`), when to run again (`nodesysctl
 bodies come from `nodesysctl.jobs` and `nodesysctl.policy_status`. The calls go through
 `PassClient`, which `nodesysctl.kube.Kube` implements and the unit tests fake. Nothing here
 imports Kopf.
+
+What the API server refuses is judged by `nodesysctl.refusals`: an agent Job refused for the
+policy's values makes the policy Invalid until its spec changes (no POST meanwhile); any other
+failed call fails the pass with `Degraded` in the status, and the daemon backs off; a Job whose
+pod the cluster refuses fails its node (docs/reliability.md, "API refusals").
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from nodesysctl.jobs import (
     build_node_result_patch,
     build_restart_patch,
 )
-from nodesysctl.kube import node_ref, policy_ref, workload_ref
+from nodesysctl.kube import KubeError, node_ref, policy_ref, workload_ref
 from nodesysctl.observed import PodOutcome, job_facts_from_body
 from nodesysctl.pacing import INVALID_POLL_SECONDS, RestartLimiter, pass_delay
 from nodesysctl.planning import (
@@ -46,13 +51,27 @@ from nodesysctl.planning import (
     spec_hash,
 )
 from nodesysctl.policy_status import (
+    INVALID_SPEC,
+    JOB_REFUSED,
     StatusInputs,
+    build_api_degraded_condition,
     build_conditions,
     build_invalid_conditions,
     build_status,
     condition_true,
     merge_conditions,
+    reported_refusal,
     same_status,
+    with_condition,
+)
+from nodesysctl.refusals import (
+    FAILED_CREATE,
+    ApiRefusal,
+    Refusal,
+    job_refused_message,
+    pod_refusals,
+    podless_jobs,
+    refused_pod_result,
 )
 from nodesysctl.restarts import RestartAction, plan_restart_wave, restart_wave, restarts_done
 from nodesysctl.results import (
@@ -83,6 +102,8 @@ class PassClient(Protocol):
     def get_job(self, namespace: str, name: str) -> Mapping[str, Any] | None: ...
 
     def delete_job(self, namespace: str, name: str) -> None: ...
+
+    def job_events(self, namespace: str, reason: str) -> Sequence[Mapping[str, Any]]: ...
 
     def job_pods(self, namespace: str, job: str) -> Sequence[Mapping[str, Any]]: ...
 
@@ -127,6 +148,15 @@ class Snapshot:
     other_policies: Sequence[PolicyRanges]
 
 
+class JobRefusedError(Exception):
+    """The API server refused an agent Job for what it says (`Refusal.INVALID`)."""
+
+    def __init__(self, job: str, refusal: ApiRefusal) -> None:
+        super().__init__(job_refused_message(job, refusal))
+        self.job = job
+        self.refusal = refusal
+
+
 @dataclasses.dataclass(frozen=True)
 class PassResult:
     delay: float
@@ -140,6 +170,11 @@ class PolicyReconciler:
         self.settings = settings
         self.limiter = limiter
         self.io = ThreadPoolExecutor(IO_PARALLELISM, thread_name_prefix="nodesysctl-io")
+        # By policy uid: the generation whose agent Job the API server refused, and why (the
+        # status says so too, unless writing it failed); the policies whose failing passes
+        # have posted their Event. Each policy's passes run one at a time, in its own thread.
+        self.refused: dict[str, tuple[int, str]] = {}
+        self.degraded: set[str] = set()
 
     def _each(self, call: Callable[[Any], Any], items: Iterable[Any]) -> list[Any]:
         """`call` on every item, IO_PARALLELISM at a time; results in the items' order. All
@@ -154,6 +189,39 @@ class PolicyReconciler:
     # The pass ---------------------------------------------------------------------------
 
     def run_once(self, snap: Snapshot, now: datetime) -> PassResult:
+        """One pass; raises when an API call fails (the daemon backs off), after reporting
+        `Degraded` with the API server's answer, and reports the policy Invalid instead when
+        the API server refuses its agent Job for what it says."""
+        refused = self._refused_before(snap)
+        if refused is not None:
+            # Sending the same spec's Job again would be refused again: wait for an edit.
+            self._report_invalid(snap, refused, now, JOB_REFUSED)
+            return PassResult(INVALID_POLL_SECONDS, None, {})
+        try:
+            result = self._pass(snap, now)
+        except JobRefusedError as exc:
+            logger.warning("policy %s: %s; waiting for the spec to change", snap.name, exc)
+            self.refused[snap.uid] = (snap.generation, str(exc))
+            self._report_invalid(snap, str(exc), now, JOB_REFUSED)
+            # Results recorded before the refusal are echoed by the node watch; until then
+            # they cannot cause a check: nothing is created for this generation any more.
+            return PassResult(INVALID_POLL_SECONDS, None, {})
+        except KubeError as exc:
+            self._report_degraded(snap, exc.refusal, now)
+            raise
+        self.degraded.discard(snap.uid)
+        return result
+
+    def _refused_before(self, snap: Snapshot) -> str | None:
+        """Why this generation's agent Job was refused, if it was (this process remembers it;
+        the status says it across restarts)."""
+        generation, message = self.refused.get(snap.uid, (None, ""))
+        if generation == snap.generation:
+            return message
+        self.refused.pop(snap.uid, None)  # an edit: try the new spec
+        return reported_refusal(snap.status, snap.generation)
+
+    def _pass(self, snap: Snapshot, now: datetime) -> PassResult:
         try:
             spec = parse_spec(snap.spec)
             if not_allowed := admit(spec, self.settings):
@@ -167,6 +235,11 @@ class PolicyReconciler:
         excluded = {c.node for c in conflicts if c.loser == snap.name}
         selected = select_nodes(spec, snap.nodes, excluded)
         recorded = self._record_finished(snap, spec, selected, now)
+        pods_refused = self._record_refused_pods(snap, spec, selected, now)
+        if pods_refused:  # their Jobs are deleted: they no longer hold their nodes' checks
+            gone = {result.job for result in pods_refused.values()}
+            snap = dataclasses.replace(snap, jobs=[j for j in snap.jobs if j.name not in gone])
+        recorded = {**recorded, **pods_refused}
         selected = [n.with_result(snap.name, recorded.get(n.name)) for n in selected]
 
         # Only the policy's own Jobs run its checks: a foreign one neither holds a node's check
@@ -187,7 +260,7 @@ class PolicyReconciler:
             for order in plan.checks
         ]
         taken: list[CheckOrder] = []  # 409 AlreadyExists: whose Job holds the name?
-        for order, created in zip(plan.checks, self._each(self.kube.create_job, jobs), strict=True):
+        for order, created in zip(plan.checks, self._create_checks(jobs), strict=True):
             if created:
                 logger.info(
                     "policy %s: checking node %s (%s, boot %s) with Job %s",
@@ -245,6 +318,21 @@ class PolicyReconciler:
         )
         return PassResult(delay, ranges, recorded)
 
+    def _create_checks(self, jobs: Sequence[Mapping[str, Any]]) -> list[bool]:
+        """Create the checks' Jobs, the first one alone: the API server judges the policy's
+        values alike in each, so when it refuses the first for them (`JobRefusedError`) the
+        others are never sent: one refused POST per generation, not one per node."""
+        first = self._each(self._create_job, jobs[:1])
+        return first + self._each(self._create_job, jobs[1:])
+
+    def _create_job(self, body: Mapping[str, Any]) -> bool:
+        try:
+            return self.kube.create_job(body)
+        except KubeError as exc:
+            if exc.refusal.refusal == Refusal.INVALID:
+                raise JobRefusedError(body["metadata"]["name"], exc.refusal) from exc
+            raise
+
     # Results ------------------------------------------------------------------------------
 
     def _record_finished(
@@ -283,6 +371,40 @@ class PolicyReconciler:
         fetched = [PodOutcome.from_body(pod) for pod in pods]
         known = {outcome.pod for outcome in seen}
         return seen + [o for o in fetched if o is not None and o.pod not in known]
+
+    def _record_refused_pods(
+        self,
+        snap: Snapshot,
+        spec: NodeSysctlPolicySpec,
+        selected: Sequence[NodeFacts],
+        now: datetime,
+    ) -> dict[str, NodeResult]:
+        """Fail the nodes whose check's pod the cluster refuses to create (the Job controller's
+        FailedCreate Events: Pod Security, a ResourceQuota, a LimitRange, an admission webhook),
+        now rather than at the Job's deadline, and delete those Jobs (the Job controller would
+        retry until then). Events are listed only while a Job has had no pod for a while, and
+        only the policy's own Jobs count (a foreign one is neither failed nor deleted)."""
+        current = spec_hash(spec)
+        own = [job for job in snap.jobs if verify_job(job, snap.uid).believed]
+        waiting = podless_jobs(snap.name, current, selected, own, now)
+        if not waiting:
+            return {}
+        refusals = pod_refusals(
+            waiting, self.kube.job_events(self.settings.namespace, FAILED_CREATE)
+        )
+        todo = [job for job in waiting if job.name in refusals]
+
+        def record(job: JobFacts) -> NodeResult:
+            result = refused_pod_result(job, refusals[job.name], current, now).as_stored()
+            self.kube.patch_node(job.node, build_node_result_patch(snap.name, result))
+            self.kube.delete_job(self.settings.namespace, job.name)
+            logger.warning("policy %s: node %s: %s", snap.name, job.node, result.message)
+            self._post(snap, job.node, True, "PodCreationRefused", result.message)
+            return result
+
+        return {
+            job.node: result for job, result in zip(todo, self._each(record, todo), strict=True)
+        }
 
     def _refuse_foreign(
         self, snap: Snapshot, order: CheckOrder, current: str, now: datetime
@@ -400,10 +522,12 @@ class PolicyReconciler:
         if not same_status(snap.status, status):
             self.kube.patch_policy_status(snap.name, status)
 
-    def _report_invalid(self, snap: Snapshot, message: str, now: datetime) -> None:
+    def _report_invalid(
+        self, snap: Snapshot, message: str, now: datetime, reason: str = INVALID_SPEC
+    ) -> None:
         conditions = merge_conditions(
             snap.status.get("conditions") or [],
-            build_invalid_conditions(message, snap.generation),
+            build_invalid_conditions(message, snap.generation, reason),
             now,
         )
         status = {"observedGeneration": snap.generation, "conditions": conditions}
@@ -411,5 +535,32 @@ class PolicyReconciler:
             return  # reported already for this generation
         self.kube.patch_policy_status(snap.name, status)
         self.kube.post_event(
-            policy_ref(snap.name, snap.uid), warning=True, reason="InvalidSpec", message=message
+            policy_ref(snap.name, snap.uid), warning=True, reason=reason, message=message
         )
+
+    def _report_degraded(self, snap: Snapshot, refusal: ApiRefusal, now: datetime) -> None:
+        """A pass failed on an API call: say so in the status (if the API server takes that
+        write) and, once per series of failures, in an Event. The pass's error is raised
+        anyway; the daemon backs off, and the next successful pass clears the condition."""
+        previous = snap.status.get("conditions") or []
+        conditions = with_condition(
+            previous, build_api_degraded_condition(refusal, snap.generation), now
+        )
+        if not same_status(snap.status, {"conditions": conditions}):
+            try:
+                self.kube.patch_policy_status(snap.name, {"conditions": conditions})
+            except KubeError as exc:
+                logger.debug("policy %s: could not write Degraded: %s", snap.name, exc)
+        reported = any(
+            c.get("type") == "Degraded" and c.get("reason") == refusal.condition_reason
+            for c in previous
+            if c.get("status") == "True"
+        )
+        if snap.uid not in self.degraded and not reported:
+            self.kube.post_event(
+                policy_ref(snap.name, snap.uid),
+                warning=True,
+                reason=refusal.condition_reason,
+                message=refusal.describe(),
+            )
+        self.degraded.add(snap.uid)

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from nodesysctl.planning import PolicySummary
 from nodesysctl.policy_status import (
+    JOB_REFUSED,
     StatusInputs,
+    build_api_degraded_condition,
     build_conditions,
+    build_invalid_conditions,
     condition_true,
     merge_conditions,
+    reported_refusal,
     same_status,
+    with_condition,
 )
+from nodesysctl.refusals import ApiRefusal
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
@@ -72,3 +78,35 @@ def test_same_status_ignores_transition_times_and_unwritten_keys() -> None:
     assert not same_status(current, {"conditions": [{**ready, "status": "False"}]})
     assert not same_status(current, {"conditions": [{**ready, "type": "Degraded"}]})
     assert not same_status({}, {"nodes": 3})
+
+
+def test_a_refused_job_is_remembered_for_its_generation_only() -> None:
+    conditions = merge_conditions([], build_invalid_conditions("refused: x", 3, JOB_REFUSED), NOW)
+    status = {"observedGeneration": 3, "conditions": conditions}
+    assert by_type(conditions) == {"Invalid": "True", "Ready": "False", "Progressing": "False"}
+    assert {c["reason"] for c in conditions} == {JOB_REFUSED}
+    assert reported_refusal(status, 3) == "refused: x"
+    assert reported_refusal(status, 4) is None  # edited since: the new spec is tried
+    spec_invalid = merge_conditions([], build_invalid_conditions("bad range", 3), NOW)
+    assert reported_refusal({"conditions": spec_invalid}, 3) is None
+
+
+def test_degraded_replaces_only_its_own_condition() -> None:
+    before = merge_conditions(
+        [], build_conditions(StatusInputs(2, "Enforce", summary(), halted=False)), NOW
+    )
+    refusal = ApiRefusal(503, "ServiceUnavailable", "etcdserver: request timed out")
+    later = NOW + timedelta(minutes=1)
+    after = with_condition(before, build_api_degraded_condition(refusal, 2), later)
+    assert [c["type"] for c in after] == [c["type"] for c in before]
+    degraded = next(c for c in after if c["type"] == "Degraded")
+    assert degraded["status"] == "True"
+    assert degraded["reason"] == "APIRefused"
+    assert degraded["message"] == (
+        "503 ServiceUnavailable: etcdserver: request timed out; retrying with backoff"
+    )
+    assert degraded["lastTransitionTime"] == "2026-11-25T12:01:00Z"
+    assert [c for c in after if c["type"] != "Degraded"] == [
+        c for c in before if c["type"] != "Degraded"
+    ]
+    assert with_condition([], degraded, later) == [degraded]

@@ -68,6 +68,9 @@ class RecordingKube:
     def delete_job(self, namespace: str, name: str) -> None:
         self.jobs_deleted.append(name)
 
+    def job_events(self, namespace: str, reason: str) -> list[dict[str, Any]]:
+        return []
+
     def job_pods(self, namespace: str, job: str) -> list[dict[str, Any]]:
         return self.pods_of_jobs.get(job, [])
 
