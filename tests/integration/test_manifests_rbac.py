@@ -73,6 +73,7 @@ ALLOWED = [
     ("get", "pods", JOB_NS),
     ("list", "pods", JOB_NS),
     ("watch", "pods", JOB_NS),
+    ("list", "events", JOB_NS),  # the Job controller's FailedCreate
 ]
 # Each must be DENIED.
 DENIED = [
@@ -130,6 +131,10 @@ DENIED = [
     ("delete", "namespaces", ""),
     ("update", "events", "default"),
     ("delete", "events", "default"),
+    ("list", "events", "-A"),
+    ("list", "events", "default"),
+    ("watch", "events", JOB_NS),
+    ("get", "events", JOB_NS),
     ("create", "certificatesigningrequests.certificates.k8s.io", ""),
     ("create", "mutatingwebhookconfigurations.admissionregistration.k8s.io", ""),
 ]

@@ -53,6 +53,7 @@ CLUSTER_RULES: dict[tuple[str, str], frozenset[str]] = {
 JOB_NAMESPACE_RULES: dict[tuple[str, str], frozenset[str]] = {
     ("batch", "jobs"): frozenset({"get", "list", "watch", "create", "delete"}),
     ("", "pods"): frozenset({"get", "list", "watch"}),
+    ("", "events"): frozenset({"list"}),  # FailedCreate: a check's pod the cluster refused
 }
 FORBIDDEN_RESOURCES = {
     "secrets",
