@@ -214,7 +214,7 @@ class Kube:
             job: dict[str, Any] = self.rest.get(
                 f"/apis/batch/v1/namespaces/{_name(namespace)}/jobs/{_name(name)}"
             )
-        except ApiException as exc:
+        except KubeError as exc:
             if exc.status == 404:
                 return None
             raise
