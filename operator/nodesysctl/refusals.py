@@ -144,7 +144,8 @@ def quota_in_use(message: str) -> bool:
 def pod_refusals(jobs: Iterable[JobFacts], events: Iterable[Mapping[str, Any]]) -> dict[str, str]:
     """Job name -> why its pod is refused, from the newest FailedCreate Event about it.
 
-    An Event older than the Job (to the second) is about an earlier Job of the same name. A
+    An Event about another Job of the same name (an earlier one, deleted) is told apart by the
+    Job's uid, or, where either side lacks one, by being older than the Job (to the second). A
     refusal that goes away by itself (`quota_in_use`) is left to the Job controller's retries
     and the Job's deadline."""
     by_name = {job.name: job for job in jobs}
@@ -155,7 +156,12 @@ def pod_refusals(jobs: Iterable[JobFacts], events: Iterable[Mapping[str, Any]]) 
         if involved.get("kind") != "Job" or event.get("reason") != FAILED_CREATE or job is None:
             continue
         stamp = _event_time(event)
-        if stamp is None or stamp < job.created_at.replace(microsecond=0):
+        if stamp is None:
+            continue
+        if job.uid and involved.get("uid"):
+            if involved["uid"] != job.uid:
+                continue
+        elif stamp < job.created_at.replace(microsecond=0):
             continue
         seen = newest.get(job.name)
         if seen is None or stamp >= seen[0]:

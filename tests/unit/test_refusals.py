@@ -150,6 +150,18 @@ def test_the_newest_failed_create_of_each_job_is_its_reason() -> None:
     assert pod_refusals(jobs, events) == {"a": PSA, "b": ZERO_QUOTA}
 
 
+def test_with_uids_an_event_is_matched_to_its_job_by_uid() -> None:
+    created = NOW - timedelta(seconds=30)
+    events = [
+        failed_create(
+            "a", PSA, created - timedelta(minutes=5), uid="uid-a"
+        ),  # the uid decides, not the clocks
+        failed_create("b", PSA, created + timedelta(seconds=1), uid="uid-of-the-earlier-b"),
+    ]
+    jobs = [job(name, created_at=created, uid=f"uid-{name}") for name in "ab"]
+    assert pod_refusals(jobs, events) == {"a": PSA}
+
+
 def test_a_quota_other_checks_hold_is_waited_for_not_a_failure() -> None:
     assert quota_in_use(BUSY_QUOTA)
     assert not quota_in_use(ZERO_QUOTA)
