@@ -6,7 +6,12 @@
   allow (`nodesysctl.admission`, with the default flags); the pass reports them Invalid;
 * agent inputs: the real agent CLI (`python -m nodesysctl.agent`) on a fake /proc/sys tree,
   with bad arguments, bad specs and bad node values; its result's status, errors, exit code;
-* what the operator reads back: garbage termination messages and result annotations.
+* what the operator reads back: garbage termination messages and result annotations;
+* what the API server and the cluster refuse: a real reconcile pass (`PolicyReconciler` with the
+  real `Kube`) against the same kube-apiserver and its Job controller, with a policy whose agent
+  Job the API server refuses, an identity or a quota that refuses it, no API server at all, and
+  job namespaces that refuse the agent's pod; what the pass did (its POSTs, the status it wrote
+  on a real policy, the node result it wrote) is the answer.
 
 Prints a Markdown table (docs/reliability.md holds its output).
 """
@@ -17,14 +22,29 @@ import json
 import subprocess
 import sys
 import tempfile
+import threading
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
+
+import yaml
+from kubernetes.client import ApiClient
 
 from devcluster.cluster import DevCluster
+from devcluster.waiting import wait_for
+from nodesysctl import GROUP, KIND, PLURAL, VERSION
 from nodesysctl.admission import admit
 from nodesysctl.agent.contract import AgentResult
 from nodesysctl.api import parse_spec
 from nodesysctl.jobs import JobSettings, build_agent_spec
-from nodesysctl.planning import NodeResult
+from nodesysctl.kube import Kube, KubeError
+from nodesysctl.observed import job_facts_from_body
+from nodesysctl.pacing import RestartLimiter
+from nodesysctl.planning import NodeFacts, NodeResult
+from nodesysctl.reconcile import PolicyReconciler, Snapshot
+from nodesysctl.refusals import POD_CREATE_GRACE_SECONDS
 
 from .harness import REPO
 
@@ -38,16 +58,14 @@ def _cell(text: str, limit: int = 220) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def policies() -> list[tuple[str, str, str]]:
+def policies(cluster: DevCluster) -> list[tuple[str, str, str]]:
     rows = []
-    with DevCluster() as cluster:
-        cluster.install_crds(REPO / "crds")
-        for path in sorted((REPO / "tests/data/invalid-policies").glob("*.yaml")):
-            what = path.read_text().splitlines()[0].lstrip("# ")
-            proc = cluster.kubectl("apply", "--dry-run=server", "-f", str(path), check=False)
-            answer = proc.stderr.strip() or f"ACCEPTED: {proc.stdout.strip()}"
-            answer = answer.split(" is invalid: ", 1)[-1].replace(f"{REPO}/", "")
-            rows.append((f"policy `{path.stem}`", what, answer))
+    for path in sorted((REPO / "tests/data/invalid-policies").glob("*.yaml")):
+        what = path.read_text().splitlines()[0].lstrip("# ")
+        proc = cluster.kubectl("apply", "--dry-run=server", "-f", str(path), check=False)
+        answer = proc.stderr.strip() or f"ACCEPTED: {proc.stdout.strip()}"
+        answer = answer.split(" is invalid: ", 1)[-1].replace(f"{REPO}/", "")
+        rows.append((f"policy `{path.stem}`", what, answer))
     return rows
 
 
@@ -160,8 +178,215 @@ def read_back() -> list[tuple[str, str, str]]:
     return rows
 
 
+class CountingKube(Kube):
+    """The real API calls, counting the Job creates sent and keeping the node results written
+    (the Nodes here are not real: their patches get 404, which a pass tolerates)."""
+
+    def __init__(self, api: ApiClient) -> None:
+        super().__init__(api)
+        self.posts = 0
+        self.node_results: list[str] = []
+        self.lock = threading.Lock()
+
+    def create_job(self, body: Mapping[str, Any]) -> bool:
+        with self.lock:
+            self.posts += 1
+        return super().create_job(body)
+
+    def patch_node(self, name: str, patch: Mapping[str, Any]) -> None:
+        self.node_results += [v for v in patch["metadata"]["annotations"].values() if v]
+        super().patch_node(name, patch)
+
+
+def _condition(status: Mapping[str, Any], kind: str) -> Mapping[str, Any]:
+    return next((c for c in status.get("conditions") or [] if c["type"] == kind), {})
+
+
+def _object(kind: str, name: str, spec: Mapping[str, Any], api: str = "v1") -> dict[str, Any]:
+    return {"apiVersion": api, "kind": kind, "metadata": {"name": name}, "spec": dict(spec)}
+
+
+class Refusals:
+    """Real passes of a real policy (one per case, its status really written) with their own
+    job namespace; the Nodes are made up (nothing is scheduled: the bench cluster has none)."""
+
+    NODES = tuple(NodeFacts(f"bench-n{i}", {}, "boot-1", {}) for i in range(3))
+
+    def __init__(self, cluster: DevCluster) -> None:
+        self.cluster = cluster
+        self.cases = 0
+
+    def _case(self, labels: Mapping[str, str], setup: list[dict[str, Any]]) -> tuple[str, str, str]:
+        """(policy, its uid, its job namespace, with `labels` and the objects `setup`)."""
+        self.cases += 1
+        name = f"refusal-{self.cases}"
+        body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "metadata": {"name": name},
+                "spec": {}}  # fmt: skip
+        kubectl = self.cluster.kubectl
+        kubectl("create", "-f", "-", input=yaml.safe_dump(body))
+        uid = kubectl("get", PLURAL, name, "-o", "jsonpath={.metadata.uid}").stdout
+        namespace = self.cluster.create_namespace(f"{name}-jobs", labels)
+        for doc in setup:
+            kubectl("create", "-n", namespace, "-f", "-", input=yaml.safe_dump(doc))
+            if doc["kind"] == "ResourceQuota":  # enforced once the quota controller counted
+                self._wait_counted(namespace, doc["metadata"]["name"])
+        return name, uid, namespace
+
+    def _wait_counted(self, namespace: str, quota: str) -> None:
+        def counted() -> bool:
+            jsonpath = "jsonpath={.status.used}"
+            return bool(
+                self.cluster.kubectl("get", "quota", quota, "-n", namespace, "-o", jsonpath).stdout
+            )
+
+        wait_for(counted, timeout=30, what=f"quota {namespace}/{quota} counted")
+
+    def _status(self, name: str) -> dict[str, Any]:
+        out = self.cluster.kubectl("get", PLURAL, name, "-o", "json").stdout
+        return dict(json.loads(out).get("status") or {})
+
+    def _snapshot(self, name: str, uid: str, spec: Mapping[str, Any], **more: Any) -> Snapshot:
+        fields: dict[str, Any] = {"name": name, "uid": uid, "generation": 1,
+            "created": "2026-01-01T00:00:00Z", "spec": dict(spec), "status": self._status(name),
+            "nodes": self.NODES, "jobs": [], "pod_outcomes": {}, "other_policies": []}  # fmt: skip
+        return Snapshot(**{**fields, **more})
+
+    def job_refused(
+        self,
+        spec: Mapping[str, Any],
+        *,
+        api: ApiClient | None = None,
+        setup: list[dict[str, Any]] | None = None,
+    ) -> str:
+        """Two passes of a policy that plans three checks (through `api`, the admin's by
+        default): the POSTs of each, and the policy's status after them."""
+        name, uid, namespace = self._case({}, setup or [])
+        kube = CountingKube(api or self.cluster.control_plane.api_client())
+        reconciler = PolicyReconciler(kube, JobSettings(namespace), RestartLimiter(60, 10))
+        posts, failed = [], ""
+        for _ in range(2):
+            before = kube.posts
+            try:
+                reconciler.run_once(self._snapshot(name, uid, spec), datetime.now(UTC))
+            except KubeError as exc:
+                failed = f"the pass fails ({exc})"
+            posts.append(kube.posts - before)
+        counted = f"{posts[0]} POST for 3 checks, {posts[1]} on the next pass"
+        status = self._status(name)
+        invalid, degraded = _condition(status, "Invalid"), _condition(status, "Degraded")
+        if invalid.get("status") == "True":
+            # The message names the refused Job, then quotes the API server.
+            quoted = invalid["message"].split(": ", 1)[-1]
+            return f"{counted}; policy Invalid ({invalid['reason']}): {quoted}"
+        if degraded.get("status") == "True":
+            return f"{counted} (backoff); Degraded ({degraded['reason']}): {degraded['message']}"
+        return f"{counted} (backoff); no status written: {failed}"
+
+    def pod_refused(self, labels: Mapping[str, str], setup: list[dict[str, Any]]) -> str:
+        """A check's Job in a job namespace with `labels` and `setup`: the first pass creates
+        it; once the Job controller reports FailedCreate, a pass past the grace judges it."""
+        name, uid, namespace = self._case(labels, setup)
+        kube = CountingKube(self.cluster.control_plane.api_client())
+        reconciler = PolicyReconciler(kube, JobSettings(namespace), RestartLimiter(60, 10))
+        nodes = self.NODES[:1]
+        reconciler.run_once(self._snapshot(name, uid, {}, nodes=nodes), datetime.now(UTC))
+        wait_for(
+            lambda: kube.job_events(namespace, "FailedCreate"),
+            timeout=30,
+            what=f"FailedCreate in {namespace}",
+        )
+        path = f"/apis/batch/v1/namespaces/{namespace}/jobs"
+        jobs = [f for body in kube.rest.get(path)["items"] if (f := job_facts_from_body(body))]
+        later = datetime.now(UTC) + timedelta(seconds=POD_CREATE_GRACE_SECONDS + 1)
+        reconciler.run_once(self._snapshot(name, uid, {}, nodes=nodes, jobs=jobs), later)
+        if not kube.node_results:
+            return "waits: the node stays pending, the Job controller retries until the pod fits"
+        result = NodeResult.from_annotation(kube.node_results[-1])
+        assert result is not None
+        kept = {body["metadata"]["name"] for body in kube.rest.get(path)["items"]}
+        fate = "its Job kept" if kept & {job.name for job in jobs} else "its Job deleted"
+        return f"node {result.status}: {result.message} ({fate}; counts against maxFailedNodes)"
+
+
+def refusals(cluster: DevCluster) -> list[tuple[str, str, str]]:
+    cases = Refusals(cluster)
+    config = cluster.control_plane.api_client().configuration
+    # An identity that may write the policy's status and Events, but not create Jobs.
+    role = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+            "metadata": {"name": "bench-no-jobs"}, "rules": [
+                {"apiGroups": [GROUP], "resources": [f"{PLURAL}/status"], "verbs": ["patch"]},
+                {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]}]}  # fmt: skip
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(role))
+    cluster.kubectl("create", "clusterrolebinding", "bench-no-jobs", "--clusterrole=bench-no-jobs",
+                    "--user=bench-no-jobs")  # fmt: skip
+    no_jobs_user = ApiClient(config, header_name="Impersonate-User", header_value="bench-no-jobs")
+    nowhere = type(config)()
+    nowhere.host, nowhere.verify_ssl, nowhere.retries = "https://127.0.0.1:9", False, 0
+    admission = "admissionregistration.k8s.io/v1"
+    rule = {"apiGroups": ["batch"], "apiVersions": ["v1"], "operations": ["CREATE"],
+            "resources": ["jobs"]}  # fmt: skip
+    check = {
+        "expression": "!has(object.spec.template.spec.priorityClassName)",
+        "message": "agent Jobs here may not set a priorityClassName",
+        "reason": "Forbidden",
+    }
+    vap = [
+        _object("ValidatingAdmissionPolicy", "bench-no-priority", {"failurePolicy": "Fail",
+                "matchConstraints": {"resourceRules": [rule]}, "validations": [check]}, admission),
+        _object("ValidatingAdmissionPolicyBinding", "bench-no-priority", {
+                "policyName": "bench-no-priority", "validationActions": ["Deny"]}, admission),
+    ]  # fmt: skip
+    no_jobs = _object("ResourceQuota", "no-jobs", {"hard": {"count/jobs.batch": "0"}})
+    rows = []
+    job = "agent Job"
+    for what, spec in [
+        ("toleration key `bad key!`", {"tolerations": [{"key": "bad key!", "operator": "Exists"}]}),
+        ("resource name `bad name!`", {"resources": {"requests": {"bad name!": "1"}}}),
+        ("memory request `-1Mi`", {"resources": {"requests": {"memory": "-1Mi"}}}),
+    ]:  # fmt: skip
+        rows.append((job, what, cases.job_refused({"job": spec})))
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(vap))
+    time.sleep(2)  # the API server loads the policy and its binding
+    rows.append((job, "a ValidatingAdmissionPolicy denies it, reason Forbidden (403)",
+                 cases.job_refused({"job": {"priorityClassName": "high"}})))  # fmt: skip
+    cluster.kubectl("delete", "-f", "-", input=yaml.safe_dump_all(vap))
+    rows.append(
+        (
+            job,
+            "the operator may not create Jobs (RBAC, 403)",
+            cases.job_refused({}, api=no_jobs_user),
+        )
+    )
+    rows.append((job, "a ResourceQuota of 0 Jobs (403)", cases.job_refused({}, setup=[no_jobs])))
+    rows.append((job, "no API server answers", cases.job_refused({}, api=ApiClient(nowhere))))
+
+    pod = "agent pod"
+    restricted = {"pod-security.kubernetes.io/enforce": "restricted"}
+    small = _object(
+        "LimitRange", "small", {"limits": [{"type": "Container", "max": {"memory": "64Mi"}}]}
+    )
+    pending = {"nodeSelector": {"bench": "nowhere"}, "containers": [{"name": "c", "image": "x"}]}
+    holder = _object("Pod", "holder", pending)  # never scheduled: holds the quota for good
+    one_pod = _object("ResourceQuota", "one-pod", {"hard": {"pods": "1"}})
+    zero_pods = _object("ResourceQuota", "no-pods", {"hard": {"pods": "0"}})
+    rows.append(
+        (pod, "Pod Security `restricted` on the job namespace", cases.pod_refused(restricted, []))
+    )
+    rows.append((pod, "a ResourceQuota of 0 pods", cases.pod_refused({}, [zero_pods])))
+    rows.append(
+        (pod, "a LimitRange: at most 64Mi of memory per container", cases.pod_refused({}, [small]))
+    )
+    rows.append(
+        (pod, "a quota of 1 pod that another pod holds", cases.pod_refused({}, [one_pod, holder]))
+    )
+    return rows
+
+
 def main() -> int:
-    rows = [*policies(), *operator_refusals(), *agent_inputs(), *read_back()]
+    with DevCluster() as cluster:
+        cluster.install_crds(REPO / "crds")
+        rows = [*policies(cluster), *operator_refusals(), *agent_inputs(), *read_back(),
+                *refusals(cluster)]  # fmt: skip
     print("| # | input | bad value | what happens |")
     print("| --- | --- | --- | --- |")
     for index, (kind, what, answer) in enumerate(rows, 1):
