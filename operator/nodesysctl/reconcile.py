@@ -196,20 +196,21 @@ class PolicyReconciler:
         if refused is not None:
             # Sending the same spec's Job again would be refused again: wait for an edit.
             self._report_invalid(snap, refused, now, JOB_REFUSED)
-            return PassResult(INVALID_POLL_SECONDS, None, {})
-        try:
-            result = self._pass(snap, now)
-        except JobRefusedError as exc:
-            logger.warning("policy %s: %s; waiting for the spec to change", snap.name, exc)
-            self.refused[snap.uid] = (snap.generation, str(exc))
-            self._report_invalid(snap, str(exc), now, JOB_REFUSED)
-            # Results recorded before the refusal are echoed by the node watch; until then
-            # they cannot cause a check: nothing is created for this generation any more.
-            return PassResult(INVALID_POLL_SECONDS, None, {})
-        except KubeError as exc:
-            self._report_degraded(snap, exc.refusal, now)
-            raise
-        self.degraded.discard(snap.uid)
+            result = PassResult(INVALID_POLL_SECONDS, None, {})
+        else:
+            try:
+                result = self._pass(snap, now)
+            except JobRefusedError as exc:
+                logger.warning("policy %s: %s; waiting for the spec to change", snap.name, exc)
+                self.refused[snap.uid] = (snap.generation, str(exc))
+                self._report_invalid(snap, str(exc), now, JOB_REFUSED)
+                # Results recorded before the refusal are echoed by the node watch; until then
+                # they cannot cause a check: nothing is created for this generation any more.
+                result = PassResult(INVALID_POLL_SECONDS, None, {})
+            except KubeError as exc:
+                self._report_degraded(snap, exc.refusal, now)
+                raise
+        self.degraded.discard(snap.uid)  # a pass went through: the next failure is news
         return result
 
     def _refused_before(self, snap: Snapshot) -> str | None:
