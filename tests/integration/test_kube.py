@@ -8,13 +8,15 @@ from typing import Any
 
 import pytest
 from kubernetes import client
+from kubernetes.client import ApiClient
 from kubernetes.client.exceptions import ApiException
 
 from devcluster.cluster import DevCluster
 from devcluster.pytest_plugin import NodeFactory
 from nodesysctl import GROUP, KIND, VERSION
-from nodesysctl.kube import FIELD_MANAGER, Kube, node_ref, policy_ref, workload_ref
+from nodesysctl.kube import FIELD_MANAGER, Kube, KubeError, node_ref, policy_ref, workload_ref
 from nodesysctl.nodewatch import list_node_facts
+from nodesysctl.refusals import Refusal
 
 pytestmark = pytest.mark.integration
 
@@ -78,6 +80,49 @@ def test_an_invalid_body_raises_with_the_api_servers_status(
         kube.create_job(body)
     assert raised.value.status == 422
     assert "Not_A_Name" in str(raised.value.body)
+
+
+def test_refusals_carry_the_status_bodys_reason_and_message(
+    kube: Kube, test_namespace: str
+) -> None:
+    """What `nodesysctl.refusals.classify` is given, from the API server itself: a 422 is the
+    request's fault, RBAC's 403 is not, and no answer at all is status 0."""
+    with pytest.raises(KubeError) as invalid:
+        kube.create_job(job_body(test_namespace, "Not_A_Name", {}))
+    assert (invalid.value.status, invalid.value.reason) == (422, "Invalid")
+    assert invalid.value.message.startswith('Job.batch "Not_A_Name" is invalid: metadata.name')
+    assert invalid.value.refusal.refusal == Refusal.INVALID
+
+    config = kube.rest.api.configuration
+    nobody = Kube(ApiClient(config, header_name="Impersonate-User", header_value="nobody"))
+    with pytest.raises(KubeError) as forbidden:
+        nobody.create_job(job_body(test_namespace, "a", {}))
+    assert (forbidden.value.status, forbidden.value.reason) == (403, "Forbidden")
+    assert 'User "nobody" cannot create resource "jobs"' in forbidden.value.message
+    assert forbidden.value.refusal.refusal == Refusal.TRANSIENT
+
+    nowhere = type(config)()
+    nowhere.host, nowhere.verify_ssl, nowhere.retries = "https://127.0.0.1:9", False, 0
+    with pytest.raises(KubeError) as unanswered:
+        Kube(ApiClient(nowhere)).list_policies()
+    assert unanswered.value.status == 0
+    assert unanswered.value.refusal.condition_reason == "APIUnreachable"
+
+
+def test_failed_create_events_of_jobs_are_listed(kube: Kube, test_namespace: str) -> None:
+    event = {
+        "metadata": {"name": "j.1", "namespace": test_namespace},
+        "involvedObject": {"kind": "Job", "name": "j", "namespace": test_namespace},
+        "reason": "FailedCreate",
+        "message": 'Error creating: pods "j-x" is forbidden: exceeded quota',
+        "type": "Warning",
+    }
+    core: Any = client.CoreV1Api(kube.rest.api)
+    core.create_namespaced_event(test_namespace, event)
+    other = {**event, "metadata": {"name": "j.2"}, "reason": "SuccessfulCreate"}
+    core.create_namespaced_event(test_namespace, other)
+    listed = kube.job_events(test_namespace, "FailedCreate")
+    assert [e["metadata"]["name"] for e in listed] == ["j.1"]
 
 
 def test_nodes_list_in_pages_and_patch_by_merge(kube: Kube, node_factory: NodeFactory) -> None:
