@@ -44,6 +44,11 @@ _ADMISSION_DENIAL = re.compile(
 )
 # The ResourceQuota admission plugin's wording (k8s.io/apiserver resourcequota controller.go).
 _QUOTA_USED = re.compile(r"exceeded quota: [^,]*, requested: .*?, used: (.*?), limited: ")
+# How admission and validation refuse the pod: `pods "x" is forbidden: ...` (Pod Security, a
+# quota, a LimitRange, RBAC), `pods "x" is invalid: ...`. A failing API server words it otherwise
+# ("etcdserver: request timed out", "Internal error occurred: ...", "the server is currently
+# unable to handle the request").
+_POD_REFUSED = re.compile(r" is (?:forbidden|invalid): ")
 
 
 class Refusal(StrEnum):
@@ -141,13 +146,22 @@ def quota_in_use(message: str) -> bool:
     return any(value not in ("", "0") for value in used)
 
 
+def pod_refusal_lasts(message: str) -> bool:
+    """Whether a FailedCreate message is the cluster refusing the pod for good: admission or
+    validation said no (`_POD_REFUSED`, an admission denial). Not a failing API server (the Job
+    controller's retries get through once it recovers), nor a quota other pods hold."""
+    if quota_in_use(message):
+        return False
+    return bool(_POD_REFUSED.search(message) or _ADMISSION_DENIAL.search(message))
+
+
 def pod_refusals(jobs: Iterable[JobFacts], events: Iterable[Mapping[str, Any]]) -> dict[str, str]:
     """Job name -> why its pod is refused, from the newest FailedCreate Event about it.
 
     An Event about another Job of the same name (an earlier one, deleted) is told apart by the
     Job's uid, or, where either side lacks one, by being older than the Job (to the second). A
-    refusal that goes away by itself (`quota_in_use`) is left to the Job controller's retries
-    and the Job's deadline."""
+    failure that goes away by itself (`pod_refusal_lasts` says which) is left to the Job
+    controller's retries and the Job's deadline."""
     by_name = {job.name: job for job in jobs}
     newest: dict[str, tuple[datetime, str]] = {}
     for event in events:
@@ -167,7 +181,7 @@ def pod_refusals(jobs: Iterable[JobFacts], events: Iterable[Mapping[str, Any]]) 
         if seen is None or stamp >= seen[0]:
             message = str(event.get("message") or "").removeprefix("Error creating: ")
             newest[job.name] = (stamp, " ".join(message.split()))
-    return {name: text for name, (_, text) in newest.items() if not quota_in_use(text)}
+    return {name: text for name, (_, text) in newest.items() if pod_refusal_lasts(text)}
 
 
 def refused_pod_result(

@@ -18,6 +18,7 @@ from nodesysctl.refusals import (
     Refusal,
     classify,
     job_refused_message,
+    pod_refusal_lasts,
     pod_refusals,
     podless_jobs,
     quota_in_use,
@@ -172,6 +173,33 @@ def test_a_quota_other_checks_hold_is_waited_for_not_a_failure() -> None:
     )
     events = [failed_create("a", BUSY_QUOTA, NOW)]
     assert pod_refusals([job("a", created_at=NOW - timedelta(seconds=20))], events) == {}
+
+
+@pytest.mark.parametrize(
+    ("message", "lasts"),
+    [
+        (PSA, True),
+        (ZERO_QUOTA, True),
+        (LIMIT_RANGE, True),
+        ('pods "nsc-p-1-2-x" is invalid: spec.containers[0].resources.requests[memory]', True),
+        ('pods is forbidden: User "system:serviceaccount:kube-system:job-controller" cannot', True),
+        (WEBHOOK_DENIAL, True),
+        (BUSY_QUOTA, False),
+        ("etcdserver: request timed out", False),
+        ('Internal error occurred: failed calling webhook "validate.kyverno.svc-fail"', False),
+        ("the server is currently unable to handle the request (post pods)", False),
+        (
+            'Post "https://127.0.0.1:6443/api/v1/namespaces/j/pods": dial tcp: connection refused',
+            False,
+        ),
+    ],
+)
+def test_only_a_refusal_by_the_clusters_configuration_lasts(message: str, lasts: bool) -> None:
+    """A failing API server makes the Job controller's pod creation fail too: it retries, and
+    the node must not be failed for a moment of etcd trouble."""
+    assert pod_refusal_lasts(message) is lasts
+    refused = pod_refusals([job("a")], [failed_create("a", message, NOW - timedelta(seconds=5))])
+    assert refused == ({"a": message} if lasts else {})
 
 
 def test_a_refused_pod_fails_its_node_with_the_reason() -> None:
