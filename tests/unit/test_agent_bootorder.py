@@ -285,16 +285,24 @@ def test_missing_directories_are_empty(tmp_path: Path) -> None:
     assert found.problems == []
 
 
-def test_what_systemd_skips_hides_nothing(root: Path) -> None:
+def test_what_systemd_cannot_read_still_takes_the_name(root: Path) -> None:
+    # systemd 252 lists every *.conf entry and then reads it: a dangling link, a directory or a
+    # socket applies nothing and hides the vendor file; a FIFO would block, it is not opened.
     write(root, "/usr/lib/sysctl.d/zzz-vendor.conf", f"{RANGE} = 1024 65000\n")
-    link(root, "/etc/sysctl.d/zzz-vendor.conf", "/etc/missing.conf")  # dangling
-    (root / "run" / "sysctl.d" / "zzz-vendor.conf").mkdir(parents=True)  # a directory
+    assert len(boot_check(root).overrides) == 1
+    link(root, "/etc/sysctl.d/zzz-vendor.conf", "/etc/missing.conf")
+    assert boot_check(root).overrides == ()
+    (root / "etc" / "sysctl.d" / "zzz-vendor.conf").unlink()
+    (root / "run" / "sysctl.d" / "zzz-vendor.conf").mkdir(parents=True)
+    assert boot_check(root).overrides == ()
     local = root / "usr" / "local" / "lib" / "sysctl.d"
     local.mkdir(parents=True)
-    os.mkfifo(local / "zzz-vendor.conf", 0o600)  # a FIFO: never opened, skipped
-    assert boot_check(root).overrides == (
-        Override("/usr/lib/sysctl.d/zzz-vendor.conf", RANGE, "1024 65000"),
-    )
+    os.mkfifo(local / "zzz-fifo.conf", 0o600)
+    result = boot_check(root)
+    assert result.overrides == ()
+    assert [(e.path, e.reason) for e in result.unreadable] == [
+        ("/usr/local/lib/sysctl.d/zzz-fifo.conf", "Is a FIFO: not read")
+    ]
 
 
 def test_a_refused_link_is_unreadable_and_reported_never_followed(root: Path) -> None:

@@ -32,23 +32,26 @@ class SearchPathRead:
     problems: list[str]  # sentences: what could not be read (the check is incomplete there)
 
 
-def _entry(files: HostDir, directory: str, name: str, keys: Sequence[str]) -> Entry | None:
-    """What systemd-sysctl makes of one name; None when it skips the name (it hides nothing)."""
+def _entry(files: HostDir, directory: str, name: str, keys: Sequence[str]) -> Entry:
+    """What systemd-sysctl makes of one name. Whatever the name is, it takes the name from
+    lower directories (systemd 252 lists every `*.conf` entry, then reads it)."""
     path = posixpath.join(directory, name)
     try:
         kind = files.kind(name)
-        if kind in (FileKind.CHAR_DEVICE, FileKind.BLOCK_DEVICE):
-            return Entry(path, EntryKind.MASK)  # systemd: any device node is "null or empty"
+        if kind is FileKind.FIFO:
+            # systemd-sysctl would open it and wait for a writer; the agent never opens one.
+            return Entry(path, EntryKind.UNREADABLE, reason="Is a FIFO: not read")
         if kind not in (FileKind.REGULAR, FileKind.SYMLINK):
-            return None  # a directory, FIFO or socket: not a regular file, skipped
+            # A device is "null or empty" (a mask); a directory or a socket fails to read.
+            return Entry(path, EntryKind.MASK, reason=f"Is {kind.value}")
         found = files.read(name)
     except (OSError, HostFileError) as exc:
         reason = exc.reason if isinstance(exc, HostFileError) else (exc.strerror or str(exc))
         return Entry(path, EntryKind.UNREADABLE, reason=reason)
-    if found.masked or found.content == "":
+    if found.content is None or found.content == "":
+        # A link to /dev/null, an empty file, or a dangling link (which fails to read): nothing
+        # is applied by this name.
         return Entry(path, EntryKind.MASK)
-    if found.content is None:
-        return None  # a dangling link: systemd cannot stat it and skips it
     assignments = parse_assignments(found.content, path, keys)
     if len(assignments) > MAX_ASSIGNMENTS_PER_FILE:
         reason = f"sets our keys more than {MAX_ASSIGNMENTS_PER_FILE} times: not judged"
@@ -92,9 +95,7 @@ def read_search_path(
                     )
                     break
                 budget -= 1
-                entry = _entry(files, directory, name, wanted)
-                if entry is not None:
-                    found.append(entry)
+                found.append(_entry(files, directory, name, wanted))
             entries[directory] = found
     for problem in problems:
         log.warning("boot-order check: %s", problem)

@@ -11,9 +11,9 @@ them:
   /usr/local/lib/sysctl.d, /usr/lib/sysctl.d, and /lib/sysctl.d (read by split-usr builds; on
   a merged /usr it is /usr/lib/sysctl.d again, so its names are already taken).
 - Only names ending in `.conf` and not starting with `.` count. A name counts only in the
-  highest-priority directory that has it as a file or a mask (a link to /dev/null, any device
-  node, an empty file); there, a mask applies nothing. A dangling link, a directory, a FIFO or a
-  socket by that name is skipped and hides nothing.
+  highest-priority directory that has it, whatever it is there: a mask (a link to /dev/null, a
+  device node, an empty file) applies nothing, and so does what fails to read (a dangling link,
+  a directory, a socket); a FIFO would be read, blocking boot until someone writes to it.
 - The surviving files are read in the order of their names (bytewise, whatever their
   directory). Each `key = value` line replaces the key's earlier assignment; a `-key` line
   without `=` removes it (and keeps globs off the key). Keys use `.` or `/` as separators.
@@ -46,7 +46,9 @@ _GLOB_CHARS = frozenset("*?[")
 
 class EntryKind(StrEnum):
     FILE = "file"  # a regular file (after links), read
-    MASK = "mask"  # a link to /dev/null, a device node or an empty file: applies nothing
+    # A link to /dev/null, a device node, an empty file, or what systemd fails to read (a
+    # dangling link, a directory, a socket): applies nothing.
+    MASK = "mask"
     UNREADABLE = "unreadable"  # counts by its name, but what it sets is unknown
 
 
@@ -170,6 +172,20 @@ class _Options:
             if a.is_glob and a.value is not None and _glob_matches(a.key, key)
         ]
         return globs[-1] if globs else None  # written in table order: the last one stays
+
+
+def boot_values(
+    search_path: SearchPath, keys: Iterable[str], dirs: Sequence[str] = SEARCH_DIRS
+) -> dict[str, str | None]:
+    """What systemd-sysctl writes to each of `keys` (normalised): the value, or None when it
+    writes nothing (the value the kernel booted with stays)."""
+    options = _Options()
+    for entry in applied_files(search_path, dirs):
+        for item in entry.assignments:
+            options.add(item)
+    return {
+        key: None if (decider := options.decides(key)) is None else decider.value for key in keys
+    }
 
 
 @dataclass(frozen=True)
