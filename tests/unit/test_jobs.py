@@ -167,3 +167,13 @@ def test_without_persistence_no_host_root_is_passed() -> None:
         "args"
     ]
     assert "--host-root" not in args
+
+
+def test_the_jobs_host_paths_are_exactly_these() -> None:
+    # checkov has no finding for a read-only hostPath of /: any other host path must show here.
+    pod = render()["spec"]["template"]["spec"]
+    host_paths = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
+    assert sorted(host_paths.values()) == ["/", "/etc/sysctl.d"]
+    mounts = {m["name"]: m for m in pod["containers"][0]["volumeMounts"]}
+    root = next(name for name, path in host_paths.items() if path == "/")
+    assert mounts[root]["readOnly"] is True
