@@ -4,6 +4,7 @@ socket census told apart, against a fake /proc and a host tree in a temp dir."""
 from __future__ import annotations
 
 import ipaddress
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -218,3 +219,16 @@ def test_without_a_node_port_range_multi_port_ranges_are_node_ports(host: Host) 
     )
     assert [(s.port, s.kind) for s in result.conflicting_sockets] == [(31000, "NodePortListener")]
     assert result.service_socket_count == 1
+
+
+def test_a_file_name_that_is_not_utf8_is_named_escaped_and_the_result_still_serializes(
+    host: Host,
+) -> None:
+    directory = os.fsencode(host.host / "etc" / "sysctl.d")
+    with open(os.path.join(directory, b"zzz-\xff.conf"), "w") as f:
+        f.write(WIDE)
+    result = host.run()
+    assert result.status is Status.DRIFTED
+    assert [o.file for o in result.boot_overrides] == ["/etc/sysctl.d/zzz-\\udcff.conf"]
+    text = result.to_json()
+    assert AgentResult.parse_termination_message(text).boot_overrides == result.boot_overrides

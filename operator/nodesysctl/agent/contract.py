@@ -66,7 +66,14 @@ class Status(StrEnum):
 
 
 def clip(text: str, limit: int) -> str:
-    """`text` cut to at most `limit` characters, marked with an ellipsis when cut."""
+    """`text` cut to at most `limit` characters, marked with an ellipsis when cut.
+
+    What UTF-8 cannot carry (a host file name that is not UTF-8 comes back from the OS with
+    surrogate escapes) is spelled out as `\\udcff`: the result must always serialize."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
