@@ -46,6 +46,8 @@ DEFAULT_JOB_NAMESPACE = "nodesysctl-jobs"
 DEFAULT_AGENT_IMAGE = "ghcr.io/nodesysctl/nodesysctl:0.1.0"
 DEFAULT_AGENT_PYTHON = "python"
 
+# Where the host's / is mounted, read-only (`host_root_volume`).
+HOST_ROOT = str(HOST_MOUNT_ROOT)
 TERMINATION_LOG = "/dev/termination-log"
 DEFAULT_AGENT_RESOURCES = {
     "requests": {"cpu": "10m", "memory": "32Mi"},
@@ -86,6 +88,10 @@ def build_agent_spec(policy: str, spec: NodeSysctlPolicySpec) -> AgentSpec:
             "reservePorts": spec.remediation.reserve_ports,
             "persist": spec.remediation.persist,
             "persistFile": persist_file_name(policy),
+            "nodePortRange": {
+                "min": spec.ports.node_port_range.min,
+                "max": spec.ports.node_port_range.max,
+            },
         }
     )
 
@@ -153,6 +159,25 @@ def sysctl_dir_volume(
     return [volume], [mount]
 
 
+def host_root_volume(
+    spec: NodeSysctlPolicySpec,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The host's / read-only at HOST_ROOT, for the boot-order check, when persisting.
+
+    The check reads the systemd-sysctl search path (/etc/sysctl.d, /run/sysctl.d,
+    /usr/local/lib/sysctl.d, /usr/lib/sysctl.d, /lib/sysctl.d) and what links there lead to
+    (Debian's 99-sysctl.conf -> ../sysctl.conf). One mount of / and not one per directory: most
+    of those directories do not exist on a given node, a hostPath of type Directory fails the pod
+    when its path is missing, and one without a type (or DirectoryOrCreate) has the runtime
+    create it on the host; / always exists. The sysctlDir mount sits on top of it (runtimes mount
+    the shallower path first). The agent reads it only through `nodesysctl.agent.hostfs`."""
+    if not spec.remediation.persist:
+        return [], []
+    volume = {"name": "host-root", "hostPath": {"path": "/", "type": "Directory"}}
+    mount = {"name": "host-root", "mountPath": HOST_ROOT, "readOnly": True}
+    return [volume], [mount]
+
+
 def build_agent_job(
     *,
     policy: str,
@@ -165,6 +190,9 @@ def build_agent_job(
     labels = job_labels(policy, order.node, spec_hash(spec))
     agent_spec = build_agent_spec(policy, spec).model_dump_json(by_alias=True)
     volumes, mounts = sysctl_dir_volume(spec)
+    root_volumes, root_mounts = host_root_volume(spec)
+    volumes += root_volumes
+    mounts += root_mounts
     container: dict[str, Any] = {
         "name": "agent",
         "image": spec.job.image or settings.image,
@@ -177,6 +205,7 @@ def build_agent_job(
             "/proc/sys",
             "--sysctl-dir",
             agent_sysctl_dir(spec),
+            *(["--host-root", HOST_ROOT] if root_mounts else []),
             "--termination-log",
             TERMINATION_LOG,
         ],

@@ -354,6 +354,8 @@ class PolicyReconciler:
             self._announce(snap, job.node, result, judged.event)
             for ignored in judged.ignored:
                 self._post(snap, job.node, True, ignored.event, ignored.reason)
+            for notice in judged.notices:  # a boot override, sockets in reserved ports
+                self._post(snap, job.node, True, notice.reason, notice.message)
             return result
 
         return {

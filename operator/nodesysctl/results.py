@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 
 from nodesysctl import KIND
-from nodesysctl.agent.contract import AgentResult
+from nodesysctl.agent.contract import AgentResult, BootOverride, ConflictingSocket
 from nodesysctl.api import NodeSysctlPolicySpec
 from nodesysctl.observed import PodOutcome
 from nodesysctl.planning import (
@@ -145,19 +145,96 @@ def jobs_to_record(
     return todo
 
 
+# Event reasons for what an agent found that must be heard even on a compliant node.
+PERSIST_OVERRIDDEN = "PersistOverridden"  # OpenShift's Node Tuning Operator: TunedSysctlOverride
+SOCKETS_IN_RESERVED_PORTS = "SocketsInReservedPorts"
+# How many overrides and sockets a notice names (the Node annotation keeps 300 characters).
+NOTICE_ITEMS = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class Notice:
+    reason: str  # the Event reason
+    message: str
+
+
+def _override_text(override: BootOverride) -> str:
+    if override.value is None:
+        return f"{override.file} leaves {override.key} unset"
+    return f"{override.file} sets {override.key} = {override.value}"
+
+
+def _socket_text(socket: ConflictingSocket) -> str:
+    address = f"[{socket.local_address}]" if ":" in socket.local_address else socket.local_address
+    text = f"{socket.proto} {address}:{socket.port} {socket.state}"
+    if socket.remote_port:
+        text += f" to {socket.remote_address}:{socket.remote_port}"
+    kind = {"NodePortListener": "a NodePort-range listener", "EphemeralUse": "an ephemeral use"}
+    return f"{text} ({kind.get(socket.kind, socket.kind)})" if socket.kind else text
+
+
+def _first(items: Sequence[str], count: int) -> str:
+    more = f", and {count - NOTICE_ITEMS} more" if count > NOTICE_ITEMS else ""
+    return ", ".join(items[:NOTICE_ITEMS]) + more
+
+
+def agent_notices(result: AgentResult) -> list[Notice]:
+    """What the agent found that someone must hear of whatever the status: files that would
+    undo the fix at boot, and sockets in reserved ports that are not a protected port's own
+    service (a host service squatting NodePorts, an ephemeral port taken from a reserved range).
+    An agent older than the socket kinds reported every socket there; those are not repeated."""
+    notices = []
+    if result.boot_overrides:
+        overrides = [_override_text(o) for o in result.boot_overrides]
+        count = max(result.boot_override_count, len(overrides))
+        notices.append(
+            Notice(
+                PERSIST_OVERRIDDEN,
+                f"{PERSIST_OVERRIDDEN}: at boot {_first(overrides, count)} after our file, "
+                "undoing the fix",
+            )
+        )
+    sockets = result.conflicting_sockets
+    if result.conflicting_socket_count and (not sockets or any(s.kind for s in sockets)):
+        count = result.conflicting_socket_count
+        listed = f": {_first([_socket_text(s) for s in sockets], count)}" if sockets else ""
+        notices.append(
+            Notice(
+                SOCKETS_IN_RESERVED_PORTS,
+                f"{count} socket{'s' if count != 1 else ''} in reserved ports{listed}",
+            )
+        )
+    return notices
+
+
 def summarize_agent_result(result: AgentResult) -> str:
     """One line for the Node annotation, Events and `nodesysctl status`: what matters most
-    for each outcome (the errors, the drift left, the fixes made)."""
+    for each outcome (the errors, the drift left, the fixes made), with the notices
+    (`agent_notices`) first, except after errors."""
     status = str(result.status)
+    notes = [notice.message for notice in agent_notices(result)]
     if result.errors:
-        lines = result.errors
+        lines = [*result.errors, *notes]
     elif status == "Remediated":
-        lines = result.actions
+        lines = [*notes, *result.actions]
+    elif status == "Drifted" and result.boot_overrides and str(result.mode) == "Enforce":
+        # What is left is the override, which the notice names; the rest was fixed.
+        lines = [*notes, *result.actions]
     elif status == "Drifted":
-        lines = result.drift
+        lines = [*notes, *result.drift]
     else:
-        lines = []
+        lines = notes
     return "; ".join(lines) or "no change needed"
+
+
+def check_notices(outcome: PodOutcome | None) -> list[Notice]:
+    """The notices of a finished check's agent result (none when it left no readable one)."""
+    if outcome is None or not outcome.message.strip():
+        return []
+    try:
+        return agent_notices(AgentResult.parse_termination_message(outcome.message))
+    except ValueError:
+        return []
 
 
 def check_result(
@@ -178,6 +255,8 @@ def check_result(
     except ValueError as exc:
         return _failed(job, f"unreadable agent result: {exc}", current_spec_hash, now)
     state = NodeState(str(agent.status))
+    # Drifted in Enforce: the live values were fixed (`actions`) and a file undoes them at boot.
+    changed = state == NodeState.REMEDIATED or (state == NodeState.DRIFTED and bool(agent.actions))
     return NodeResult(
         status=state,
         spec_hash=current_spec_hash,
@@ -185,7 +264,7 @@ def check_result(
         checked_at=now,
         job=job.name,
         message=summarize_agent_result(agent),
-        restart_pending=state == NodeState.REMEDIATED and wants_restart(spec),
+        restart_pending=changed and wants_restart(spec),
     )
 
 
@@ -193,11 +272,13 @@ def check_result(
 class Judgement:
     """A finished check, judged: the Node result to write; `event`, the Event reason that
     announces it when it is a refusal ("" for the usual one of its state); `ignored`, the
-    results not believed beside the one recorded (each reported too)."""
+    results not believed beside the one recorded (each reported too); `notices`, what the
+    believed result found that is announced whatever the state (`agent_notices`)."""
 
     result: NodeResult
     event: str = ""
     ignored: tuple[Verdict, ...] = ()
+    notices: tuple[Notice, ...] = ()
 
 
 def judge_check(
@@ -223,7 +304,11 @@ def judge_check(
     ignored = tuple(verdict for _, verdict in verdicts if not verdict.believed)
     if believed:
         best = min(believed, key=lambda o: (o.exit_code != 0, o.pod))
-        return Judgement(check_result(job, best, spec, current_spec_hash, now), ignored=ignored)
+        return Judgement(
+            check_result(job, best, spec, current_spec_hash, now),
+            ignored=ignored,
+            notices=tuple(check_notices(best)),
+        )
     if ignored:
         first, *rest = ignored
         message = "; ".join(filter(None, [first.reason, job.failure_reason]))

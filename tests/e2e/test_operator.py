@@ -484,3 +484,50 @@ def test_conflicting_policies_are_reported_on_both_and_the_older_one_wins(
     assert policy_jobs(api_client, younger) == []
     assert node.get_sysctl(RANGE) == KERNEL_DEFAULT_RANGE
     assert policies.get(younger)["status"]["nodes"] == 0
+
+
+# --- boot order -------------------------------------------------------------------------------
+
+
+def test_a_file_that_would_undo_the_fix_at_boot_is_named_and_one_read_before_ours_is_not(
+    operator: OperatorProcess,
+    policies: Policies,
+    node_factory: Any,
+    api_client: Any,
+    test_id: str,
+) -> None:
+    name = f"{test_id}-boot"
+    widening = f"{RANGE} = 1024 65000\n"
+    overridden: SimulatedNode = node_factory(sysctls=WIDENED)
+    fine: SimulatedNode = node_factory(sysctls=WIDENED)
+    tuning = overridden.host_path("/etc/sysctl.d") / "zzz-tuning.conf"  # sorts after ours
+    tuning.write_text(widening)
+    (fine.host_path("/etc/sysctl.d") / "50-tuning.conf").write_text(widening)  # before ours
+    policies.create(name, enforce_spec(node_factory.selector))
+
+    # Both nodes are fixed live and persisted; only the one whose file wins at boot is Drifted,
+    # and its result names that file.
+    drifted = wait_node_state(api_client, overridden.name, name, NodeState.DRIFTED)
+    assert drifted.message.startswith(
+        "PersistOverridden: at boot /etc/sysctl.d/zzz-tuning.conf sets "
+        f"{RANGE} = 1024 65000 after our file"
+    )
+    fixed = wait_node_state(api_client, fine.name, name, NodeState.REMEDIATED)
+    assert "tuning" not in fixed.message
+    for node in (overridden, fine):
+        assert node.get_sysctl(RANGE) == KERNEL_DEFAULT_RANGE
+        assert f"zz-nodesysctl-{name}.conf" in node.sysctl_conf_files()
+    assert tuning.read_text() == widening  # never someone else's file
+    events = events_for(api_client, overridden.name, "PersistOverridden")
+    assert events
+    assert "/etc/sysctl.d/zzz-tuning.conf" in events[0]["message"]
+    assert events_for(api_client, fine.name, "PersistOverridden") == []
+    body = wait_policy(policies, name, lambda b: b["status"].get("drifted") == 1, "1 drifted")
+    assert condition(body, "Ready").get("status") != "True"
+
+    # The report is right: a boot that applies /etc/sysctl.d as systemd-sysctl does undoes the
+    # fix on that node only.
+    overridden.reboot_applying_sysctl_d()
+    fine.reboot_applying_sysctl_d()
+    assert overridden.get_sysctl(RANGE) == "1024\t65000"
+    assert fine.get_sysctl(RANGE) == KERNEL_DEFAULT_RANGE

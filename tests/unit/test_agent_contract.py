@@ -9,11 +9,13 @@ from typing import Any
 import pytest
 
 from nodesysctl.agent.contract import (
+    MAX_BOOT_OVERRIDES,
     MAX_RESULT_BYTES,
     MAX_SOCKETS,
     AgentResult,
     AgentResultError,
     AgentSpec,
+    BootOverride,
     ConflictingSocket,
     Mode,
     PortRangeModel,
@@ -246,3 +248,97 @@ def test_a_typical_large_result_keeps_everything_but_the_excess() -> None:
     result = sample_result(conflicting_sockets=sockets, conflicting_socket_count=MAX_SOCKETS)
     parsed = AgentResult.parse_termination_message(result.to_json())
     assert len(parsed.conflicting_sockets) == MAX_SOCKETS
+
+
+# --- fields added for the boot-order check and the socket kinds (issue 12) -------------------
+
+
+def test_node_port_range_tells_node_ports_from_protected_ports() -> None:
+    spec = parse_spec_json(json.dumps(spec_with(nodePortRange={"min": 30000, "max": 32767})))
+    assert spec.node_ports == (PortRange(30000, 32767),)
+    assert spec.protected == (PortRange(10250, 10250),)
+    assert json.loads(spec.model_dump_json())["nodePortRange"] == {"min": 30000, "max": 32767}
+    # Without it (an older operator), the ranges of more than one port are the NodePorts.
+    older = parse_spec_json(json.dumps(SPEC_JSON))
+    assert older.node_port_range is None
+    assert older.node_ports == (PortRange(30000, 32767),)
+    assert older.protected == (PortRange(10250, 10250),)
+    assert "nodePortRange" not in older.model_dump_json()
+
+
+def test_new_result_fields_round_trip_and_are_left_out_while_empty() -> None:
+    socket = ConflictingSocket(
+        proto="tcp",
+        local_address="10.0.0.5",
+        port=30123,
+        state="ESTABLISHED",
+        kind="EphemeralUse",
+        remote_address="10.96.0.1",
+        remote_port=443,
+    )
+    override = BootOverride(file="/etc/sysctl.d/zzz.conf", key="net.ipv4.ip_local_port_range")
+    result = sample_result(
+        status=Status.DRIFTED,
+        conflicting_sockets=[socket],
+        service_socket_count=2,
+        boot_overrides=[override],
+        boot_override_count=1,
+        warnings=["cannot tell"],
+    )
+    data = json.loads(result.to_json())
+    assert data["conflictingSockets"][0]["remoteAddress"] == "10.96.0.1"
+    assert data["bootOverrides"] == [
+        {"file": "/etc/sysctl.d/zzz.conf", "key": "net.ipv4.ip_local_port_range"}
+    ]
+    assert (data["serviceSocketCount"], data["bootOverrideCount"]) == (2, 1)
+    assert AgentResult.parse_termination_message(result.to_json()) == result
+    # An operator that predates them reads the result all the same (unknown keys ignored).
+    assert AgentResult.model_validate({**data, "somethingNewer": 1}) == result
+
+
+def test_boot_overrides_are_capped_on_construction() -> None:
+    overrides = [BootOverride(file=f"/etc/sysctl.d/z{i}.conf", key="k") for i in range(9)]
+    result = sample_result(boot_overrides=overrides, boot_override_count=9)
+    assert len(result.boot_overrides) == MAX_BOOT_OVERRIDES
+    assert result.boot_override_count == 9
+
+
+@pytest.mark.parametrize("char", ["x", "\U0001f525", "\x01", '"'])
+def test_worst_case_result_with_every_new_field_fits(char: str) -> None:
+    long = char * 5000
+    address = "ffff:" * 7 + "ffff"
+    socket = ConflictingSocket(
+        proto="tcp6",
+        local_address=address,
+        port=65535,
+        state="ESTABLISHED",
+        kind=long,
+        remote_address=address,
+        remote_port=65535,
+    )
+    state = SysctlState(
+        ip_local_port_range=PortRangeModel(min=65535, max=65535), ip_local_reserved_ports=long
+    )
+    result = sample_result(
+        policy=long,
+        node=long,
+        status=Status.FAILED,
+        before=state,
+        after=state,
+        drift=[long] * 100,
+        actions=[long] * 100,
+        errors=[long] * 100,
+        warnings=[long] * 100,
+        conflicting_sockets=[socket] * 100,
+        conflicting_socket_count=10**9,
+        service_socket_count=10**9,
+        boot_overrides=[BootOverride(file=long, key=long, value=long)] * 100,
+        boot_override_count=10**9,
+        agent_version=long,
+    )
+    text = result.to_json()
+    assert len(text.encode()) <= MAX_RESULT_BYTES
+    parsed = AgentResult.parse_termination_message(text)
+    assert (parsed.conflicting_socket_count, parsed.boot_override_count) == (10**9, 10**9)
+    assert parsed.errors[0].startswith(char)
+    assert parsed.boot_overrides  # at least the first override survives, cut

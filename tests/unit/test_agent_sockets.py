@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from nodesysctl.agent.sockets import Socket, in_ranges, parse_table, read_sockets
+from nodesysctl.agent.sockets import (
+    Socket,
+    SocketKind,
+    classify,
+    in_ranges,
+    parse_table,
+    read_sockets,
+)
 from nodesysctl.ports import PortRange
 
 HEADER = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid\n"
@@ -86,3 +93,70 @@ def test_reads_this_machines_real_tables(caplog: pytest.LogCaptureFixture) -> No
         assert 0 <= socket.port <= 65535
         ipaddress.ip_address(socket.local_address)
     assert "skipping" not in caplog.text
+
+
+NODE_PORTS = [PortRange(30000, 32767)]
+PROTECTED = [PortRange(10250, 10250), PortRange(30080, 30080)]
+
+
+def kinds(sockets: list[Socket]) -> list[tuple[str, int, str, SocketKind]]:
+    return [
+        (c.socket.proto, c.socket.port, c.socket.state, c.kind)
+        for c in classify(sockets, NODE_PORTS, PROTECTED)
+    ]
+
+
+def test_a_protected_ports_listener_and_what_it_accepted_are_its_service() -> None:
+    sockets = [
+        Socket("tcp6", "::", 10250, "LISTEN"),
+        # A dual-stack listener's IPv4 connection shows in tcp, or as ::ffff:... in tcp6.
+        Socket("tcp", "10.0.0.5", 10250, "ESTABLISHED", "10.0.0.9", 51000),
+        Socket("tcp6", "::ffff:10.0.0.5", 10250, "TIME_WAIT", "::ffff:10.0.0.9", 51001),
+    ]
+    assert {kind for *_, kind in kinds(sockets)} == {SocketKind.SERVICE}
+    assert not any(c.surfaced for c in classify(sockets, NODE_PORTS, PROTECTED))
+
+
+def test_a_listener_in_the_node_port_range_is_surfaced_not_its_connections() -> None:
+    sockets = [
+        Socket("tcp", "0.0.0.0", 31000, "LISTEN"),
+        Socket("tcp", "10.0.0.5", 31000, "ESTABLISHED", "10.0.0.7", 40000),
+        Socket("udp", "0.0.0.0", 30053, "UNCONN"),
+    ]
+    assert kinds(sockets) == [
+        ("udp", 30053, "UNCONN", SocketKind.NODE_PORT_LISTENER),
+        ("tcp", 31000, "LISTEN", SocketKind.NODE_PORT_LISTENER),
+        ("tcp", 31000, "ESTABLISHED", SocketKind.SERVICE),
+    ]
+
+
+def test_a_connection_on_a_port_no_listener_holds_is_an_ephemeral_use() -> None:
+    sockets = [
+        Socket("tcp", "10.0.0.5", 30123, "ESTABLISHED", "10.96.0.1", 443),
+        Socket("tcp", "10.0.0.5", 10250, "SYN_SENT", "10.0.0.8", 80),  # no kubelet listening
+        Socket("udp", "10.0.0.5", 31999, "ESTABLISHED", "10.0.0.2", 53),
+        # A UDP listener does not make a TCP connection on the same number its own.
+        Socket("udp", "0.0.0.0", 30500, "UNCONN"),
+        Socket("tcp", "10.0.0.5", 30500, "ESTABLISHED", "10.0.0.3", 22),
+    ]
+    assert kinds(sockets) == [
+        ("udp", 30500, "UNCONN", SocketKind.NODE_PORT_LISTENER),
+        ("tcp", 10250, "SYN_SENT", SocketKind.EPHEMERAL_USE),
+        ("tcp", 30123, "ESTABLISHED", SocketKind.EPHEMERAL_USE),
+        ("tcp", 30500, "ESTABLISHED", SocketKind.EPHEMERAL_USE),
+        ("udp", 31999, "ESTABLISHED", SocketKind.EPHEMERAL_USE),
+    ]
+
+
+def test_a_protected_port_inside_the_node_port_range_is_protected() -> None:
+    sockets = [Socket("tcp", "0.0.0.0", 30080, "LISTEN"), Socket("tcp", "0.0.0.0", 8080, "LISTEN")]
+    assert kinds(sockets) == [("tcp", 30080, "LISTEN", SocketKind.SERVICE)]
+
+
+def test_remote_ends_are_parsed_for_connections_only() -> None:
+    local = f"{kernel_hex('10.0.0.5')}:7A3B"
+    remote = f"{kernel_hex('10.96.0.1')}:01BB"
+    text = HEADER + f"   0: {local} {remote} 01 00000000:00000000 00:00000000 00000000 0 0 1\n"
+    assert parse_table("tcp", text) == [
+        Socket("tcp", "10.0.0.5", 31291, "ESTABLISHED", "10.96.0.1", 443)
+    ]

@@ -10,6 +10,9 @@ import pytest
 
 from devcluster.kubelet.process import ReadKeys, container_argv, container_env, downward_field
 from devcluster.nodes import SimulatedNode, kernel_format, sysctl_path
+from nodesysctl.api import parse_spec
+from nodesysctl.jobs import JobSettings, build_agent_job
+from nodesysctl.planning import CheckOrder, CheckReason
 
 
 def pod(container: dict[str, Any], **spec: Any) -> dict[str, Any]:
@@ -214,3 +217,20 @@ def test_a_missing_config_map_fails_the_start() -> None:
     container = {"name": "c", "command": ["python"], "envFrom": [{"configMapRef": {"name": "x"}}]}
     with pytest.raises(ValueError, match="configmap ns/x"):
         env_of(container)
+
+
+def test_the_agent_jobs_host_root_and_sysctl_dir_map_into_the_nodes_root(tmp_path: Path) -> None:
+    job = build_agent_job(
+        policy="p",
+        policy_uid="uid",
+        spec=parse_spec({}),
+        order=CheckOrder("n1", CheckReason.NEW, "nsc-p-1-2", "boot"),
+        settings=JobSettings(),
+    )
+    p = job["spec"]["template"]
+    p["metadata"] = {"name": "pod", "namespace": "jobs"}
+    container = p["spec"]["containers"][0]
+    node = SimulatedNode("n1", root=tmp_path / "n1", netns="nsc-abc")
+    argv = container_argv(p, container, node, tmp_path / "t")
+    assert argv[argv.index("--host-root") + 1] == str(tmp_path / "n1")
+    assert argv[argv.index("--sysctl-dir") + 1] == str(tmp_path / "n1" / "etc" / "sysctl.d")

@@ -15,6 +15,7 @@ from nodesysctl.api import parse_spec
 from nodesysctl.jobs import JobSettings, build_agent_job, build_restart_patch
 from nodesysctl.labels import RESTART_WAVE, RESTARTED_AT
 from nodesysctl.planning import CheckOrder, CheckReason
+from nodesysctl.ports import PortRange
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
@@ -96,8 +97,10 @@ def test_sysctl_dir_is_mounted_read_write_only_when_the_agent_writes(
         assert pod["volumes"] == []
         assert container["volumeMounts"] == []
         return
-    [volume] = pod["volumes"]
-    [mount] = container["volumeMounts"]
+    # The sysctlDir's own volume and mount (the host's / is mounted too, read-only, for the
+    # boot-order check: test_the_jobs_host_paths_are_exactly_these).
+    [volume] = [v for v in pod["volumes"] if v["hostPath"]["path"] != "/"]
+    [mount] = [m for m in container["volumeMounts"] if m["name"] == volume["name"]]
     # Directory, not DirectoryOrCreate: a missing directory fails the pod; the host is unchanged.
     assert volume["hostPath"] == {"path": "/etc/sysctl.d", "type": "Directory"}
     assert mount == {
@@ -132,3 +135,45 @@ def test_restart_patch_is_what_kubectl_rollout_restart_sets() -> None:
     annotations = patch["spec"]["template"]["metadata"]["annotations"]
     assert annotations[RESTARTED_AT] == "2026-11-25T12:00:00Z"
     assert annotations[RESTART_WAVE] == "wave1"
+
+
+def test_the_hosts_root_is_mounted_read_only_for_the_boot_order_check() -> None:
+    pod = render()["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    root = mounts["/host"]
+    # Type Directory: / always exists, and nothing is ever created on the host; read-only.
+    assert volumes[root["name"]]["hostPath"] == {"path": "/", "type": "Directory"}
+    assert root["readOnly"] is True
+    args = container["args"]
+    assert args[args.index("--host-root") + 1] == "/host"
+    assert args[args.index("--sysctl-dir") + 1].startswith("/host/")
+    # The sysctl directory stays its own (writable) mount on top of it.
+    assert not mounts["/host/etc/sysctl.d"].get("readOnly")
+
+
+def test_the_agent_is_told_which_reserved_range_is_the_node_port_range() -> None:
+    args = render(ports={"nodePortRange": {"min": 30000, "max": 30999}, "protectedPorts": [9100]})[
+        "spec"
+    ]["template"]["spec"]["containers"][0]["args"]
+    spec = AgentSpec.model_validate(json.loads(args[args.index("--spec-json") + 1]))
+    assert spec.node_ports == (PortRange(30000, 30999),)
+    assert spec.protected == (PortRange(9100, 9100),)
+
+
+def test_without_persistence_no_host_root_is_passed() -> None:
+    args = render(remediation={"persist": False})["spec"]["template"]["spec"]["containers"][0][
+        "args"
+    ]
+    assert "--host-root" not in args
+
+
+def test_the_jobs_host_paths_are_exactly_these() -> None:
+    # checkov has no finding for a read-only hostPath of /: any other host path must show here.
+    pod = render()["spec"]["template"]["spec"]
+    host_paths = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
+    assert sorted(host_paths.values()) == ["/", "/etc/sysctl.d"]
+    mounts = {m["name"]: m for m in pod["containers"][0]["volumeMounts"]}
+    root = next(name for name, path in host_paths.items() if path == "/")
+    assert mounts[root]["readOnly"] is True

@@ -687,3 +687,54 @@ def test_409_for_a_job_gone_meanwhile_records_nothing() -> None:
     result = reconciler(vanishing).run_once(snapshot([NodeFacts("n1", {}, "boot-1", {})]), NOW)
     assert vanishing.jobs_read == [name]
     assert (vanishing.node_patches, result.recorded) == ([], {})
+
+
+def test_a_compliant_node_with_sockets_in_reserved_ports_gets_its_own_warning() -> None:
+    # Compliant results raise no Event of their own; what the agent surfaced still does.
+    message = json.dumps(
+        {
+            "policy": POLICY,
+            "status": "Compliant",
+            "mode": "Enforce",
+            "checkedAt": "2026-11-25T12:00:00Z",
+            "conflictingSockets": [
+                {
+                    "proto": "tcp",
+                    "localAddress": "10.0.0.5",
+                    "port": 30123,
+                    "state": "ESTABLISHED",
+                    "kind": "EphemeralUse",
+                    "remoteAddress": "10.96.0.1",
+                    "remotePort": 443,
+                }
+            ],
+            "conflictingSocketCount": 1,
+            "bootOverrides": [
+                {"file": "/etc/sysctl.d/zzz.conf", "key": "net.ipv4.ip_local_port_range"}
+            ],
+        }
+    )
+    kube = RecordingKube()
+    reconciler(kube).run_once(
+        snapshot(
+            [NodeFacts("n1", {}, "boot-1", {})],
+            jobs=[finished_job("n1")],
+            outcomes={"job-n1": pod_outcome("job-n1", 0, message, "Completed")},
+        ),
+        NOW,
+    )
+    for reason in ("PersistOverridden", "SocketsInReservedPorts"):
+        assert ("Node", "n1", reason) in kube.events
+        assert ("NodeSysctlPolicy", POLICY, reason) in kube.events
+    assert not any(reason in ("Remediated", "DriftDetected") for *_, reason in kube.events)
+    # From a pod that is not the Job's own, nothing is announced but the refusal.
+    forged = RecordingKube()
+    reconciler(forged).run_once(
+        snapshot(
+            [NodeFacts("n1", {}, "boot-1", {})],
+            jobs=[finished_job("n1")],
+            outcomes={"job-n1": pod_outcome("job-n1", 0, message, "Completed", owner_uid="x")},
+        ),
+        NOW,
+    )
+    assert not any(r in ("PersistOverridden", "SocketsInReservedPorts") for *_, r in forged.events)

@@ -6,9 +6,12 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from nodesysctl.agent.contract import AgentResult
 from nodesysctl.api import parse_spec
-from nodesysctl.planning import NodeFacts, NodeResult, NodeState, spec_hash
+from nodesysctl.observed import PodOutcome
+from nodesysctl.planning import JobFacts, NodeFacts, NodeResult, NodeState, spec_hash
 from nodesysctl.report import build_rows, render
+from nodesysctl.results import check_result
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 WORKERS = {"spec": {"nodeSelector": {"matchLabels": {"role": "worker"}}}}
@@ -49,3 +52,37 @@ def test_invalid_policy_and_empty_cluster_are_explained() -> None:
     rows = build_rows([bad], [NodeFacts("n", {}, "b", {})], NOW)
     assert rows[0].state == "Invalid"
     assert render([]) == "no node is selected by any NodeSysctlPolicy"
+
+
+def test_the_detail_leads_with_sockets_in_reserved_ports_and_boot_overrides() -> None:
+    # As a check's result reads back (nodesysctl.results), for a compliant node.
+    spec = parse_spec(WORKERS["spec"])
+    agent = AgentResult.model_validate(
+        {
+            "policy": "safe",
+            "status": "Compliant",
+            "checkedAt": "2026-11-25T12:00:00Z",
+            "conflictingSockets": [
+                {
+                    "proto": "tcp",
+                    "localAddress": "10.0.0.5",
+                    "port": 30123,
+                    "state": "ESTABLISHED",
+                    "kind": "EphemeralUse",
+                    "remoteAddress": "10.96.0.1",
+                    "remotePort": 443,
+                }
+            ],
+            "conflictingSocketCount": 4,
+        }
+    )
+    job = JobFacts("job", "safe", "w1", spec_hash(spec), "b", NOW, finished=True, succeeded=True)
+    outcome = PodOutcome("job", 0, agent.to_json(), "Completed")
+    result = check_result(job, outcome, spec, spec_hash(spec), NOW)
+    rows = build_rows(
+        [policy("safe", WORKERS)], [NodeFacts("w1", {"role": "worker"}, "b", {"safe": result})], NOW
+    )
+    assert rows[0].state == "Compliant"
+    assert rows[0].detail.startswith(
+        "4 sockets in reserved ports: tcp 10.0.0.5:30123 ESTABLISHED to 10.96.0.1:443"
+    )

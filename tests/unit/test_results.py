@@ -23,8 +23,12 @@ from nodesysctl.planning import (
 )
 from nodesysctl.results import (
     FOREIGN_JOB,
+    PERSIST_OVERRIDDEN,
+    SOCKETS_IN_RESERVED_PORTS,
     UNTRUSTED_RESULT,
     Verdict,
+    agent_notices,
+    check_notices,
     check_result,
     jobs_to_record,
     judge_check,
@@ -330,3 +334,88 @@ def test_a_refused_check_is_failed_for_the_current_spec_and_boot() -> None:
     assert refused_check(ORDER, verdict, CURRENT, NOW) == NodeResult(
         NodeState.FAILED, CURRENT, "boot-1", NOW, "job-n1", verdict.reason
     )
+
+
+# --- boot overrides and sockets in reserved ports (issue 12) ----------------------------------
+
+OVERRIDE = {
+    "file": "/etc/sysctl.d/zzz-tuning.conf",
+    "key": "net.ipv4.ip_local_port_range",
+    "value": "1024 65000",
+}
+EPHEMERAL = {
+    "proto": "tcp",
+    "localAddress": "10.0.0.5",
+    "port": 30123,
+    "state": "ESTABLISHED",
+    "kind": "EphemeralUse",
+    "remoteAddress": "10.96.0.1",
+    "remotePort": 443,
+}
+SQUATTER = {"proto": "tcp6", "localAddress": "::", "port": 31000, "state": "LISTEN"}
+SQUATTER_KIND = {**SQUATTER, "kind": "NodePortListener"}
+
+
+def full(status: str, **fields: Any) -> AgentResult:
+    return AgentResult.model_validate(
+        {"policy": POLICY, "status": status, "checkedAt": "2026-11-25T12:00:00Z", **fields}
+    )
+
+
+def test_an_override_is_named_first_and_the_fixed_drift_not_repeated() -> None:
+    drifted = full(
+        "Drifted",
+        mode="Enforce",
+        drift=["range too wide", "/etc/sysctl.d/zzz-tuning.conf sets ... (PersistOverridden)"],
+        actions=["wrote range"],
+        bootOverrides=[OVERRIDE],
+        bootOverrideCount=1,
+    )
+    assert summarize_agent_result(drifted) == (
+        "PersistOverridden: at boot /etc/sysctl.d/zzz-tuning.conf sets "
+        "net.ipv4.ip_local_port_range = 1024 65000 after our file, undoing the fix; wrote range"
+    )
+    assert [n.reason for n in agent_notices(drifted)] == [PERSIST_OVERRIDDEN]
+    # Audit: the override is reported, the drift lines stay what they were.
+    audit = full("Drifted", mode="Audit", drift=["range too wide"], bootOverrides=[OVERRIDE])
+    assert summarize_agent_result(audit).endswith("undoing the fix; range too wide")
+
+
+def test_sockets_in_reserved_ports_are_counted_and_the_first_few_named() -> None:
+    compliant = full(
+        "Compliant",
+        conflictingSockets=[SQUATTER_KIND, EPHEMERAL, EPHEMERAL],
+        conflictingSocketCount=7,
+    )
+    assert summarize_agent_result(compliant) == (
+        "7 sockets in reserved ports: tcp6 [::]:31000 LISTEN (a NodePort-range listener), "
+        "tcp 10.0.0.5:30123 ESTABLISHED to 10.96.0.1:443 (an ephemeral use), and 5 more"
+    )
+    assert [n.reason for n in agent_notices(compliant)] == [SOCKETS_IN_RESERVED_PORTS]
+    failed = full("Failed", errors=["e1"], conflictingSockets=[EPHEMERAL], conflictingSocketCount=1)
+    assert summarize_agent_result(failed).startswith("e1; 1 socket in reserved ports: tcp ")
+
+
+def test_an_agent_before_the_socket_kinds_is_not_repeated() -> None:
+    # It listed a protected port's own listener too (the kubelet's :10250): no notice.
+    older = full("Compliant", conflictingSockets=[SQUATTER], conflictingSocketCount=1)
+    assert agent_notices(older) == []
+    assert summarize_agent_result(older) == "no change needed"
+
+
+def pod_of(result: AgentResult) -> PodOutcome:
+    return PodOutcome("job-n1", 0, result.to_json(), "Completed")
+
+
+def test_drifted_by_an_override_after_a_fix_still_asks_for_restarts() -> None:
+    override = {"mode": "Enforce", "bootOverrides": [OVERRIDE]}
+    fixed = result_of(pod_of(full("Drifted", actions=["set range"], **override)))
+    assert (fixed.status, fixed.restart_pending) == (NodeState.DRIFTED, True)
+    assert result_of(pod_of(full("Drifted", **override))).restart_pending is False
+
+
+def test_check_notices_reads_the_outcome() -> None:
+    pod = pod_of(full("Compliant", conflictingSockets=[EPHEMERAL], conflictingSocketCount=1))
+    assert [n.reason for n in check_notices(pod)] == [SOCKETS_IN_RESERVED_PORTS]
+    assert check_notices(None) == []
+    assert check_notices(PodOutcome("job-n1", 1, "garbage{", "Error")) == []

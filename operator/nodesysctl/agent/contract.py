@@ -13,16 +13,18 @@ import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, ClassVar, Self
 
 from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     ValidationError,
     field_serializer,
     field_validator,
+    model_serializer,
     model_validator,
 )
 from pydantic.alias_generators import to_camel
@@ -37,6 +39,9 @@ MAX_MESSAGES = 10
 MAX_MESSAGE_CHARS = 300
 MAX_NAME_CHARS = 253
 MAX_RESERVED_TEXT_CHARS = 300
+MAX_BOOT_OVERRIDES = 5
+MAX_PATH_CHARS = 300
+MAX_VALUE_CHARS = 100
 
 # systemd-sysctl applies the *.conf files of all sysctl.d directories in the order of their
 # names, the last setting wins. Distributions link /etc/sysctl.d/99-sysctl.conf to
@@ -54,12 +59,21 @@ _PERSIST_FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*\.conf$")
 class Status(StrEnum):
     COMPLIANT = "Compliant"  # nothing to do
     REMEDIATED = "Remediated"  # drift found, fixed and read back verified
-    DRIFTED = "Drifted"  # drift found and not fixed (Audit mode)
+    # Drift found and not fixed: in Audit mode any drift; in Enforce mode a file of someone
+    # else's that would undo the fix at boot (`bootOverrides`), which the agent never edits.
+    DRIFTED = "Drifted"
     FAILED = "Failed"  # an error; see `errors`
 
 
 def clip(text: str, limit: int) -> str:
-    """`text` cut to at most `limit` characters, marked with an ellipsis when cut."""
+    """`text` cut to at most `limit` characters, marked with an ellipsis when cut.
+
+    What UTF-8 cannot carry (a host file name that is not UTF-8 comes back from the OS with
+    surrogate escapes) is spelled out as `\\udcff`: the result must always serialize."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -79,6 +93,19 @@ class _Model(BaseModel):
         frozen=True,
         extra="forbid",
     )
+    # Fields added after the first release, left out of the JSON while empty (like Go's
+    # omitempty): a spec or result without them reads exactly as it did, and stays small.
+    OMIT_EMPTY: ClassVar[frozenset[str]] = frozenset()
+
+    @model_serializer(mode="wrap")
+    def _omit_empty(self, handler: SerializerFunctionWrapHandler) -> Any:
+        data = handler(self)
+        if isinstance(data, dict):
+            for name in self.OMIT_EMPTY:
+                for key in (name, to_camel(name)):
+                    if key in data and not data[key]:
+                        del data[key]
+        return data
 
 
 class PortRangeModel(_Model):
@@ -110,6 +137,8 @@ def _policy_name(name: str) -> str:
 class AgentSpec(_Model):
     """What the agent checks and fixes on one node; built by the operator from a policy."""
 
+    OMIT_EMPTY = frozenset({"node_port_range"})
+
     policy: Annotated[str, AfterValidator(_policy_name)]
     mode: Mode
     ephemeral_range: PortRangeModel
@@ -118,6 +147,11 @@ class AgentSpec(_Model):
     reserve_ports: bool = True
     persist: bool = True
     persist_file: str = ""  # empty: PERSIST_FILE_PATTERN
+    # Which of `reserved_ranges` is the NodePort range (a listener there squats NodePorts);
+    # the others are protected ports, whose listeners are their rightful services. None (an
+    # operator older than this field): every range of more than one port counts as NodePorts,
+    # as those operators sent the NodePort range and one-port ranges for the protected ports.
+    node_port_range: PortRangeModel | None = None
 
     @field_validator("persist_file")
     @classmethod
@@ -153,6 +187,18 @@ class AgentSpec(_Model):
     def reserved(self) -> tuple[PortRange, ...]:
         return tuple(r.to_range() for r in self.reserved_ranges)
 
+    @property
+    def node_ports(self) -> tuple[PortRange, ...]:
+        if self.node_port_range is not None:
+            return (self.node_port_range.to_range(),)
+        return tuple(r for r in self.reserved if r.lo != r.hi)
+
+    @property
+    def protected(self) -> tuple[PortRange, ...]:
+        """The reserved ranges that are protected ports (not the NodePort range)."""
+        node_ports = set(self.node_ports)
+        return tuple(r for r in self.reserved if r not in node_ports)
+
 
 class _ResultModel(_Model):
     # A newer agent may add fields; an older operator must still read the result.
@@ -173,12 +219,45 @@ class SysctlState(_ResultModel):
 
 
 class ConflictingSocket(_ResultModel):
-    """A socket whose local port is inside a range the policy reserves."""
+    """A socket whose local port is inside a range the policy reserves and that is not the
+    rightful service of a protected port (see `nodesysctl.agent.sockets.SocketKind`)."""
+
+    OMIT_EMPTY = frozenset({"kind", "remote_address", "remote_port"})
 
     proto: str  # tcp | tcp6 | udp | udp6
     local_address: str
     port: int
     state: str  # LISTEN, ESTABLISHED, TIME_WAIT, ... (UNCONN for unconnected UDP)
+    kind: str = ""  # NodePortListener | EphemeralUse; empty from agents before the kinds
+    remote_address: str = ""  # connections only
+    remote_port: int = 0
+
+
+class BootOverride(_ResultModel):
+    """A file that would set one of our keys, at boot, to a value the policy does not allow."""
+
+    OMIT_EMPTY = frozenset({"value"})
+
+    file: str  # the host path: /etc/sysctl.d/zzz-tuning.conf
+    key: str  # net.ipv4.ip_local_port_range
+    # What the file sets; null: it removes the key's assignment (`-key`), or it is a file by
+    # our file's name in a higher-priority directory, which replaces ours whole.
+    value: str | None = None
+
+    @field_validator("file")
+    @classmethod
+    def _clip_file(cls, text: str) -> str:
+        return clip(text, MAX_PATH_CHARS)
+
+    @field_validator("key")
+    @classmethod
+    def _clip_key(cls, text: str) -> str:
+        return clip(text, 64)
+
+    @field_validator("value")
+    @classmethod
+    def _clip_value(cls, text: str | None) -> str | None:
+        return None if text is None else clip(text, MAX_VALUE_CHARS)
 
 
 class AgentResultError(ValueError):
@@ -186,6 +265,10 @@ class AgentResultError(ValueError):
 
 
 class AgentResult(_ResultModel):
+    OMIT_EMPTY = frozenset(
+        {"service_socket_count", "boot_overrides", "boot_override_count", "warnings"}
+    )
+
     policy: str
     node: str = ""
     mode: Mode | None = None  # null only when the spec itself was unreadable
@@ -196,6 +279,15 @@ class AgentResult(_ResultModel):
     actions: list[str] = Field(default_factory=list)
     conflicting_sockets: list[ConflictingSocket] = Field(default_factory=list)
     conflicting_socket_count: int = 0
+    # Listeners on protected ports and the connections listeners accepted: not conflicts.
+    service_socket_count: int = 0
+    # Files that would undo the persisted fix at boot (systemd-sysctl order); at most
+    # MAX_BOOT_OVERRIDES, `boot_override_count` counts them all.
+    boot_overrides: list[BootOverride] = Field(default_factory=list)
+    boot_override_count: int = 0
+    # Sentences for people about what is neither drift nor an error (a search-path file that
+    # could not be read, so the boot-order check is incomplete there).
+    warnings: list[str] = Field(default_factory=list)
     errors: list[str] = Field(default_factory=list)
     agent_version: str = ""
     checked_at: datetime
@@ -205,7 +297,7 @@ class AgentResult(_ResultModel):
     def _clip_name(cls, text: str) -> str:
         return clip(text, MAX_NAME_CHARS)
 
-    @field_validator("drift", "actions", "errors")
+    @field_validator("drift", "actions", "errors", "warnings")
     @classmethod
     def _cap_messages(cls, messages: list[str]) -> list[str]:
         return cap_messages(messages, MAX_MESSAGES, MAX_MESSAGE_CHARS)
@@ -214,6 +306,11 @@ class AgentResult(_ResultModel):
     @classmethod
     def _cap_sockets(cls, sockets: list[ConflictingSocket]) -> list[ConflictingSocket]:
         return sockets[:MAX_SOCKETS]
+
+    @field_validator("boot_overrides")
+    @classmethod
+    def _cap_overrides(cls, overrides: list[BootOverride]) -> list[BootOverride]:
+        return overrides[:MAX_BOOT_OVERRIDES]
 
     @field_validator("checked_at")
     @classmethod
@@ -280,7 +377,7 @@ def _shrink_messages(count: int, chars: int) -> Callable[[AgentResult], AgentRes
         return result.model_copy(
             update={
                 field: cap_messages(getattr(result, field), count, chars)
-                for field in ("drift", "actions", "errors")
+                for field in ("drift", "actions", "errors", "warnings")
             }
         )
 
@@ -290,6 +387,23 @@ def _shrink_messages(count: int, chars: int) -> Callable[[AgentResult], AgentRes
 def _shrink_sockets(count: int) -> Callable[[AgentResult], AgentResult]:
     def shrink(result: AgentResult) -> AgentResult:
         return result.model_copy(update={"conflicting_sockets": result.conflicting_sockets[:count]})
+
+    return shrink
+
+
+def _shrink_overrides(count: int, chars: int) -> Callable[[AgentResult], AgentResult]:
+    def shrink(result: AgentResult) -> AgentResult:
+        overrides = [
+            o.model_copy(
+                update={
+                    "file": clip(o.file, chars),
+                    "key": clip(o.key, chars),
+                    "value": None if o.value is None else clip(o.value, chars),
+                }
+            )
+            for o in result.boot_overrides[:count]
+        ]
+        return result.model_copy(update={"boot_overrides": overrides})
 
     return shrink
 
@@ -318,9 +432,11 @@ _SHRINK_STEPS: list[Callable[[AgentResult], AgentResult]] = [
     _shrink_sockets(5),
     _shrink_messages(MAX_MESSAGES, 120),
     _shrink_sockets(0),
+    _shrink_overrides(2, 120),
     _shrink_messages(4, 80),
     _shrink_texts,
     _shrink_messages(2, 40),
+    _shrink_overrides(1, 40),
 ]
 
 

@@ -309,6 +309,20 @@ class HostDir:
         except OSError as exc:
             raise _host_os_error(exc, host_path) from exc
 
+    def names(self, limit: int) -> tuple[list[str], bool]:
+        """At most `limit` names in the directory, in the directory's own order, and whether it
+        holds more (a directory anyone can fill must not fill the agent's memory)."""
+        names: list[str] = []
+        try:
+            with os.scandir(self._dir_fd()) as entries:
+                for entry in entries:
+                    if len(names) == limit:
+                        return names, True
+                    names.append(entry.name)
+        except OSError as exc:
+            raise _host_os_error(exc, self.host_path) from exc
+        return names, False
+
     # --- reading, following links inside the host root ----------------------------------------
 
     def read(self, name: str) -> HostFile:
@@ -343,6 +357,32 @@ class HostDir:
             reason = f"Is not UTF-8 text ({exc.reason} at byte {exc.start})"
             raise HostFileError(path, reason) from None
         return HostFile(path, text, via=None if via == path else via)
+
+
+def open_host_dir(host_root: Path, host_path: str) -> HostDir | None:
+    """The host directory `host_path`, opened, found the way the host would find it: links on
+    the way (`/lib -> usr/lib`, or an absolute one) are followed inside the host root only, with
+    the same refusals as a read. None when it, or a directory on its way, does not exist.
+    Raises HostFileError for a refused link, OSError (naming the host path) otherwise."""
+    root = HostDir(host_root, host_root)
+    try:
+        try:
+            root.open()
+        except FileNotFoundError:
+            return None
+        with _Walk(root, host_path) as walk:
+            try:
+                found = walk.resolve(host_path.lstrip("/") or ".", directory=True)
+            except OSError as exc:
+                raise _host_os_error(exc, host_path) from exc
+    finally:
+        root.close()
+    if found is None:
+        return None
+    fd, resolved = found
+    opened = HostDir(root.host_root / resolved.lstrip("/"), root.host_root)
+    opened._fd = fd
+    return opened
 
 
 def _at(dir_fd: int, name: str) -> str:
@@ -420,10 +460,16 @@ class _Walk:
     def _refuse(self, reason: str) -> HostFileError:
         return HostFileError(self.path, reason)
 
-    def resolve(self, name: str) -> tuple[int, str] | None:
+    def resolve(self, name: str, *, directory: bool = False) -> tuple[int, str] | None:
         """An open descriptor of the regular file `name` leads to, and its host path; None
-        when it is missing or masked (then `self.masked` says which)."""
-        todo = [name]  # components still to look up, in reverse order (a stack)
+        when it is missing or masked (then `self.masked` says which).
+
+        With `directory`, `name` is a path of directories and the descriptor is the last one's,
+        not owned by the walk: the caller closes it.
+        """
+        # Components still to look up, in reverse order (a stack); `name` is one component, or
+        # with `directory` a relative path of them.
+        todo = list(reversed(name.split("/")))
         hops = 0
         while todo:
             component = todo.pop()
@@ -468,9 +514,16 @@ class _Walk:
                     _Level(child, self._own(os.open(component, _DIR_FLAGS, dir_fd=parent_fd)))
                 )
                 continue
+            if directory:
+                if kind is not FileKind.DIRECTORY:
+                    raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), child)
+                return os.open(component, _DIR_FLAGS, dir_fd=parent_fd), child
             if kind is not FileKind.REGULAR:
                 raise self._refuse(_kind_refusal(kind, st, "read"))
             return self._own(os.open(component, _READ_FLAGS, dir_fd=parent_fd)), child
+        if directory:  # the path ended in "." or "..", or a link to one
+            here = self.stack[-1]
+            return os.dup(self._fd(here)), here.host_path
         # The name resolved to a directory (a link to "." or "..").
         raise self._refuse("Is a directory")
 

@@ -3,11 +3,16 @@
 The order matters (see docs/agent.md): nothing is written unless every value parsed; reserved
 ports are written before the range so the protected ports are reserved before the range moves;
 each write is read back and verified before the next one; the first failure stops all writes.
+
+When persisting, the run also checks the boot order (`nodesysctl.agent.bootorder`): a file of
+someone else's that systemd-sysctl would apply after ours, undoing the fix at every boot, is
+reported by name; in Enforce mode it is drift the agent leaves alone (status Drifted).
 """
 
 from __future__ import annotations
 
 import logging
+import posixpath
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -16,10 +21,22 @@ from pathlib import Path
 from typing import TypeVar
 
 from nodesysctl.agent import persist
+from nodesysctl.agent.bootfiles import read_search_path
+from nodesysctl.agent.bootorder import (
+    SEARCH_DIRS,
+    Entry,
+    EntryKind,
+    Override,
+    normalize_key,
+    parse_assignments,
+)
+from nodesysctl.agent.bootorder import check as check_boot_order
 from nodesysctl.agent.contract import (
+    MAX_BOOT_OVERRIDES,
     MAX_SOCKETS,
     AgentResult,
     AgentSpec,
+    BootOverride,
     ConflictingSocket,
     Mode,
     PortRangeModel,
@@ -27,11 +44,12 @@ from nodesysctl.agent.contract import (
     SysctlState,
 )
 from nodesysctl.agent.hostfs import HostDir, HostFileError
-from nodesysctl.agent.sockets import in_ranges, read_sockets
+from nodesysctl.agent.sockets import classify, read_sockets
 from nodesysctl.agent.sysctl import PORT_RANGE_KEY, RESERVED_PORTS_KEY, ProcSys
 from nodesysctl.ports import (
     PortRange,
     PortSet,
+    contains_all,
     format_port_range,
     format_reserved_ports,
     intersect_ranges,
@@ -56,6 +74,10 @@ def agent_version() -> str:
 
 # Where the Job mounts host paths: the host's /etc/sysctl.d is /host/etc/sysctl.d in the pod.
 HOST_MOUNT_ROOT = Path("/host")
+# What a freshly booted kernel holds before systemd-sysctl writes anything (and keeps when a
+# write is refused).
+KERNEL_DEFAULT_RANGE = PortRange(32768, 60999)
+KERNEL_DEFAULT_RESERVED: PortSet = ()
 
 
 @dataclass(frozen=True)
@@ -114,6 +136,58 @@ class _Report:
     drift: list[str] = field(default_factory=list)
     actions: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Sockets:
+    conflicting: list[ConflictingSocket] = field(default_factory=list)
+    count: int = 0
+    services: int = 0
+
+
+@dataclass
+class _Boot:
+    overrides: list[Override] = field(default_factory=list)
+    drift: bool = False  # the overrides are drift (Enforce with persist): the status is Drifted
+
+    def models(self) -> list[BootOverride]:
+        return [
+            BootOverride(file=o.file, key=o.key, value=o.value)
+            for o in self.overrides[:MAX_BOOT_OVERRIDES]
+        ]
+
+
+def _boot_range_ok(allowed: PortRange) -> Callable[[str | None], bool]:
+    def ok(value: str | None) -> bool:
+        try:
+            booted = KERNEL_DEFAULT_RANGE if value is None else parse_port_range(value)
+        except ValueError:
+            booted = KERNEL_DEFAULT_RANGE  # the kernel refuses the write; its default stays
+        return allowed.contains_range(booted)
+
+    return ok
+
+
+def _boot_reserved_ok(wanted: PortSet) -> Callable[[str | None], bool]:
+    def ok(value: str | None) -> bool:
+        try:
+            booted = KERNEL_DEFAULT_RESERVED if value is None else parse_reserved_ports(value)
+        except ValueError:
+            booted = KERNEL_DEFAULT_RESERVED
+        return contains_all(booted, wanted)
+
+    return ok
+
+
+def _override_sentence(override: Override, ours: str) -> str:
+    if posixpath.basename(override.file) == posixpath.basename(ours):
+        what = f"replaces {ours} at boot (same name, higher-priority directory)"
+    elif override.value is None:
+        what = f"removes the setting of {override.key} ('-{override.key}'), read after {ours}"
+    else:
+        what = f"sets {override.key} = {override.value}, read after {ours} at boot"
+    return f"{override.file} {what}: it would undo the fix at every boot (PersistOverridden)"
 
 
 def _ports_text(ranges: PortSet) -> str:
@@ -142,7 +216,8 @@ class _Agent:
         self.spec = spec
         self.sysctl = ProcSys(paths.proc_sys)
         self.proc_net = paths.proc_net
-        self.files = HostDir(paths.sysctl_dir, paths.effective_host_root())
+        self.host_root = paths.effective_host_root()
+        self.files = HostDir(paths.sysctl_dir, self.host_root)
         # Messages name the host's paths (/etc/sysctl.d/...): those are what an admin can see.
         self.sysctl_dir = self.files.host_path
         self.persist_name = spec.persist_file_name
@@ -150,6 +225,8 @@ class _Agent:
         self.persist_path = self.files.host_path_of(self.persist_name)
         self.legacy_path = self.files.host_path_of(self.legacy_name)
         self.report = _Report()
+        self.boot = _Boot()
+        self.targets: tuple[PortRange, PortSet] | None = None  # what our file holds after the run
         # Whether the persistence file is part of compliance (Enforce mode only).
         self.enforce_persist = spec.persist and spec.mode is Mode.ENFORCE
 
@@ -227,17 +304,71 @@ class _Agent:
             )
         return found.content
 
-    def check_sockets(self) -> tuple[list[ConflictingSocket], int]:
-        found = in_ranges(read_sockets(self.proc_net), self.spec.reserved)
-        return (
+    def check_sockets(self) -> _Sockets:
+        found = classify(read_sockets(self.proc_net), self.spec.node_ports, self.spec.protected)
+        surfaced = [c for c in found if c.surfaced]
+        return _Sockets(
             [
                 ConflictingSocket(
-                    proto=s.proto, local_address=s.local_address, port=s.port, state=s.state
+                    proto=c.socket.proto,
+                    local_address=c.socket.local_address,
+                    port=c.socket.port,
+                    state=c.socket.state,
+                    kind=c.kind.value,
+                    remote_address=c.socket.remote_address,
+                    remote_port=c.socket.remote_port,
                 )
-                for s in found[:MAX_SOCKETS]
+                for c in surfaced[:MAX_SOCKETS]
             ],
-            len(found),
+            len(surfaced),
+            len(found) - len(surfaced),
         )
+
+    def check_boot_order(self, port_range: PortRange, reserved: PortSet) -> None:
+        """Report the files that would undo our persisted values at boot (see the module doc).
+
+        `port_range` and `reserved` are the values our file holds after this run. In Enforce
+        mode the overrides are drift; in Audit mode they are only reported.
+        """
+        if not self.spec.persist:
+            return
+        directory = self.sysctl_dir
+        if directory not in SEARCH_DIRS:
+            self.report.warnings.append(
+                f"boot order not checked: {directory} is not in the systemd-sysctl search path "
+                f"({', '.join(SEARCH_DIRS)}), so systemd-sysctl does not apply "
+                f"{self.persist_path} at boot"
+            )
+            return
+        acceptable: dict[str, Callable[[str | None], bool]] = {}
+        if self.spec.narrow_range:
+            acceptable[PORT_RANGE_KEY] = _boot_range_ok(self.spec.ephemeral)
+        if self.spec.reserve_ports:
+            acceptable[RESERVED_PORTS_KEY] = _boot_reserved_ok(self.spec.reserved)
+        if not acceptable:
+            return
+        keys = [normalize_key(key) for key in acceptable]
+        found = read_search_path(self.host_root, keys)
+        self.report.warnings.extend(found.problems)
+        content = self.expected_file(port_range, reserved)
+        ours = Entry(
+            self.persist_path,
+            EntryKind.FILE,
+            parse_assignments(content, self.persist_path, keys),
+        )
+        checked = check_boot_order(found.entries, ours, acceptable)
+        log.info("boot order: %s", ", ".join(checked.files) or "(no files)")
+        self.report.warnings.extend(
+            f"cannot tell whether {e.path} changes {' or '.join(acceptable)} at boot: {e.reason}"
+            for e in checked.unreadable
+        )
+        self.boot.overrides = list(checked.overrides)
+        sentences = [_override_sentence(o, self.persist_path) for o in checked.overrides]
+        for sentence in sentences:
+            log.warning("boot order: %s", sentence)
+        if self.enforce_persist and sentences:
+            self.boot.drift = True
+            self.report.drift.extend(sentences)
 
     def plan(
         self, port_range: PortRange, reserved: PortSet, existing_file: str | None
@@ -271,6 +402,7 @@ class _Agent:
             )
             steps.append(self.range_step(port_range, target_range))
 
+        self.targets = (target_range, target_reserved)
         if self.enforce_persist:
             expected = self.expected_file(target_range, target_reserved)
             if existing_file != expected:
@@ -383,7 +515,7 @@ def _run(agent: _Agent, node: str, now: datetime | None) -> AgentResult:
     report = agent.report
     checked_at = now or datetime.now(UTC)
     port_range, reserved, existing_file = agent.read_all()
-    sockets, socket_count = agent.check_sockets()
+    sockets = agent.check_sockets()
     before = _Observed(port_range, reserved, agent.persisted(port_range, reserved)).state()
 
     def result(status: Status, after: SysctlState) -> AgentResult:
@@ -396,8 +528,12 @@ def _run(agent: _Agent, node: str, now: datetime | None) -> AgentResult:
             after=after,
             drift=report.drift,
             actions=report.actions,
-            conflicting_sockets=sockets,
-            conflicting_socket_count=socket_count,
+            conflicting_sockets=sockets.conflicting,
+            conflicting_socket_count=sockets.count,
+            service_socket_count=sockets.services,
+            boot_overrides=agent.boot.models(),
+            boot_override_count=len(agent.boot.overrides),
+            warnings=report.warnings,
             errors=report.errors,
             agent_version=agent_version(),
             checked_at=checked_at,
@@ -413,6 +549,8 @@ def _run(agent: _Agent, node: str, now: datetime | None) -> AgentResult:
     if report.errors:  # the persistence file cannot be replaced: change nothing
         log.error("not changing anything: %s", "; ".join(report.errors))
         return result(Status.FAILED, before)
+    assert agent.targets is not None
+    agent.check_boot_order(*agent.targets)
     if not report.drift:
         return result(Status.COMPLIANT, before)
     if spec.mode is Mode.AUDIT:
@@ -420,7 +558,10 @@ def _run(agent: _Agent, node: str, now: datetime | None) -> AgentResult:
 
     agent.execute(steps)
     after = agent.observe().state()
-    return result(Status.FAILED if report.errors else Status.REMEDIATED, after)
+    if report.errors:
+        return result(Status.FAILED, after)
+    # What could be fixed is fixed (`actions`); a file that undoes it at boot is not ours to edit.
+    return result(Status.DRIFTED if agent.boot.drift else Status.REMEDIATED, after)
 
 
 def failed_result(
