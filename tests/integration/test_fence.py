@@ -465,7 +465,7 @@ def test_break_glass_and_the_job_controllers_name(
     tmp_path: Path,
 ) -> None:  # fmt: skip
     """Who could delete the fence's bindings anyway (system:masters, a cluster-admin) passes
-    the create and integrity rules; the Job controller only for a Job's pod."""
+    the create, integrity and node-results rules; the Job controller only for a Job's pod."""
     name, pod = running_job
     node = node_factory(netns=False)
     admin_user = f"{test_id}-admin"
@@ -481,6 +481,8 @@ def test_break_glass_and_the_job_controllers_name(
         for who in ([], [f"--as={admin_user}"]):
             kubectl("create", "-f", str(manifest), *dry, *who)
             kubectl("label", f"pod/{pod}", f"{LABEL_POLICY}=by-hand", "--overwrite", *dry, *who)
+            kubectl("annotate", f"node/{node.name}", f"{GROUP}/result.{test_id}=by-hand",
+                    "--overwrite", "--dry-run=server", *who)  # fmt: skip
     finally:
         kubectl("delete", "clusterrolebinding", admin_user)
 
@@ -497,6 +499,75 @@ def test_break_glass_and_the_job_controllers_name(
     # Another controller's pods are refused even with a Job owner written on them.
     kubectl_fenced(kubectl, CREATE, "create", "-f", str(manifest), *dry,
                    "--as=system:serviceaccount:kube-system:replicaset-controller")  # fmt: skip
+    # And a CronJob there gets no Job: its controller is not the operator.
+    manifest.write_text(json.dumps(job(f"{test_id}-cron", node.name, agent=False)))
+    cronjob_controller = "--as=system:serviceaccount:kube-system:cronjob-controller"
+    message = kubectl_fenced(kubectl, CREATE, "create", "-f", str(manifest), *dry,
+                             cronjob_controller)  # fmt: skip
+    assert "only the nodesysctl operator creates Jobs" in message
+
+
+# --- what the fence leaves open, and a node's own requests (docs/security.md, Threat model) --
+
+
+def test_the_operators_token_can_run_any_privileged_pod_on_any_node(
+    operator: Rest, api_client: Any, node_factory: Any, test_id: str
+) -> None:
+    """Not defended, shown so the threat model can say it plainly: the fence decides who
+    creates Jobs in the job namespace, not what they run. With the operator's token alone, a
+    Job with another image, the host's PID namespace and the host's / writable gets its pod from
+    the Job controller on the node it names (Pod Security there is privileged)."""
+    admin = Rest(api_client)
+    node = node_factory(netns=False)
+    name = f"{test_id}-root"
+    body = job(name, node.name, agent=False)  # not an agent: the simulated kubelet runs nothing
+    pod = body["spec"]["template"]["spec"]
+    pod.update(hostPID=True, hostIPC=True, hostNetwork=True,
+               volumes=[{"name": "host", "hostPath": {"path": "/"}}])  # fmt: skip
+    pod["containers"][0].update(
+        image="evil.example/rootkit:latest",
+        securityContext={"privileged": True, "runAsUser": 0},
+        volumeMounts=[{"name": "host", "mountPath": "/host"}],
+    )
+    operator.create(JOBS, body)
+    try:
+        made = job_pod(admin, name)
+        spec = made["spec"]
+        assert [r["kind"] for r in made["metadata"]["ownerReferences"]] == ["Job"]
+        assert spec["nodeName"] == node.name
+        assert (spec["hostPID"], spec["hostIPC"], spec["hostNetwork"]) == (True, True, True)
+        [container] = spec["containers"]
+        assert container["image"] == "evil.example/rootkit:latest"
+        assert container["securityContext"]["privileged"] is True
+        assert [v["hostPath"]["path"] for v in spec["volumes"] if "hostPath" in v] == ["/"]
+        assert not container["volumeMounts"][0].get("readOnly")
+    finally:
+        admin.delete(f"{JOBS}/{name}", propagationPolicy="Background")
+
+
+def test_a_node_may_relabel_itself_but_not_put_a_pod_in_the_job_namespace(
+    kubectl: Kubectl, fence: list[dict[str, Any]], node_factory: Any, test_id: str,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    """A kubelet (`system:node:<name>`) changes its own Node's labels as it likes (the fence does
+    not look; NodeRestriction, where enabled, keeps it off `node-restriction.kubernetes.io/`
+    labels): it can walk out of a policy's nodeSelector. It cannot put a pod in the job
+    namespace, not even a mirror pod of its own (the Node authorizer grants nodes `create`
+    on pods for those)."""
+    node = node_factory(netns=False)
+    kubelet = [f"--as=system:node:{node.name}", "--as-group=system:nodes"]
+    kubectl("label", f"node/{node.name}", "example.com/pool=checked", *kubelet)
+    kubectl("label", f"node/{node.name}", "example.com/pool-", *kubelet)
+    uid = kubectl("get", f"node/{node.name}", "-o", "jsonpath={.metadata.uid}").stdout
+    mirror = pod_body(f"{test_id}-static", node.name)
+    mirror["metadata"]["annotations"] = {"kubernetes.io/config.mirror": "forged"}
+    mirror["metadata"]["ownerReferences"] = [{"apiVersion": "v1", "kind": "Node",
+        "name": node.name, "uid": uid, "controller": True}]  # fmt: skip
+    manifest = tmp_path / "mirror.json"
+    manifest.write_text(json.dumps(mirror))
+    message = kubectl_fenced(kubectl, CREATE, "create", "-f", str(manifest), "--dry-run=server",
+                             *kubelet)  # fmt: skip
+    assert "only the Job controller creates pods" in message
 
 
 def test_without_the_operators_binding_only_the_job_namespace_is_closed(

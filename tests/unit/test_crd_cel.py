@@ -230,6 +230,13 @@ RESOURCES: list[tuple[dict[str, Any], bool, bool]] = [
     ({"requests": {"memory": "65Mi"}, "limits": {"memory": "64Mi"}}, False, False),
     ({"requests": {"cpu": "500m"}, "limits": {"memory": "64Mi"}}, True, True),
 ]
+# Tolerations without a key: with operator Exists they tolerate every taint (of the effect, if
+# one is given), which Kubernetes accepts, and so do the CRD and the models.
+TOLERATE_EVERYTHING: list[dict[str, Any]] = [
+    {"operator": "Exists"},
+    {"key": "", "operator": "Exists"},
+    {"operator": "Exists", "effect": "NoExecute"},
+]
 PRIORITY_CLASS_NAMES = [
     ("", True),
     ("high", True),
@@ -285,6 +292,10 @@ def agreement_cases() -> list[Case]:
             Case(f"toleration-value-{index}", {"job": {"tolerations": [toleration]}}, valid, valid,
                  job={"tolerations": [toleration]}),
         ]  # fmt: skip
+    for index, toleration in enumerate(TOLERATE_EVERYTHING):
+        tolerations: dict[str, Any] = {"tolerations": [toleration]}
+        cases.append(Case(f"toleration-every-taint-{index}", {"job": tolerations}, True, True,
+                          job=tolerations))  # fmt: skip
     for index, (resources, valid, kubernetes_valid) in enumerate(RESOURCES):
         job: dict[str, Any] = {"resources": resources}
         cases.append(Case(f"resources-{index}", {"job": job}, valid, kubernetes_valid, job=job))

@@ -11,7 +11,7 @@ import pytest
 
 from nodesysctl.agent.contract import AgentSpec
 from nodesysctl.agent.run import AgentPaths
-from nodesysctl.api import parse_spec
+from nodesysctl.api import InvalidPolicy, parse_spec
 from nodesysctl.jobs import JobSettings, build_agent_job, build_restart_patch
 from nodesysctl.labels import RESTART_WAVE, RESTARTED_AT
 from nodesysctl.planning import CheckOrder, CheckReason
@@ -177,3 +177,55 @@ def test_the_jobs_host_paths_are_exactly_these() -> None:
     mounts = {m["name"]: m for m in pod["containers"][0]["volumeMounts"]}
     root = next(name for name, path in host_paths.items() if path == "/")
     assert mounts[root]["readOnly"] is True
+
+
+def test_whatever_a_policy_sets_the_pod_keeps_the_operators_shape() -> None:
+    """Every knob a policy writer has, turned at once (the image and the PriorityClass as if the
+    operator's allowlists named them): the pod still runs the operator's command in one
+    container, without a ServiceAccount token or the host's PID and IPC namespaces, with the
+    host's / read-only and one of the two sysctl directories as its only host paths. A field
+    the API does not have (`job.hostPID`) never gets this far."""
+    allowed_image = "registry.example/agent@sha256:" + "b" * 64
+    job = render(
+        remediation={"mode": "Enforce", "persist": True, "sysctlDir": "/usr/local/lib/sysctl.d"},
+        job={
+            "image": allowed_image,
+            "priorityClassName": "nodesysctl-agent",
+            "tolerations": [{"operator": "Exists"}],
+            "resources": {
+                "requests": {"cpu": 1, "memory": "512Mi"},
+                "limits": {"cpu": 1, "memory": "512Mi"},
+            },
+            "activeDeadlineSeconds": 3600,
+            "backoffLimit": 6,
+            "ttlSecondsAfterFinished": 604800,
+        },
+        rollout={"maxConcurrent": "100%"},
+        restart={"selector": {}},
+    )
+    pod = job["spec"]["template"]["spec"]
+    assert set(pod) == {
+        "affinity", "hostNetwork", "dnsPolicy", "restartPolicy", "automountServiceAccountToken",
+        "enableServiceLinks", "tolerations", "containers", "volumes", "priorityClassName",
+    }  # fmt: skip
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["enableServiceLinks"] is False
+    assert pod["tolerations"] == [{"operator": "Exists"}]
+    [container] = pod["containers"]
+    assert container["image"] == allowed_image
+    assert container["command"] == ["python", "-m", "nodesysctl.agent"]
+    assert container["securityContext"] == {
+        "privileged": True,
+        "runAsUser": 0,
+        "readOnlyRootFilesystem": True,
+    }
+    host_paths = {v["hostPath"]["path"]: v["hostPath"]["type"] for v in pod["volumes"]}
+    assert len(host_paths) == len(pod["volumes"])  # no volume of another kind
+    assert host_paths == {"/": "Directory", "/usr/local/lib/sysctl.d": "Directory"}
+    mounts = {m["mountPath"]: m["readOnly"] for m in container["volumeMounts"]}
+    assert mounts == {"/host": True, "/host/usr/local/lib/sysctl.d": False}
+    # What the policy says reaches the node only as the agent's validated input.
+    args = container["args"]
+    AgentSpec.model_validate(json.loads(args[args.index("--spec-json") + 1]))
+    with pytest.raises(InvalidPolicy, match=r"spec\.job\.hostPID"):
+        parse_spec({"job": {"hostPID": True}})

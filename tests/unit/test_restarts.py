@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from nodesysctl.api import NodeSysctlPolicySpec, parse_spec
-from nodesysctl.labels import RESTART_WAVE
-from nodesysctl.planning import NodeFacts, NodeResult, NodeState, spec_hash
+from nodesysctl.labels import LABEL_RESTART_OPT_IN, RESTART_WAVE
+from nodesysctl.planning import NodeFacts, NodeResult, NodeState, selector_query, spec_hash
 from nodesysctl.restarts import (
     RestartAction,
     RestartPlan,
@@ -175,6 +175,34 @@ def test_has_pod_on_matches_the_selector_in_the_workloads_namespace() -> None:
     # An empty selector selects every pod of the namespace (metav1 semantics).
     anything = {**web, "spec": {**web["spec"], "selector": None}}
     assert has_pod_on(anything, [{"metadata": {"namespace": "apps"}}])
+
+
+def test_an_explicit_empty_selector_makes_every_workload_everywhere_a_candidate() -> None:
+    """What `restart: {selector: {}}` without namespaces gives a policy writer: no label
+    selector and no namespace on the list of candidates (every Deployment in the cluster,
+    kube-system's included; all three kinds if `kinds` says so), and each with a pod on a
+    remediated node is restarted. Without `restart`, nothing is; by default, only opted-in
+    Deployments are candidates."""
+    everything = parse_spec({"restart": {"selector": {}, "kinds": ["Deployment", "DaemonSet"]}})
+    assert everything.restart is not None
+    selector = everything.restart.selector
+    assert selector_query(selector.match_labels, selector.match_expressions) == ""
+    assert everything.restart.namespaces == []
+    restart = plan(
+        {
+            "Deployment": [workload("coredns", "kube-dns", namespace="kube-system")],
+            "DaemonSet": [workload("proxy", "proxy", kind="DaemonSet", namespace="kube-system")],
+        },
+        [pod("kube-dns", namespace="kube-system"), pod("proxy", namespace="kube-system")],
+    )
+    assert idents(restart.to_restart) == [
+        "Deployment/kube-system/coredns",
+        "DaemonSet/kube-system/proxy",
+    ]
+    assert parse_spec({}).restart is None
+    opted_in = parse_spec({"restart": {}}).restart
+    assert opted_in is not None
+    assert selector_query(opted_in.selector.match_labels, ()) == f"{LABEL_RESTART_OPT_IN}=true"
 
 
 def test_restarts_done_clears_only_the_waiting_results() -> None:

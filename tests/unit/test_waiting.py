@@ -17,6 +17,7 @@ from nodesysctl.planning import (
     WorstNode,
     is_quiescent,
     plan_rollout,
+    select_nodes,
 )
 from nodesysctl.policy_status import StatusInputs, build_conditions, build_status
 from nodesysctl.report import build_rows
@@ -95,6 +96,48 @@ def test_a_policy_that_tolerates_the_taint_checks_the_node() -> None:
             "spec.job.tolerations)",
         ),
     )
+
+
+def test_tolerating_every_taint_reaches_every_selected_node_that_is_ready() -> None:
+    """What a policy writer gets from a toleration without a key (`{operator: Exists}`, which
+    Kubernetes and the CRD accept): checks on cordoned nodes, on the control plane and on nodes
+    tainted NoExecute, all at once with maxConcurrent 100%. A node that is not Ready still
+    waits, and a node the selector leaves out gets nothing."""
+    control_plane = NodeAvailability(
+        taints=(Taint("node-role.kubernetes.io/control-plane", "", TaintEffect.NO_SCHEDULE),)
+    )
+    no_execute = NodeAvailability(taints=(Taint("dedicated", "db", TaintEffect.NO_EXECUTE),))
+    nodes = [
+        unavailable(node("cordoned"), CORDONED),
+        unavailable(node("cp"), control_plane),
+        unavailable(node("db"), no_execute),
+        unavailable(node("dead"), NOT_READY),
+        node("plain"),
+        node("other", labels={"pool": "other"}),
+    ]
+    everything = {"tolerations": [{"operator": "Exists"}]}
+    rollout = {"maxConcurrent": "100%", "maxFailedNodes": 1, "recheckInterval": "1h"}
+    every_node = make_spec(job=everything, rollout=rollout)
+    plan = plan_rollout(
+        policy=POLICY, spec=every_node, nodes=select_nodes(every_node, nodes), jobs=[], now=NOW
+    )
+    assert sorted(c.node for c in plan.checks) == ["cordoned", "cp", "db", "other", "plain"]
+    assert plan.summary.waiting == 1
+    selected = make_spec(
+        job=everything,
+        rollout=rollout,
+        nodeSelector={"matchExpressions": [{"key": "pool", "operator": "DoesNotExist"}]},
+    )
+    plan = plan_rollout(
+        policy=POLICY, spec=selected, nodes=select_nodes(selected, nodes), jobs=[], now=NOW
+    )
+    assert sorted(c.node for c in plan.checks) == ["cordoned", "cp", "db", "plain"]
+    # Without the toleration, only the untainted, schedulable node is checked.
+    plain = make_spec(rollout=rollout)
+    plan = plan_rollout(
+        policy=POLICY, spec=plain, nodes=select_nodes(plain, nodes), jobs=[], now=NOW
+    )
+    assert sorted(c.node for c in plan.checks) == ["other", "plain"]
 
 
 def test_a_running_check_on_a_node_that_became_unavailable_is_left_alone() -> None:
