@@ -99,7 +99,20 @@ class Mode(StrEnum):
 
 class RestartMode(StrEnum):
     ON_REMEDIATION = "OnRemediation"
+    REPORT = "Report"  # a dry run: plan each wave, report it in the status, restart nothing
     NEVER = "Never"
+
+
+class RestartPods(StrEnum):
+    """Which pods on a remediated node count as affected by its widened port range.
+
+    `net.ipv4.ip_local_port_range` and `ip_local_reserved_ports` are per network namespace, and
+    a new namespace starts from the kernel defaults (`inet_init_net`), whatever the host has: a
+    pod with its own network namespace never saw the node's range, a `hostNetwork: true` pod
+    did."""
+
+    HOST_NETWORK = "HostNetwork"
+    ALL = "All"
 
 
 class WorkloadKind(StrEnum):
@@ -509,8 +522,15 @@ class LabelSelector(_ApiModel):
 DEFAULT_RESTART_SELECTOR = LabelSelector(match_labels={LABEL_RESTART_OPT_IN: "true"})
 
 
+# Per policy, on top of the operator's cluster-wide --restarts-per-minute: rollout restarts and
+# evictions per hour (a token bucket that holds this many; its state is in the policy status).
+DEFAULT_RESTARTS_PER_HOUR = 60
+MAX_RESTARTS_PER_HOUR = 10000
+
+
 class RestartSpec(_ApiModel):
     mode: RestartMode = RestartMode.ON_REMEDIATION
+    pods: RestartPods = RestartPods.HOST_NETWORK
     kinds: Annotated[
         list[WorkloadKind],
         AfterValidator(_no_duplicates),
@@ -523,6 +543,9 @@ class RestartSpec(_ApiModel):
         AfterValidator(_no_duplicates),
         Field(max_length=64, json_schema_extra=_SET_LIST),
     ] = []
+    max_per_hour: Annotated[StrictInt, Field(ge=1, le=MAX_RESTARTS_PER_HOUR)] = (
+        DEFAULT_RESTARTS_PER_HOUR
+    )
 
 
 class Toleration(_RuledModel):
@@ -707,6 +730,18 @@ class WorstNodeStatus(_StatusModel):
     message: Annotated[StrictStr, Field(max_length=1024)] = ""
 
 
+# `status.restartWave.steps` and `status.lastRestart.notRestarted` list at most this many.
+MAX_LISTED_STEPS = 20
+
+
+class RestartStepStatus(_StatusModel):
+    """One workload (or DaemonSet pod) of a restart wave: what the wave does with it, and why."""
+
+    workload: Annotated[StrictStr, Field(max_length=512)]
+    action: Annotated[StrictStr, Field(max_length=32)]
+    reason: Annotated[StrictStr, Field(max_length=512)] = ""
+
+
 class LastRestart(_StatusModel):
     """The last completed restart wave: which workloads were restarted after which checks."""
 
@@ -714,9 +749,37 @@ class LastRestart(_StatusModel):
     at: Annotated[StrictStr, Field(max_length=64)]
     nodes: Annotated[StrictInt, Field(ge=0)] = 0
     count: Annotated[StrictInt, Field(ge=0)] = 0
+    evicted: Annotated[StrictInt, Field(ge=0)] = 0
+    report: StrictBool = False
     workloads: Annotated[
         list[Annotated[StrictStr, Field(max_length=512)]], Field(max_length=10)
     ] = []
+    not_restarted: Annotated[
+        list[RestartStepStatus], Field(max_length=MAX_LISTED_STEPS, json_schema_extra=_ATOMIC_LIST)
+    ] = []
+
+
+class RestartWaveStatus(_StatusModel):
+    """The wave planned and not complete yet (rate limit, budget, a retried eviction): what it
+    does with each workload, and why."""
+
+    wave: Annotated[StrictStr, Field(max_length=64)]
+    mode: Annotated[StrictStr, Field(max_length=32)]
+    nodes: Annotated[StrictInt, Field(ge=0)] = 0
+    remaining: Annotated[StrictInt, Field(ge=0)] = 0
+    counts: Annotated[dict[str, Annotated[StrictInt, Field(ge=0)]], Field(max_length=16)] = {}
+    steps: Annotated[
+        list[RestartStepStatus], Field(max_length=MAX_LISTED_STEPS, json_schema_extra=_ATOMIC_LIST)
+    ] = []
+
+
+class RestartBudgetStatus(_StatusModel):
+    """The per-policy restart budget (`spec.restart.maxPerHour`), kept here so that a restarted
+    operator, or a standby taking over, does not start with a full one."""
+
+    per_hour: Annotated[StrictInt, Field(ge=1)]
+    remaining: Annotated[StrictInt, Field(ge=0)] = 0
+    full_at: Annotated[StrictStr, Field(max_length=64)]
 
 
 class NodeSysctlPolicyStatus(_StatusModel):
@@ -738,6 +801,8 @@ class NodeSysctlPolicyStatus(_StatusModel):
         Field(max_length=MAX_WORST_NODES, json_schema_extra=_MAP_LIST),
     ] = []
     last_restart: LastRestart | None = None
+    restart_wave: RestartWaveStatus | None = None
+    restart_budget: RestartBudgetStatus | None = None
 
 
 # --- the whole object ---------------------------------------------------------------------------

@@ -306,6 +306,8 @@ def test_empty_spec_defaults_to_the_design() -> None:
     assert "restart" not in defaulted
     assert apply_crd_defaults({}, spec_schema()["properties"]["restart"]) == {
         "mode": "OnRemediation",
+        "pods": "HostNetwork",
+        "maxPerHour": 60,
         "kinds": ["Deployment"],
         "selector": {"matchLabels": {"nodesysctl.io/restart": "true"}},
     }
@@ -477,6 +479,7 @@ def test_the_sync_check_notices_a_field_missing_from_the_model() -> None:
     [
         (api.Mode, "spec.remediation.mode"),
         (api.RestartMode, "spec.restart.mode"),
+        (api.RestartPods, "spec.restart.pods"),
         (api.WorkloadKind, "spec.restart.kinds[]"),
         (api.SelectorOperator, "spec.nodeSelector.matchExpressions[].operator"),
         (api.TolerationOperator, "spec.job.tolerations[].operator"),
