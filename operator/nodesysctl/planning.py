@@ -429,9 +429,10 @@ def is_quiescent(plan: RolloutPlan) -> bool:
 
 
 def wants_restart(spec: NodeSysctlPolicySpec) -> bool:
+    """Whether a remediated node waits for a restart wave (one that is only reported, too)."""
     return (
         spec.restart is not None
-        and spec.restart.mode == "OnRemediation"
+        and spec.restart.mode in ("OnRemediation", "Report")
         and spec.remediation.mode == "Enforce"
     )
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import pytest
 
 from nodesysctl.pacing import (
     BUSY_POLL_SECONDS,
     IDLE_POLL_SECONDS,
+    RestartBudget,
     RestartLimiter,
     pass_delay,
 )
@@ -78,3 +81,45 @@ def test_a_limiter_without_a_rate_waits_at_most_the_idle_poll() -> None:
     limiter = RestartLimiter(per_minute=0, burst=1, clock=FakeClock())
     assert limiter.try_take()
     assert limiter.seconds_until_token() == IDLE_POLL_SECONDS
+
+
+def test_take_up_to_takes_what_there_is() -> None:
+    clock = [0.0]
+    limiter = RestartLimiter(per_minute=60, burst=3, clock=lambda: clock[0])
+    assert limiter.take_up_to(5) == 3
+    assert limiter.take_up_to(1) == 0
+    clock[0] = 2.0
+    assert limiter.take_up_to(5) == 2
+
+
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+
+
+def test_the_budget_is_a_bucket_of_per_hour_tokens_that_refills_per_hour() -> None:
+    budget = RestartBudget(per_hour=6)  # one token every 10 minutes
+    assert budget.available(NOW) == 6
+    spent = budget.take(4, NOW)
+    assert spent.full_at == NOW + timedelta(minutes=40)
+    assert spent.available(NOW) == 2
+    assert spent.available(NOW + timedelta(minutes=10)) == 3
+    empty = spent.take(2, NOW)
+    assert empty.available(NOW) == 0
+    assert empty.seconds_until_token(NOW) == 599.0  # the stored second is not a token
+    assert empty.available(NOW + timedelta(minutes=10)) == 1
+    assert empty.available(NOW + timedelta(hours=2)) == 6
+
+
+def test_the_budget_survives_a_round_trip_through_the_status_and_never_grows() -> None:
+    spent = RestartBudget(per_hour=7).take(3, NOW + timedelta(microseconds=1))
+    status = spent.as_status(NOW)
+    assert status["perHour"] == 7
+    reloaded = RestartBudget.from_status(status, 7)
+    assert reloaded.full_at is not None
+    assert spent.full_at is not None
+    assert reloaded.full_at >= NOW + timedelta(seconds=3 * 3600 / 7)  # rounded up, not down
+    assert reloaded.available(NOW) == 4
+    # Missing or unreadable: full. An older status than our own last write: ours counts.
+    assert RestartBudget.from_status(None, 7).available(NOW) == 7
+    assert RestartBudget.from_status({"fullAt": "soon"}, 7).available(NOW) == 7
+    assert RestartBudget(7).later(reloaded).available(NOW) == 4
+    assert reloaded.later(RestartBudget(7)).available(NOW) == 4
