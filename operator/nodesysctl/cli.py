@@ -28,6 +28,7 @@ def _run(args: argparse.Namespace) -> int:
         restart_burst=args.restart_burst,
         allowed_agent_images=args.allowed_agent_images,
         allowed_priority_classes=args.allowed_priority_classes,
+        operator_namespace=args.operator_namespace,
     )
     kopf.configure(verbose=args.verbose)
     if not args.verbose:
@@ -88,6 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=defaults.allowed_priority_classes,
         metavar="NAME[,NAME...]",
         help="PriorityClasses a policy's job.priorityClassName may name; default none",
+    )
+    run.add_argument(
+        "--operator-namespace",
+        default=defaults.operator_namespace,
+        help="the operator's own namespace: never restarted unless a policy names it",
     )
     run.add_argument("--restarts-per-minute", type=float, default=defaults.restarts_per_minute)
     run.add_argument("--restart-burst", type=int, default=defaults.restart_burst)

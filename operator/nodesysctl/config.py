@@ -17,6 +17,8 @@ from nodesysctl.jobs import (
     JobSettings,
 )
 
+DEFAULT_OPERATOR_NAMESPACE = "nodesysctl-system"
+
 
 def split_list(text: str) -> tuple[str, ...]:
     """A comma-separated flag or variable ("a, b,") as its items ("a", "b")."""
@@ -33,6 +35,9 @@ class OperatorConfig:
     # Empty: a policy's job.image may name only agent_image, and no priority class at all.
     allowed_agent_images: tuple[str, ...] = ()
     allowed_priority_classes: tuple[str, ...] = ()
+    # Where the operator runs (the Deployment passes its own namespace): never restarted by a
+    # policy that does not name it, as the system namespaces and the job namespace.
+    operator_namespace: str = DEFAULT_OPERATOR_NAMESPACE
 
     @classmethod
     def from_env(cls) -> OperatorConfig:
@@ -49,6 +54,9 @@ class OperatorConfig:
             allowed_agent_images=split_list(os.environ.get("NODESYSCTL_ALLOWED_AGENT_IMAGES", "")),
             allowed_priority_classes=split_list(
                 os.environ.get("NODESYSCTL_ALLOWED_PRIORITY_CLASSES", "")
+            ),
+            operator_namespace=os.environ.get(
+                "NODESYSCTL_OPERATOR_NAMESPACE", defaults.operator_namespace
             ),
         )
 

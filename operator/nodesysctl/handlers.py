@@ -68,6 +68,7 @@ async def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> Non
         kube,
         config.job_settings(),
         RestartLimiter(config.restarts_per_minute, config.restart_burst),
+        protected_namespaces=(config.operator_namespace,),
     )
     memo.nodesysctl = Operator(config, kube, reconciler)
     settings.persistence.finalizer = f"{GROUP}/cleanup"

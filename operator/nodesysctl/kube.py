@@ -28,6 +28,7 @@ from nodesysctl import GROUP, KIND, PLURAL, VERSION
 from nodesysctl.labels import LABEL_JOB_NAME
 from nodesysctl.planning import format_time
 from nodesysctl.refusals import ApiRefusal
+from nodesysctl.restarts import EvictionResult
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +36,8 @@ FIELD_MANAGER = "nodesysctl"
 MERGE_PATCH = "application/merge-patch+json"
 EVENT_NAMESPACE = "default"  # where Events about cluster-scoped objects go (as kubelet does)
 REPORTING_COMPONENT = "nodesysctl-operator"
+RESTART_LIST_PAGE = 500  # bodies per page of a cluster-wide pod or ReplicaSet list
+HOST_NETWORK_PODS = "spec.hostNetwork=true"
 WORKLOAD_PLURALS = {"Deployment": "deployments", "StatefulSet": "statefulsets",
                     "DaemonSet": "daemonsets"}  # fmt: skip
 
@@ -323,19 +326,76 @@ class Kube:
 
     # --- Workloads ------------------------------------------------------------------------
 
-    def pods_on_node(self, node: str) -> list[dict[str, Any]]:
-        pods = self.rest.get("/api/v1/pods", fieldSelector=f"spec.nodeName={node}")
-        return list(pods.get("items", []))
-
-    def list_workloads(
-        self, kind: str, namespaces: Iterable[str], label_selector: str
-    ) -> list[dict[str, Any]]:
-        plural = WORKLOAD_PLURALS[kind]
-        paths = [f"/apis/apps/v1/namespaces/{_name(ns)}/{plural}" for ns in namespaces]
+    def _list_pages(self, path: str, page: int, **query: str | None) -> list[dict[str, Any]]:
+        """Every item of a paged cluster-wide list (`limit`/`continue`: one consistent snapshot,
+        at most `page` bodies per response)."""
         items: list[dict[str, Any]] = []
-        for path in paths or [f"/apis/apps/v1/{plural}"]:
-            items += self.rest.get(path, labelSelector=label_selector)["items"]
-        return items
+        token: str | None = None
+        while True:
+            chunk = self.rest.get(path, limit=page, **{"continue": token}, **query)
+            items += chunk.get("items") or []
+            token = (chunk.get("metadata") or {}).get("continue")
+            if not token:
+                return items
+
+    def list_pods(
+        self, *, host_network_only: bool, page: int = RESTART_LIST_PAGE
+    ) -> list[dict[str, Any]]:
+        """The cluster's pods, in pages; only `hostNetwork: true` ones when asked, filtered on
+        the server (`fieldSelector=spec.hostNetwork=true`, Kubernetes 1.36). An API server
+        without that field selector (400) is asked for every pod and the list filtered here."""
+        if not host_network_only:
+            return self._list_pages("/api/v1/pods", page)
+        try:
+            pods = self._list_pages("/api/v1/pods", page, fieldSelector=HOST_NETWORK_PODS)
+        except KubeError as exc:
+            if exc.status != 400:
+                raise
+            logger.info("no spec.hostNetwork field selector for pods: filtering the full list")
+            pods = self._list_pages("/api/v1/pods", page)
+        return [pod for pod in pods if (pod.get("spec") or {}).get("hostNetwork")]
+
+    def list_replica_sets(self, page: int = RESTART_LIST_PAGE) -> list[dict[str, Any]]:
+        """Every ReplicaSet, in pages (to find the Deployment that owns a pod's ReplicaSet)."""
+        return self._list_pages("/apis/apps/v1/replicasets", page)
+
+    def get_workload(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """One Deployment, StatefulSet or DaemonSet; None if it is gone (404)."""
+        plural = WORKLOAD_PLURALS[kind]
+        try:
+            body: dict[str, Any] = self.rest.get(
+                f"/apis/apps/v1/namespaces/{_name(namespace)}/{plural}/{_name(name)}"
+            )
+        except KubeError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return body
+
+    def evict_pod(self, namespace: str, name: str, uid: str) -> tuple[EvictionResult, str]:
+        """Evict one pod through the Eviction API (policy/v1), so PodDisruptionBudgets apply.
+        The uid precondition keeps a replacement of the same name (a StatefulSet's, a static
+        pod's) from being evicted in its place. (Evicted | Blocked with the API's message |
+        Gone when it no longer exists or was replaced.)"""
+        body = {
+            "apiVersion": "policy/v1",
+            "kind": "Eviction",
+            "metadata": {"name": name, "namespace": namespace},
+            "deleteOptions": {"preconditions": {"uid": uid}},
+        }
+        try:
+            self.rest.request(
+                "POST",
+                f"/api/v1/namespaces/{_name(namespace)}/pods/{_name(name)}/eviction",
+                body=body,
+            )
+        except KubeError as exc:
+            if exc.status == 429:  # a PodDisruptionBudget does not allow it now
+                return EvictionResult.BLOCKED, exc.message
+            if exc.status in (404, 409):  # gone, or a new pod by that name
+                return EvictionResult.GONE, exc.message
+            raise
+        return EvictionResult.EVICTED, ""
 
     def patch_workload(
         self, kind: str, namespace: str, name: str, patch: Mapping[str, Any]
@@ -390,4 +450,6 @@ def node_ref(name: str) -> dict[str, Any]:
 
 
 def workload_ref(kind: str, namespace: str, name: str, uid: str) -> dict[str, Any]:
-    return {"apiVersion": "apps/v1", "kind": kind, "namespace": namespace, "name": name, "uid": uid}
+    api_version = "v1" if kind == "Pod" else "apps/v1"
+    return {"apiVersion": api_version, "kind": kind, "namespace": namespace, "name": name,
+            "uid": uid}  # fmt: skip

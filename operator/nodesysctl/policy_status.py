@@ -58,6 +58,8 @@ class StatusInputs:
     halted: bool
     conflicts: tuple[str, ...] = ()  # human sentences, at most a few
     last_restart: Mapping[str, Any] | None = None
+    restart_wave: Mapping[str, Any] | None = None  # the wave in progress (None: none)
+    restart_budget: Mapping[str, Any] | None = None
 
 
 def build_conditions(inputs: StatusInputs) -> list[dict[str, Any]]:
@@ -135,6 +137,10 @@ def build_status(inputs: StatusInputs) -> dict[str, Any]:
     }
     if inputs.last_restart is not None:
         status["lastRestart"] = dict(inputs.last_restart)
+    # Written as null when there is none: the merge patch removes a finished wave's.
+    status["restartWave"] = dict(inputs.restart_wave) if inputs.restart_wave else None
+    if inputs.restart_budget is not None:
+        status["restartBudget"] = dict(inputs.restart_budget)
     return status
 
 

@@ -25,7 +25,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 from nodesysctl.admission import admit
-from nodesysctl.api import InvalidPolicy, NodeSysctlPolicySpec, parse_spec
+from nodesysctl.api import InvalidPolicy, NodeSysctlPolicySpec, RestartMode, RestartPods, parse_spec
 from nodesysctl.jobs import (
     JobSettings,
     build_agent_job,
@@ -34,7 +34,7 @@ from nodesysctl.jobs import (
 )
 from nodesysctl.kube import KubeError, node_ref, policy_ref, workload_ref
 from nodesysctl.observed import PodOutcome, job_facts_from_body
-from nodesysctl.pacing import INVALID_POLL_SECONDS, RestartLimiter, pass_delay
+from nodesysctl.pacing import INVALID_POLL_SECONDS, RestartBudget, RestartLimiter, pass_delay
 from nodesysctl.planning import (
     CheckOrder,
     JobFacts,
@@ -47,7 +47,6 @@ from nodesysctl.planning import (
     is_quiescent,
     plan_rollout,
     select_nodes,
-    selector_query,
     spec_hash,
 )
 from nodesysctl.policy_status import (
@@ -73,7 +72,23 @@ from nodesysctl.refusals import (
     podless_jobs,
     refused_pod_result,
 )
-from nodesysctl.restarts import RestartAction, plan_restart_wave, restart_wave, restarts_done
+from nodesysctl.restarts import (
+    EvictionResult,
+    RestartAction,
+    RestartPlan,
+    WaveProgress,
+    WorkloadStep,
+    affected_pods,
+    last_restart,
+    needs_replica_sets,
+    plan_restart_wave,
+    remediated_at,
+    resolve_owners,
+    restart_wave,
+    restarts_done,
+    wave_status,
+    wave_summary,
+)
 from nodesysctl.results import (
     jobs_to_record,
     judge_check,
@@ -111,11 +126,13 @@ class PassClient(Protocol):
 
     def patch_policy_status(self, name: str, status: Mapping[str, Any]) -> None: ...
 
-    def pods_on_node(self, node: str) -> Sequence[Mapping[str, Any]]: ...
+    def list_pods(self, *, host_network_only: bool) -> Sequence[Mapping[str, Any]]: ...
 
-    def list_workloads(
-        self, kind: str, namespaces: Iterable[str], label_selector: str
-    ) -> Sequence[Mapping[str, Any]]: ...
+    def list_replica_sets(self) -> Sequence[Mapping[str, Any]]: ...
+
+    def get_workload(self, kind: str, namespace: str, name: str) -> Mapping[str, Any] | None: ...
+
+    def evict_pod(self, namespace: str, name: str, uid: str) -> tuple[EvictionResult, str]: ...
 
     def patch_workload(
         self, kind: str, namespace: str, name: str, patch: Mapping[str, Any]
@@ -164,17 +181,53 @@ class PassResult:
     recorded: Mapping[str, NodeResult]  # node -> result written this pass (write-through)
 
 
+@dataclasses.dataclass
+class KeptWave:
+    """A restart wave's plan, kept from the pass that made it until the wave is complete (the
+    pods and ReplicaSets are listed once per wave, not once per rate-limited pass), and what
+    the passes did of it. Lost with the process: a restarted operator plans the wave again,
+    and the rule that only pods started before the remediation count keeps it from
+    restarting anything twice."""
+
+    key: str  # the wave id and the restart settings it was planned with
+    plan: RestartPlan
+    progress: WaveProgress
+    announced: bool = False  # the skipped paused Deployments' Events went out
+
+
+@dataclasses.dataclass(frozen=True)
+class WaveOutcome:
+    """What a pass did with the restart wave, for the status and the next pass's delay."""
+
+    complete: bool = False
+    last_restart: Mapping[str, Any] | None = None
+    wave_status: Mapping[str, Any] | None = None
+    wait: float | None = None  # seconds until the wave can go on (tokens, budget, a retry)
+
+
 class PolicyReconciler:
-    def __init__(self, kube: PassClient, settings: JobSettings, limiter: RestartLimiter):
+    def __init__(
+        self,
+        kube: PassClient,
+        settings: JobSettings,
+        limiter: RestartLimiter,
+        *,
+        protected_namespaces: Sequence[str] = (),
+    ):
         self.kube = kube
         self.settings = settings
         self.limiter = limiter
+        # Never restarted unless a policy names them (besides the system namespaces): the
+        # operator's own namespace and the job namespace.
+        self.protected_namespaces = (*protected_namespaces, settings.namespace)
         self.io = ThreadPoolExecutor(IO_PARALLELISM, thread_name_prefix="nodesysctl-io")
         # By policy uid: the generation whose agent Job the API server refused, and why (the
         # status says so too, unless writing it failed); the policies whose failing passes
         # have posted their Event. Each policy's passes run one at a time, in its own thread.
         self.refused: dict[str, tuple[int, str]] = {}
         self.degraded: set[str] = set()
+        self.waves: dict[str, KeptWave] = {}  # by policy
+        self.budgets: dict[str, RestartBudget] = {}  # by policy: the last one written
 
     def _each(self, call: Callable[[Any], Any], items: Iterable[Any]) -> list[Any]:
         """`call` on every item, IO_PARALLELISM at a time; results in the items' order. All
@@ -281,15 +334,13 @@ class PolicyReconciler:
                 f"{spec.rollout.max_failed_nodes}); no new checks until the policy changes",
             )
 
-        last_restart = snap.status.get("lastRestart")
-        wave_waits = False  # a restart wave the rate limit cut short: resume it on time
+        previous_last = snap.status.get("lastRestart")
+        wave = WaveOutcome()
         if is_quiescent(plan):
-            restarted = self._restart_wave(snap, spec, selected, now)
-            if restarted is not None:
-                last_restart = restarted
+            wave = self._restart_wave(snap, spec, selected, now)
+            if wave.complete:
                 recorded = {**recorded, **self._clear_restart_pending(snap.name, selected)}
-            else:
-                wave_waits = spec.restart is not None and bool(restart_wave(selected, snap.name)[0])
+        budget = self.budgets.get(snap.name)
 
         notes = conflict_notes(conflicts, snap.name)
         self._write_status(
@@ -300,7 +351,11 @@ class PolicyReconciler:
                 summary=plan.summary,
                 halted=plan.halted,
                 conflicts=notes,
-                last_restart=last_restart,
+                last_restart=wave.last_restart or previous_last,
+                restart_wave=wave.wave_status,
+                restart_budget=budget.as_status(now)
+                if budget
+                else snap.status.get("restartBudget"),
             ),
             now,
         )
@@ -315,7 +370,7 @@ class PolicyReconciler:
         delay = pass_delay(
             busy=bool(plan.checks or plan.summary.in_flight),
             next_due_in=plan.next_due_in,
-            next_token_in=self.limiter.seconds_until_token() if wave_waits else None,
+            next_token_in=wave.wait,
         )
         return PassResult(delay, ranges, recorded)
 
@@ -459,53 +514,173 @@ class PolicyReconciler:
         spec: NodeSysctlPolicySpec,
         selected: Sequence[NodeFacts],
         now: datetime,
-    ) -> dict[str, Any] | None:
-        """Restart the workloads with pods on remediated nodes, once per wave.
+    ) -> WaveOutcome:
+        """Restart the workloads the remediated nodes' fault touched, once per wave.
 
-        Returns the `lastRestart` status when the wave is complete, None when there was no
-        wave or the rate limit stopped it (the next pass continues where this one stopped:
-        workloads already stamped with the wave id are skipped).
+        The first pass of a wave lists the pods (host-network ones only, by default) and the
+        ReplicaSets once, reads the affected workloads, and keeps the plan; every pass carries
+        out as much of it as the cluster-wide rate limit and the policy's budget allow (the
+        budget's tokens are written to the status before the restarts they pay for), retries
+        refused evictions, and reports the wave complete once nothing is left to do.
         """
         wave, nodes = restart_wave(selected, snap.name)
-        if not wave or spec.restart is None:
-            return None
-        pods = [pod for node in nodes for pod in self.kube.pods_on_node(node)]
-        # Every kind is listed before the first write: the plan is made for the whole wave.
-        workloads = {str(kind): self._candidates(str(kind), spec) for kind in spec.restart.kinds}
-        plan = plan_restart_wave(wave=wave, nodes=nodes, workloads=workloads, pods=pods)
-        for step in plan.steps:
-            ref = workload_ref(step.kind, step.namespace, step.name, step.uid)
-            if step.action == RestartAction.SKIP_PAUSED:
+        restart = spec.restart
+        if not wave or restart is None:
+            self.waves.pop(snap.name, None)
+            return WaveOutcome()
+        if restart.mode == RestartMode.NEVER:
+            self.waves.pop(snap.name, None)
+            return WaveOutcome(complete=True)  # waiting from before the edit: nothing to do
+        kept = self._kept_wave(snap, spec, selected, wave, nodes)
+        plan, mode = kept.plan, str(restart.mode)
+        if restart.mode == RestartMode.REPORT:
+            self.waves.pop(snap.name, None)
+            self._post_summary(snap, kept, restart.pods, report=True)
+            return WaveOutcome(
+                complete=True,
+                last_restart=last_restart(plan, kept.progress, now, report=True),
+                wave_status=wave_status(plan, kept.progress, mode),
+            )
+        if not kept.announced:
+            for step in plan.skipped_paused:
                 self.kube.post_event(
-                    ref,
+                    workload_ref(step.kind, step.namespace, step.name, step.uid),
                     warning=True,
                     reason="RestartSkipped",
                     message=f"paused Deployment not restarted after {snap.name} remediated "
                     f"nodes {', '.join(nodes[:5])}; resume it and restart by hand",
                 )
-            elif step.action == RestartAction.RESTART:
-                if not self.limiter.try_take():
-                    logger.info(
-                        "policy %s: restart rate limit reached; continuing later", snap.name
-                    )
-                    return None
-                self.kube.patch_workload(
-                    step.kind, step.namespace, step.name, build_restart_patch(now, wave)
-                )
-                self.kube.post_event(
-                    ref,
-                    warning=False,
-                    reason="Restarted",
-                    message=f"rollout restart by NodeSysctlPolicy {snap.name} after remediation "
-                    f"of nodes {', '.join(nodes[:5])}",
-                )
-        return plan.last_restart(now)
+            kept.announced = True
 
-    def _candidates(self, kind: str, spec: NodeSysctlPolicySpec) -> Sequence[Mapping[str, Any]]:
-        assert spec.restart is not None
-        selector = spec.restart.selector
-        query = selector_query(selector.match_labels, selector.match_expressions)
-        return self.kube.list_workloads(kind, spec.restart.namespaces, query)
+        fresh = kept.progress.fresh(plan)
+        budget = RestartBudget.from_status(
+            snap.status.get("restartBudget"), restart.max_per_hour
+        ).later(self.budgets.get(snap.name))
+        paid = self.limiter.take_up_to(min(budget.available(now), len(fresh)))
+        if paid:
+            # Spent before the restarts it pays for: an operator killed in between restarts
+            # fewer, never more than the budget.
+            budget = budget.take(paid, now)
+            self.kube.patch_policy_status(snap.name, {"restartBudget": budget.as_status(now)})
+            self.budgets[snap.name] = budget
+        for step in [*kept.progress.retries_due(plan, now), *fresh[:paid]]:
+            kept.progress = self._carry_out(snap, step, kept.progress, plan, now)
+
+        if kept.progress.complete(plan):
+            self.waves.pop(snap.name, None)
+            self._post_summary(snap, kept, restart.pods, report=False)
+            return WaveOutcome(complete=True, last_restart=last_restart(plan, kept.progress, now))
+        waits = [kept.progress.next_retry_in(plan, now)]
+        if kept.progress.fresh(plan):
+            # A token from both: the cluster-wide limiter and the policy's budget.
+            waits.append(max(self.limiter.seconds_until_token(), budget.seconds_until_token(now)))
+            logger.info(
+                "policy %s: restart wave %s waits for the rate limit or the budget (%d left)",
+                snap.name, wave, len(kept.progress.open_steps(plan)),
+            )  # fmt: skip
+        return WaveOutcome(
+            wave_status=wave_status(plan, kept.progress, mode),
+            wait=min((w for w in waits if w is not None), default=None),
+        )
+
+    def _kept_wave(
+        self,
+        snap: Snapshot,
+        spec: NodeSysctlPolicySpec,
+        selected: Sequence[NodeFacts],
+        wave: str,
+        nodes: Sequence[str],
+    ) -> KeptWave:
+        """The wave's plan: kept from an earlier pass, or made now (one LIST of pods, one of
+        ReplicaSets when a pod has one, one GET per affected workload)."""
+        restart = spec.restart
+        assert restart is not None
+        key = f"{wave}:{restart.model_dump_json()}"
+        kept = self.waves.get(snap.name)
+        if kept is not None and kept.key == key:
+            return kept
+        remediated = remediated_at(selected, snap.name)
+        pods = self.kube.list_pods(host_network_only=restart.pods == RestartPods.HOST_NETWORK)
+        affected = affected_pods(
+            pods, remediated, restart.pods, ignored_namespaces=[self.settings.namespace]
+        )
+        del pods  # the whole list is not kept, only the affected pods
+        replica_sets = self.kube.list_replica_sets() if needs_replica_sets(affected) else []
+        resolution = resolve_owners(affected, replica_sets, restart, self.protected_namespaces)
+        refs = list(resolution.workloads)
+        read = self._each(lambda r: self.kube.get_workload(r.kind, r.namespace, r.name), refs)
+        plan = plan_restart_wave(
+            wave=wave,
+            nodes=nodes,
+            remediated=remediated,
+            resolution=resolution,
+            bodies=dict(zip(refs, read, strict=True)),
+            restart=restart,
+        )
+        logger.info(
+            "policy %s: restart wave %s over %d nodes: %d affected pods, %d restarts, %d "
+            "evictions planned", snap.name, wave, len(nodes), len(affected),
+            len(plan.to_restart), len(plan.to_evict),
+        )  # fmt: skip
+        kept = KeptWave(key, plan, WaveProgress())
+        self.waves[snap.name] = kept
+        return kept
+
+    def _carry_out(
+        self,
+        snap: Snapshot,
+        step: WorkloadStep,
+        progress: WaveProgress,
+        plan: RestartPlan,
+        now: datetime,
+    ) -> WaveProgress:
+        """One rollout restart or eviction, with its Event; the progress it makes."""
+        ref = workload_ref(step.kind, step.namespace, step.name, step.uid)
+        nodes = plan.nodes
+        if step.action == RestartAction.RESTART:
+            self.kube.patch_workload(
+                step.kind, step.namespace, step.name, build_restart_patch(now, plan.wave)
+            )
+            self.kube.post_event(
+                ref,
+                warning=False,
+                reason="Restarted",
+                message=f"rollout restart by NodeSysctlPolicy {snap.name} after remediation "
+                f"of nodes {', '.join(nodes[:5])}: {step.reason}",
+            )
+            return progress.with_done(step)
+        result, why = self.kube.evict_pod(step.namespace, step.pod, step.pod_uid)
+        if result == EvictionResult.BLOCKED:
+            progress = progress.with_refusal(step, why, now)
+            if step.key in progress.blocked:
+                message = progress.outcome(step).reason
+                self.kube.post_event(ref, warning=True, reason="EvictionBlocked", message=message)
+                self.kube.post_event(
+                    policy_ref(snap.name, snap.uid),
+                    warning=True,
+                    reason="EvictionBlocked",
+                    message=f"{step.ident}: {message}; the wave goes on without it",
+                )
+            return progress
+        if result == EvictionResult.EVICTED:
+            self.kube.post_event(
+                ref,
+                warning=False,
+                reason="Evicted",
+                message=f"pod {step.pod} on node {step.node} evicted by NodeSysctlPolicy "
+                f"{snap.name} after the node's remediation (only that node's pod)",
+            )
+        return progress.with_done(step)
+
+    def _post_summary(
+        self, snap: Snapshot, kept: KeptWave, pods: RestartPods, *, report: bool
+    ) -> None:
+        self.kube.post_event(
+            policy_ref(snap.name, snap.uid),
+            warning=False,
+            reason="RestartReport" if report else "RestartWaveComplete",
+            message=wave_summary(kept.plan, kept.progress, pods, report=report),
+        )
 
     def _clear_restart_pending(
         self, policy: str, selected: Sequence[NodeFacts]

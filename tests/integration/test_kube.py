@@ -17,6 +17,7 @@ from nodesysctl import GROUP, KIND, VERSION
 from nodesysctl.kube import FIELD_MANAGER, Kube, KubeError, node_ref, policy_ref, workload_ref
 from nodesysctl.nodewatch import list_node_facts
 from nodesysctl.refusals import Refusal
+from nodesysctl.restarts import EvictionResult
 
 pytestmark = pytest.mark.integration
 
@@ -184,16 +185,68 @@ def test_workloads_list_by_namespace_and_selector_and_patch(
         },
     }
     apps.create_namespaced_deployment(test_namespace, deployment)
-    assert [d["metadata"]["name"] for d in kube.list_workloads("Deployment", [test_namespace],
-                                                               "app=web")] == ["web"]  # fmt: skip
-    everywhere = kube.list_workloads("Deployment", [], "app=web")
-    assert test_namespace in {d["metadata"]["namespace"] for d in everywhere}
-    assert kube.list_workloads("Deployment", [test_namespace], "app=other") == []
+    read_back = kube.get_workload("Deployment", test_namespace, "web")
+    assert read_back is not None
+    assert read_back["metadata"]["labels"] == labels
+    assert kube.get_workload("Deployment", test_namespace, "other") is None
+    assert kube.get_workload("DaemonSet", test_namespace, "web") is None
 
     stamp = {"spec": {"template": {"metadata": {"annotations": {"k": "v"}}}}}
     kube.patch_workload("Deployment", test_namespace, "web", stamp)
     read = apps.read_namespaced_deployment("web", test_namespace)
     assert read.spec.template.metadata.annotations == {"k": "v"}
+
+
+def bare_pod(name: str, *, host_network: bool, labels: dict[str, str] | None = None) -> Any:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": labels or {}},
+        "spec": {
+            "hostNetwork": host_network,
+            "containers": [{"name": "c", "image": "example.invalid/none:1"}],
+        },
+    }
+
+
+def test_pods_list_in_pages_host_network_only_on_the_server(
+    kube: Kube, test_namespace: str
+) -> None:
+    core: Any = client.CoreV1Api(kube.rest.api)
+    for index in range(3):
+        core.create_namespaced_pod(test_namespace, bare_pod(f"host-{index}", host_network=True))
+    core.create_namespaced_pod(test_namespace, bare_pod("pod-network", host_network=False))
+    host = [p["metadata"]["name"] for p in kube.list_pods(host_network_only=True, page=2)
+            if p["metadata"]["namespace"] == test_namespace]  # fmt: skip
+    assert sorted(host) == ["host-0", "host-1", "host-2"]
+    every = [p["metadata"]["name"] for p in kube.list_pods(host_network_only=False, page=2)
+             if p["metadata"]["namespace"] == test_namespace]  # fmt: skip
+    assert "pod-network" in every
+    assert isinstance(kube.list_replica_sets(page=1), list)
+
+
+def test_an_eviction_respects_a_pdb_and_the_pods_uid(kube: Kube, test_namespace: str) -> None:
+    core: Any = client.CoreV1Api(kube.rest.api)
+    guarded = core.create_namespaced_pod(
+        test_namespace, bare_pod("guarded", host_network=True, labels={"app": "guarded"})
+    )
+    free = core.create_namespaced_pod(test_namespace, bare_pod("free", host_network=True))
+    policy: Any = client.PolicyV1Api(kube.rest.api)
+    policy.create_namespaced_pod_disruption_budget(
+        test_namespace,
+        {
+            "apiVersion": "policy/v1",
+            "kind": "PodDisruptionBudget",
+            "metadata": {"name": "guard"},
+            "spec": {"minAvailable": 1, "selector": {"matchLabels": {"app": "guarded"}}},
+        },
+    )
+    result, why = kube.evict_pod(test_namespace, "guarded", guarded.metadata.uid)
+    assert result == EvictionResult.BLOCKED
+    assert why  # the API server's words: the budget, or not processed yet
+    assert kube.evict_pod(test_namespace, "free", "not-its-uid")[0] == EvictionResult.GONE
+    assert kube.evict_pod(test_namespace, "free", free.metadata.uid) == (EvictionResult.EVICTED, "")
+    assert kube.evict_pod(test_namespace, "free", free.metadata.uid)[0] == EvictionResult.GONE
 
 
 def test_events_are_posted_about_nodes_policies_and_workloads(

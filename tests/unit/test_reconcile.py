@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -22,6 +22,7 @@ from nodesysctl.observed import PodOutcome
 from nodesysctl.pacing import INVALID_POLL_SECONDS, RestartLimiter
 from nodesysctl.planning import JobFacts, NodeFacts, NodeResult, NodeState, spec_hash
 from nodesysctl.reconcile import PolicyReconciler, Snapshot
+from nodesysctl.restarts import EvictionResult
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 POLICY = "nodeport-safe"
@@ -38,7 +39,7 @@ class RecordingKube:
     def __init__(
         self,
         workloads: list[dict[str, Any]] | None = None,
-        pods: Mapping[str, list[dict[str, Any]]] | None = None,
+        pods: list[dict[str, Any]] | None = None,
         existing_jobs: Mapping[str, dict[str, Any]] | None = None,
         job_pods: Mapping[str, list[dict[str, Any]]] | None = None,
     ) -> None:
@@ -53,7 +54,15 @@ class RecordingKube:
         self.events: list[tuple[str, str, str]] = []
         self.event_messages: list[str] = []
         self.workloads = workloads or []
-        self.pods = pods or {}
+        self.pods = pods or []
+        self.replica_sets: list[dict[str, Any]] = [
+            replica_set(w["metadata"]["name"]) for w in self.workloads if w["kind"] == "Deployment"
+        ]
+        self.lists: list[str] = []  # what was listed, in order
+        self.reads: list[str] = []  # workloads read
+        self.evictions: list[str] = []  # pods whose eviction was asked for
+        self.refuse_evictions: set[str] = set()  # pods a PDB protects (429)
+        self.status_writes: list[tuple[str, str]] = []  # ("status"|"workload"|"evict", what)
 
     def create_job(self, body: Mapping[str, Any]) -> bool:
         if body["metadata"]["name"] in self.existing_jobs:
@@ -79,20 +88,37 @@ class RecordingKube:
 
     def patch_policy_status(self, name: str, status: Mapping[str, Any]) -> None:
         self.status_patches.append(dict(status))
+        if "restartBudget" in status:
+            self.status_writes.append(("status", str(status["restartBudget"]["remaining"])))
 
-    def pods_on_node(self, node: str) -> list[dict[str, Any]]:
-        return self.pods.get(node, [])
+    def list_pods(self, *, host_network_only: bool) -> list[dict[str, Any]]:
+        self.lists.append("pods")
+        return [p for p in self.pods if p["spec"].get("hostNetwork") or not host_network_only]
 
-    def list_workloads(
-        self, kind: str, namespaces: Iterable[str], label_selector: str
-    ) -> list[dict[str, Any]]:
-        assert label_selector == "restart=yes"
-        return [w for w in self.workloads if w["kind"] == kind]
+    def list_replica_sets(self) -> list[dict[str, Any]]:
+        self.lists.append("replicasets")
+        return self.replica_sets
+
+    def get_workload(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        self.reads.append(f"{kind}/{namespace}/{name}")
+        for body in self.workloads:
+            meta = body["metadata"]
+            if (body["kind"], meta["namespace"], meta["name"]) == (kind, namespace, name):
+                return body
+        return None
+
+    def evict_pod(self, namespace: str, name: str, uid: str) -> tuple[EvictionResult, str]:
+        self.evictions.append(name)
+        if name in self.refuse_evictions:
+            return EvictionResult.BLOCKED, "Cannot evict pod as it would violate the budget."
+        self.status_writes.append(("evict", name))
+        return EvictionResult.EVICTED, ""
 
     def patch_workload(
         self, kind: str, namespace: str, name: str, patch: Mapping[str, Any]
     ) -> None:
         self.workload_patches.append((kind, name, dict(patch)))
+        self.status_writes.append(("workload", name))
 
     def post_event(
         self, involved: Mapping[str, Any], *, warning: bool, reason: str, message: str
@@ -340,21 +366,56 @@ def remediated(node: str, restart: bool = True) -> NodeFacts:
     return NodeFacts(node, {}, "boot-1", {POLICY: result})
 
 
-def deployment(name: str, app: str, *, paused: bool = False, wave: str = "") -> dict[str, Any]:
+def deployment(
+    name: str, *, paused: bool = False, wave: str = "", kind: str = "Deployment", **labels: str
+) -> dict[str, Any]:
     annotations = {RESTART_WAVE: wave} if wave else {}
     return {
-        "kind": "Deployment",
-        "metadata": {"name": name, "namespace": "apps", "uid": f"uid-{name}"},
-        "spec": {
-            "selector": {"matchLabels": {"app": app}},
-            "paused": paused,
-            "template": {"metadata": {"annotations": annotations}},
+        "kind": kind,
+        "metadata": {
+            "name": name,
+            "namespace": "apps",
+            "uid": f"uid-{name}",
+            "labels": labels or {"restart": "yes"},
         },
+        "spec": {"paused": paused, "template": {"metadata": {"annotations": annotations}}},
     }
 
 
-def pod(app: str) -> dict[str, Any]:
-    return {"metadata": {"namespace": "apps", "labels": {"app": app}}}
+def replica_set(deployment: str) -> dict[str, Any]:
+    return {
+        "metadata": {
+            "name": f"{deployment}-rs",
+            "namespace": "apps",
+            "uid": f"uid-{deployment}-rs",
+            "ownerReferences": [
+                {"apiVersion": "apps/v1", "kind": "Deployment", "name": deployment,
+                 "uid": f"uid-{deployment}", "controller": True}
+            ],
+        }
+    }  # fmt: skip
+
+
+def pod(
+    owner: str, node: str = "n1", *, kind: str = "ReplicaSet", host: bool = True, name: str = ""
+) -> dict[str, Any]:
+    """A pod of Deployment `owner` (through its ReplicaSet), or of DaemonSet `owner`, started an
+    hour before the remediation."""
+    owner_name = f"{owner}-rs" if kind == "ReplicaSet" else owner
+    name = name or f"{owner}-{node}"
+    return {
+        "metadata": {
+            "name": name,
+            "namespace": "apps",
+            "uid": f"uid-{name}",
+            "ownerReferences": [
+                {"apiVersion": "apps/v1", "kind": kind, "name": owner_name,
+                 "uid": f"uid-{owner_name}", "controller": True}
+            ],
+        },
+        "spec": {"nodeName": node, "hostNetwork": host},
+        "status": {"phase": "Running", "startTime": "2026-11-25T10:00:00Z"},
+    }  # fmt: skip
 
 
 def test_remembered_results_equal_what_the_node_annotation_reads_back() -> None:
@@ -389,39 +450,147 @@ def test_remembered_results_equal_what_the_node_annotation_reads_back() -> None:
 def test_restart_once_per_wave_skipping_paused_and_unaffected() -> None:
     kube = RecordingKube(
         workloads=[
-            deployment("web", "web"),
-            deployment("frozen", "frozen", paused=True),
-            deployment("elsewhere", "elsewhere"),
+            deployment("web"),
+            deployment("frozen", paused=True),
+            deployment("elsewhere"),
+            deployment("pod-network"),
         ],
-        pods={"n1": [pod("web"), pod("frozen")]},
+        pods=[pod("web"), pod("frozen"), pod("elsewhere", "n3"), pod("pod-network", host=False)],
     )
     result = reconciler(kube).run_once(snapshot([remediated("n1"), remediated("n2", False)]), NOW)
     assert [(kind, name) for kind, name, _ in kube.workload_patches] == [("Deployment", "web")]
     assert ("Deployment", "frozen", "RestartSkipped") in kube.events
-    assert kube.status_patches[-1]["lastRestart"]["workloads"] == ["Deployment/apps/web"]
-    # The wave is done: n1's restart flag is cleared on the node.
+    last = kube.status_patches[-1]["lastRestart"]
+    assert last["workloads"] == ["Deployment/apps/web"]
+    assert last["notRestarted"][0]["workload"] == "Deployment/apps/frozen"
+    # One LIST of host-network pods, one of ReplicaSets, a GET of each affected workload only.
+    assert kube.lists == ["pods", "replicasets"]
+    assert sorted(kube.reads) == ["Deployment/apps/frozen", "Deployment/apps/web"]
+    # The wave is done: n1's restart flag is cleared on the node, the status has no open wave,
+    # and the policy's Event says why pod-network pods were left alone.
     assert result.recorded["n1"].restart_pending is False
+    assert kube.status_patches[-1]["restartWave"] is None
+    [summary] = event_messages(kube, "NodeSysctlPolicy", "RestartWaveComplete")
+    assert "a pod with its own network namespace never had the node's" in summary
 
     # A restarted operator that sees the same wave skips the workload it already stamped.
     wave = kube.workload_patches[0][2]["spec"]["template"]["metadata"]["annotations"][RESTART_WAVE]
-    again = RecordingKube(
-        workloads=[deployment("web", "web", wave=wave)], pods={"n1": [pod("web")]}
-    )
+    again = RecordingKube(workloads=[deployment("web", wave=wave)], pods=[pod("web")])
     reconciler(again).run_once(snapshot([remediated("n1")]), NOW)
     assert again.workload_patches == []
 
 
-def test_restart_rate_limit_defers_the_rest_of_the_wave() -> None:
+def test_pods_all_restarts_pod_network_workloads_too() -> None:
+    spec = {**SPEC, "restart": {**SPEC["restart"], "pods": "All"}}
     kube = RecordingKube(
-        workloads=[deployment("a", "a"), deployment("b", "b")], pods={"n1": [pod("a"), pod("b")]}
+        workloads=[deployment("pod-network")], pods=[pod("pod-network", host=False)]
     )
+    reconciler(kube).run_once(snapshot([remediated("n1")], spec=spec), NOW)
+    assert [name for _, name, _ in kube.workload_patches] == ["pod-network"]
+
+
+def test_a_daemonset_is_evicted_on_the_remediated_node_only_never_rolled() -> None:
+    spec = {**SPEC, "restart": {**SPEC["restart"], "kinds": ["DaemonSet"]}}
+    kube = RecordingKube(
+        workloads=[deployment("agent", kind="DaemonSet")],
+        pods=[pod("agent", "n1", kind="DaemonSet"), pod("agent", "n2", kind="DaemonSet")],
+    )
+    reconciler(kube).run_once(snapshot([remediated("n1"), remediated("n2", False)], spec=spec), NOW)
+    assert kube.evictions == ["agent-n1"]
+    assert kube.workload_patches == []
+    assert kube.lists == ["pods"]  # no ReplicaSet owns an affected pod: not listed
+    assert ("DaemonSet", "agent", "Evicted") in kube.events
+    assert kube.status_patches[-1]["lastRestart"]["evicted"] == 1
+
+
+def test_a_refused_eviction_is_retried_then_reported_and_the_wave_completes_without_it() -> None:
+    spec = {**SPEC, "restart": {**SPEC["restart"], "kinds": ["Deployment", "DaemonSet"]}}
+    kube = RecordingKube(
+        workloads=[deployment("web"), deployment("guarded", kind="DaemonSet")],
+        pods=[pod("web"), pod("guarded", kind="DaemonSet")],
+    )
+    kube.refuse_evictions.add("guarded-n1")
+    pdb = reconciler(kube)
+    moment = NOW
+    first = pdb.run_once(snapshot([remediated("n1")], spec=spec), moment)
+    assert [name for _, name, _ in kube.workload_patches] == ["web"]
+    assert "n1" not in first.recorded  # the wave waits for the retry
+    assert first.delay == 10.0
+    wave = kube.status_patches[-1]["restartWave"]
+    assert (wave["remaining"], wave["steps"][0]["workload"]) == (1, "DaemonSet/apps/guarded")
+    result = first
+    for _ in range(6):
+        moment += timedelta(seconds=10)
+        status = kube.status_patches[-1]
+        result = pdb.run_once(snapshot([remediated("n1")], spec=spec, status=status), moment)
+        if "n1" in result.recorded:
+            break
+    assert kube.evictions == ["guarded-n1"] * 5
+    assert kube.lists == ["pods", "replicasets"]  # the plan was kept: listed once for the wave
+    assert [name for _, name, _ in kube.workload_patches] == ["web"]  # restarted once
+    assert result.recorded["n1"].restart_pending is False
+    assert ("DaemonSet", "guarded", "EvictionBlocked") in kube.events
+    [blocked] = event_messages(kube, "NodeSysctlPolicy", "EvictionBlocked")
+    assert "eviction refused 5 times (Cannot evict pod as it would violate the budget.)" in blocked
+    last = kube.status_patches[-1]["lastRestart"]
+    assert last["notRestarted"][0]["action"] == "EvictionBlocked"
+
+
+def test_the_policy_budget_is_spent_in_the_status_before_the_restarts() -> None:
+    """maxPerHour 2: two restarts, the budget written first; a new operator (nothing in memory)
+    reading that status restarts nothing more this hour."""
+    spec = {**SPEC, "restart": {**SPEC["restart"], "maxPerHour": 2}}
+    workloads = [deployment(name) for name in ("a", "b", "c")]
+    pods = [pod(name) for name in ("a", "b", "c")]
+    kube = RecordingKube(workloads=workloads, pods=pods)
+    result = reconciler(kube).run_once(snapshot([remediated("n1")], spec=spec), NOW)
+    assert kube.status_writes[:3] == [("status", "0"), ("workload", "a"), ("workload", "b")]
+    assert "n1" not in result.recorded
+    # Waits for the budget (an hour / 2 per hour = 30 min), at most the idle poll.
+    assert result.delay == 300.0
+    status = kube.status_patches[-1]
+    assert status["restartBudget"]["remaining"] == 0
+    assert status["restartWave"]["remaining"] == 1
+
+    restarted = RecordingKube(workloads=workloads, pods=pods)
+    later = NOW + timedelta(minutes=5)
+    reconciler(restarted).run_once(snapshot([remediated("n1")], spec=spec, status=status), later)
+    assert restarted.workload_patches == []  # the budget in the status is spent
+    assert restarted.status_patches[-1]["restartWave"]["remaining"] == 3
+
+
+def test_report_mode_plans_and_reports_the_wave_and_restarts_nothing() -> None:
+    spec = {**SPEC, "restart": {**SPEC["restart"], "mode": "Report"}}
+    kube = RecordingKube(workloads=[deployment("web")], pods=[pod("web")])
+    result = reconciler(kube).run_once(snapshot([remediated("n1")], spec=spec), NOW)
+    assert kube.workload_patches == []
+    assert kube.evictions == []
+    status = kube.status_patches[-1]
+    assert status["lastRestart"]["report"] is True
+    assert status["lastRestart"]["workloads"] == ["Deployment/apps/web"]
+    assert status["restartWave"]["mode"] == "Report"
+    assert status["restartWave"]["steps"] == [
+        {
+            "workload": "Deployment/apps/web",
+            "action": "Restart",
+            "reason": "rollout restart: hostNetwork pod on node n1 started before the fix",
+        }
+    ]
+    assert result.recorded["n1"].restart_pending is False
+    [report] = event_messages(kube, "NodeSysctlPolicy", "RestartReport")
+    assert report.startswith("restart wave ")
+    assert "would restart 1 workloads" in report
+
+
+def test_restart_rate_limit_defers_the_rest_of_the_wave() -> None:
+    kube = RecordingKube(workloads=[deployment("a"), deployment("b")], pods=[pod("a"), pod("b")])
     result = reconciler(kube, per_minute=0.001, burst=1).run_once(snapshot([remediated("n1")]), NOW)
     assert len(kube.workload_patches) == 1
     assert "n1" not in result.recorded  # still pending: the next pass continues the wave
 
 
 def test_restarts_wait_until_the_rollout_is_quiet() -> None:
-    kube = RecordingKube(workloads=[deployment("web", "web")], pods={"n1": [pod("web")]})
+    kube = RecordingKube(workloads=[deployment("web")], pods=[pod("web")])
     reconciler(kube).run_once(snapshot([remediated("n1"), NodeFacts("n2", {}, "boot-1", {})]), NOW)
     assert kube.jobs_created  # n2 still has to be checked
     assert kube.workload_patches == []
@@ -471,9 +640,7 @@ def test_a_rate_limited_wave_resumes_when_the_next_token_is_due() -> None:
     """Workloads are not watched, so nothing else wakes the daemon for the rest of the wave:
     the pass itself asks to run again when the limiter has a token (here 60/6 = 10 s), not
     after the idle poll (minutes)."""
-    kube = RecordingKube(
-        workloads=[deployment("a", "a"), deployment("b", "b")], pods={"n1": [pod("a"), pod("b")]}
-    )
+    kube = RecordingKube(workloads=[deployment("a"), deployment("b")], pods=[pod("a"), pod("b")])
     result = reconciler(kube, per_minute=6, burst=1).run_once(snapshot([remediated("n1")]), NOW)
     assert len(kube.workload_patches) == 1
     assert 1.0 <= result.delay <= 10.0
