@@ -45,9 +45,11 @@ CLUSTER_RULES: dict[tuple[str, str], frozenset[str]] = {
     (GROUP, f"{PLURAL}/status"): frozenset({"get", "patch"}),
     ("", "nodes"): frozenset({"get", "list", "watch", "patch"}),
     ("", "pods"): frozenset({"list"}),
-    ("apps", "deployments"): frozenset({"list", "patch"}),
-    ("apps", "statefulsets"): frozenset({"list", "patch"}),
-    ("apps", "daemonsets"): frozenset({"list", "patch"}),
+    ("", "pods/eviction"): frozenset({"create"}),
+    ("apps", "replicasets"): frozenset({"list"}),
+    ("apps", "deployments"): frozenset({"get", "patch"}),
+    ("apps", "statefulsets"): frozenset({"get", "patch"}),
+    ("apps", "daemonsets"): frozenset({"get"}),
     ("", "events"): frozenset({"create"}),
 }
 JOB_NAMESPACE_RULES: dict[tuple[str, str], frozenset[str]] = {
