@@ -107,10 +107,17 @@ def events_for(api: Any, name: str, reason: str) -> list[dict[str, Any]]:
 
 
 def deployment(
-    api: Any, namespace: str, name: str, node: str, labels: dict[str, str] | None = None
+    api: Any,
+    namespace: str,
+    name: str,
+    node: str,
+    labels: dict[str, str] | None = None,
+    *,
+    host_network: bool = True,
 ) -> None:
-    """Create a one-replica Deployment on `node` and wait until it is available."""
-    body = deployment_body(name, node, labels)
+    """Create a one-replica Deployment on `node` and wait until it is available (host network
+    by default: the pods a node's port range reaches, the ones a restart wave is about)."""
+    body = deployment_body(name, node, labels, host_network=host_network)
     apps: Any = client.AppsV1Api(api)
     apps.create_namespaced_deployment(namespace, body)
 
