@@ -50,12 +50,15 @@ def _status(args: argparse.Namespace) -> int:
 
     from nodesysctl.kube import Kube, new_api_client
     from nodesysctl.nodewatch import list_node_facts
-    from nodesysctl.report import build_rows, render
+    from nodesysctl.report import build_rows, render, render_restarts
 
     kube = Kube(new_api_client())
     policies = [
         p for p in kube.list_policies() if not args.policy or p["metadata"]["name"] == args.policy
     ]
+    if args.restarts:
+        print(render_restarts(policies))
+        return 0
     # A one-shot command: bigger pages than the operator's watch (fewer round trips).
     nodes, _ = list_node_facts(kube, page=STATUS_LIST_PAGE)
     width = shutil.get_terminal_size((120, 40)).columns
@@ -102,6 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=_run)
     status = commands.add_parser("status", help="print each selected node's state per policy")
     status.add_argument("--policy", help="only this NodeSysctlPolicy")
+    status.add_argument(
+        "--restarts",
+        action="store_true",
+        help="the restart waves instead: what the next (or last) wave restarts, and why",
+    )
     status.set_defaults(func=_status)
     return parser
 

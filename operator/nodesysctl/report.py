@@ -1,4 +1,6 @@
-"""Pure rendering of `nodesysctl status`: one row per (node, policy), sized for a terminal."""
+"""Pure rendering of `nodesysctl status`: one row per (node, policy), sized for a terminal; and
+of `nodesysctl status --restarts`: each policy's restart wave in progress (or reported) and its
+last completed one, workload by workload, with the reason."""
 
 from __future__ import annotations
 
@@ -73,3 +75,41 @@ def render(rows: Sequence[Row], width: int = 120) -> str:
             detail = detail[: room - 1] + "…"
         lines.append(f"{head}  {detail}".rstrip())
     return "\n".join(lines)
+
+
+def render_restarts(policies: Sequence[Mapping[str, Any]]) -> str:
+    """What each policy's status says about restarts: the wave in progress or only reported
+    (`restartWave`: the next restarts and why), the last completed wave and what it left
+    alone, and the budget."""
+    lines: list[str] = []
+    for body in policies:
+        name = body["metadata"]["name"]
+        status = body.get("status") or {}
+        wave, last = status.get("restartWave"), status.get("lastRestart")
+        budget = status.get("restartBudget")
+        if not (wave or last):
+            lines.append(f"{name}: no restart wave yet")
+            continue
+        if wave:
+            counts = ", ".join(f"{n} {a}" for a, n in sorted((wave.get("counts") or {}).items()))
+            lines.append(
+                f"{name}: wave {wave['wave']} ({wave['mode']}) over {wave.get('nodes', 0)} nodes, "
+                f"{wave.get('remaining', 0)} to do: {counts}"
+            )
+            lines += [f"  {s['action']:16} {s['workload']}  {s.get('reason', '')}".rstrip()
+                      for s in wave.get("steps") or []]  # fmt: skip
+        if last:
+            verb = "reported" if last.get("report") else "restarted"
+            lines.append(
+                f"{name}: last wave {last['wave']} at {last['at']}: {verb} {last.get('count', 0)} "
+                f"workloads ({last.get('evicted', 0)} DaemonSet pods evicted) over "
+                f"{last.get('nodes', 0)} nodes: {', '.join(last.get('workloads') or []) or '-'}"
+            )
+            lines += [f"  {s['action']:16} {s['workload']}  {s.get('reason', '')}".rstrip()
+                      for s in last.get("notRestarted") or []]  # fmt: skip
+        if budget:
+            lines.append(
+                f"{name}: budget {budget.get('remaining', 0)}/{budget['perHour']} an hour left "
+                f"(full at {budget['fullAt']})"
+            )
+    return "\n".join(lines) or "no NodeSysctlPolicy"

@@ -10,7 +10,7 @@ from nodesysctl.agent.contract import AgentResult
 from nodesysctl.api import parse_spec
 from nodesysctl.observed import PodOutcome
 from nodesysctl.planning import JobFacts, NodeFacts, NodeResult, NodeState, spec_hash
-from nodesysctl.report import build_rows, render
+from nodesysctl.report import build_rows, render, render_restarts
 from nodesysctl.results import check_result
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
@@ -86,3 +86,41 @@ def test_the_detail_leads_with_sockets_in_reserved_ports_and_boot_overrides() ->
     assert rows[0].detail.startswith(
         "4 sockets in reserved ports: tcp 10.0.0.5:30123 ESTABLISHED to 10.96.0.1:443"
     )
+
+
+def test_restarts_show_the_wave_to_come_and_the_last_one_with_reasons() -> None:
+    policy = {
+        "metadata": {"name": "p"},
+        "status": {
+            "restartWave": {
+                "wave": "w2",
+                "mode": "Report",
+                "nodes": 1,
+                "remaining": 1,
+                "counts": {"Restart": 1},
+                "steps": [{"workload": "Deployment/a/web", "action": "Restart", "reason": "why"}],
+            },
+            "lastRestart": {
+                "wave": "w1",
+                "at": "2026-11-25T12:00:00Z",
+                "nodes": 2,
+                "count": 1,
+                "evicted": 1,
+                "workloads": ["DaemonSet/a/agent"],
+                "notRestarted": [
+                    {"workload": "Pod/a/bare", "action": "NotRestartable", "reason": "bare"}
+                ],
+            },
+            "restartBudget": {"perHour": 60, "remaining": 59, "fullAt": "2026-11-25T12:01:00Z"},
+        },
+    }
+    text = render_restarts([policy, {"metadata": {"name": "q"}}])
+    assert text.splitlines() == [
+        "p: wave w2 (Report) over 1 nodes, 1 to do: 1 Restart",
+        "  Restart          Deployment/a/web  why",
+        "p: last wave w1 at 2026-11-25T12:00:00Z: restarted 1 workloads (1 DaemonSet pods "
+        "evicted) over 2 nodes: DaemonSet/a/agent",
+        "  NotRestartable   Pod/a/bare  bare",
+        "p: budget 59/60 an hour left (full at 2026-11-25T12:01:00Z)",
+        "q: no restart wave yet",
+    ]
