@@ -3,7 +3,10 @@
 Four worker nodes (each a real network namespace): two widened to `1024 65000` the way the
 ops notebook describes, one on kernel defaults with nothing reserved, one already compliant.
 The operator runs as its ServiceAccount; one NodeSysctlPolicy is applied; the demo shows the
-nodes converging and which Deployments were restarted and why, then how to poke at it.
+nodes converging and which Deployments were restarted and why, then how to poke at it. Only
+host-network pods had a widened node's port range (a pod's own network namespace starts from
+the kernel defaults), so on worker-1 the host-network `edge-proxy` is restarted and the
+pod-network `checkout` beside it is left alone.
 """
 
 from __future__ import annotations
@@ -69,12 +72,18 @@ NODES: list[tuple[str, dict[str, str], str]] = [
     ("worker-3", {}, "kernel defaults, but the NodePort range is not reserved"),
     ("worker-4", {RESERVED: "10250,30000-32767"}, "already compliant"),
 ]
-# (deployment, node, restart label?, what should happen)
-APPS: list[tuple[str, str, bool, str]] = [
-    ("checkout", "worker-1", True, "selected and on a remediated node: restarted once"),
-    ("batch-report", "worker-2", False, "on a remediated node but not selected: left alone"),
-    ("catalog", "worker-4", True, "selected, but its node was already compliant: left alone"),
-]
+# (deployment, node, restart label?, hostNetwork?, what should happen)
+APPS: list[tuple[str, str, bool, bool, str]] = [
+    ("edge-proxy", "worker-1", True, True,
+     "host network, selected, on a remediated node: it had the widened range; restarted once"),
+    ("checkout", "worker-1", True, False,
+     "same node, pod network: its own network namespace never had the node's range; left alone"),
+    ("batch-report", "worker-2", False, True,
+     "host network on a remediated node but not selected (no restart label): left alone"),
+    ("catalog", "worker-4", True, True,
+     "host network and selected, but its node was already compliant: left alone"),
+]  # fmt: skip
+RESTARTED = "edge-proxy"
 
 
 def say(message: str = "") -> None:
@@ -135,10 +144,13 @@ class Demo:
     def deploy_apps(self) -> None:
         step(f"Deployments in namespace {APP_NAMESPACE}")
         self.cluster.create_namespace(APP_NAMESPACE)
-        for name, node, restart, why in APPS:
+        for name, node, restart, host, _why in APPS:
             labels = {"nodesysctl.io/restart": "true"} if restart else {}
-            self.apps.create_namespaced_deployment(APP_NAMESPACE, deployment(name, node, labels))
-            say(f"    {name:13} on {node}  ({why})")
+            body = deployment(name, node, labels, host_network=host)
+            self.apps.create_namespaced_deployment(APP_NAMESPACE, body)
+            network = "host network" if host else "pod network"
+            label = "yes" if restart else "no"
+            say(f"    {name:13} on {node}  {network:12}  restart label: {label}")
         for name, *_ in APPS:
             wait_for(functools.partial(self.available, name), timeout=60, what=f"{name} ready")
 
@@ -191,7 +203,7 @@ class Demo:
                 f"  -> {state}")  # fmt: skip
         restart = policy["status"]["lastRestart"]
         say(f"\n    Restart wave {restart['wave']} at {restart['at']}:")
-        for name, _node, _restart, why in APPS:
+        for name, _node, _restart, _host, why in APPS:
             events = self.events(name, "Restarted")
             sets = self.replica_sets(name)
             restarted = f"Deployment/{APP_NAMESPACE}/{name}" in restart["workloads"]
@@ -199,10 +211,12 @@ class Demo:
             say(f"    {name:13} {verdict:9} ({sets} ReplicaSets) - {why}")
             for event in events:
                 say(f"                  event: {event['reason']}: {event['message']}")
-            expected = name == "checkout"
+            expected = name == RESTARTED
             ok &= restarted == expected and sets == (2 if expected else 1)
         ok &= all((r := self.result_of(n)) is not None and r.status.value in (
             "Remediated", "Compliant") for n in self.nodes)  # fmt: skip
+        for event in self.events(POLICY, "RestartWaveComplete", namespace="default"):
+            say(f"\n    policy event: {event['message']}")
 
         kubectl = str(self.cluster.control_plane.binaries.kubectl)
         say("\n    $ kubectl get nsp")
@@ -214,11 +228,17 @@ class Demo:
             env=env, capture_output=True, text=True, check=False,
         )  # fmt: skip
         say("    " + status.stdout.rstrip().replace("\n", "\n    "))
+        say("\n    $ nodesysctl status --restarts")
+        restarts = subprocess.run(
+            [sys.executable, "-m", "nodesysctl.cli", "status", "--restarts"],
+            env=env, capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        say("    " + restarts.stdout.rstrip().replace("\n", "\n    "))
         step("Poke at it yourself (while the demo runs)")
         say(f"    export KUBECONFIG={kubeconfig}")
         say(f"    {kubectl} get nsp {POLICY} -o yaml")
         say(f"    {kubectl} describe node worker-1")
-        say(f"    {kubectl} -n {APP_NAMESPACE} rollout history deployment/checkout")
+        say(f"    {kubectl} -n {APP_NAMESPACE} rollout history deployment/{RESTARTED}")
         say(f"    {sys.executable} -m nodesysctl.cli status")
         return ok
 
@@ -255,10 +275,12 @@ class Demo:
         )
         return len(sets["items"])  # fmt: skip
 
-    def events(self, name: str, reason: str) -> list[dict[str, Any]]:
+    def events(
+        self, name: str, reason: str, namespace: str = APP_NAMESPACE
+    ) -> list[dict[str, Any]]:
         events = json.loads(
             self.core.list_namespaced_event(
-                APP_NAMESPACE,
+                namespace,
                 field_selector=f"involvedObject.name={name},reason={reason}",
                 _preload_content=False,
             ).data

@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(400)]
 
 
-def test_demo_converges_restarts_only_the_affected_deployment_and_cleans_up(
+def test_demo_converges_restarts_only_the_host_network_deployment_and_cleans_up(
     devcluster: object,  # proves the binaries and root are there (else skip/fail as usual)
 ) -> None:
     before = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True)
@@ -24,9 +24,16 @@ def test_demo_converges_restarts_only_the_affected_deployment_and_cleans_up(
     out = demo.stdout
     assert demo.returncode == 0, out[-6000:] + demo.stderr[-3000:]
     assert "Demo succeeded." in out
-    assert "checkout      RESTARTED (2 ReplicaSets)" in out
+    assert "edge-proxy    RESTARTED (2 ReplicaSets) - host network, selected" in out
+    # The pod-network Deployment on the same remediated node is left alone, and it says why.
+    assert (
+        "checkout      untouched (1 ReplicaSets) - same node, pod network: its own network "
+        "namespace never had the node's range" in out
+    )
     assert "batch-report  untouched (1 ReplicaSets)" in out
     assert "catalog       untouched (1 ReplicaSets)" in out
+    assert "a pod with its own network namespace never had the node's ip_local_port_range" in out
+    assert "$ nodesysctl status --restarts" in out
     assert "workers-nodeport-safe   Enforce   4       4           0         0        True" in out
     for node in ("worker-1", "worker-2", "worker-3"):
         assert f"{node}  now 32768-60999  reserved=10250,30000-32767  -> Remediated" in out
