@@ -1,4 +1,5 @@
-"""`python -m bench`: convergence against the floor, API cost, idle memory/CPU; a table and JSON.
+"""`python -m bench`: convergence against the floor, API cost, idle memory/CPU, and a restart
+wave's requests and duration; a table and JSON.
 
 python -m bench                          # the full run (docs/performance.md)
 python -m bench --sizes 50 --idle-sizes 200 --window 10 --heartbeats 200   # a smoke run
@@ -22,6 +23,8 @@ from typing import Any
 from .convergence import Fleet, converge
 from .harness import REPO, BenchCluster
 from .idle import idle_at
+from .restart_wave import measure as measure_restart_wave
+from .restart_wave import table as restart_wave_table
 
 log = logging.getLogger("bench")
 
@@ -55,6 +58,13 @@ def table(results: dict[str, Any]) -> str:
             f"{row['jobs_created_while_idle']:>5} {row['cpu_ms_per_ignored_update']:>17.3f} "
             f"{sum(row['heartbeat_writes'].values()):>9}"
         )
+    if results.get("restart_wave"):
+        lines += [
+            "",
+            "Restart wave (1000 remediated nodes, 500 Deployments a tenth hostNetwork, 5 "
+            "DaemonSets 2 hostNetwork)",
+            restart_wave_table(results["restart_wave"]),
+        ]
     return "\n".join(lines)
 
 
@@ -90,7 +100,10 @@ def main(argv: list[str] | None = None) -> int:
         "max_concurrent": args.concurrency,
         "convergence": [],
         "idle": [],
+        "restart_wave": [],
     }
+    log.info("restart wave (in-process model of the cluster, the operator's own requests)")
+    results["restart_wave"] = measure_restart_wave()
     started = time.monotonic()
     with BenchCluster() as bench:
         fleet = Fleet(bench)
