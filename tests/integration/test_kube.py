@@ -231,6 +231,11 @@ def test_an_eviction_respects_a_pdb_and_the_pods_uid(kube: Kube, test_namespace:
         test_namespace, bare_pod("guarded", host_network=True, labels={"app": "guarded"})
     )
     free = core.create_namespaced_pod(test_namespace, bare_pod("free", host_network=True))
+    # A Pending pod is evicted whatever its budget says: the guarded one runs, and is ready.
+    ready = [{"type": "Ready", "status": "True"}]
+    core.patch_namespaced_pod_status(
+        "guarded", test_namespace, {"status": {"phase": "Running", "conditions": ready}}
+    )
     policy: Any = client.PolicyV1Api(kube.rest.api)
     policy.create_namespaced_pod_disruption_budget(
         test_namespace,
