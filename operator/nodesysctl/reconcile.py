@@ -205,6 +205,14 @@ class WaveOutcome:
     wait: float | None = None  # seconds until the wave can go on (tokens, budget, a retry)
 
 
+def _kept_report(status: Mapping[str, Any], spec: NodeSysctlPolicySpec) -> Mapping[str, Any] | None:
+    """A reported wave (`restart.mode: Report`) stays in the status until the next wave, so the
+    dry run can be read at leisure; a wave carried out leaves once it is complete."""
+    previous = status.get("restartWave")
+    reporting = spec.restart is not None and spec.restart.mode == RestartMode.REPORT
+    return previous if reporting and previous and previous.get("mode") == "Report" else None
+
+
 class PolicyReconciler:
     def __init__(
         self,
@@ -227,7 +235,9 @@ class PolicyReconciler:
         self.refused: dict[str, tuple[int, str]] = {}
         self.degraded: set[str] = set()
         self.waves: dict[str, KeptWave] = {}  # by policy
-        self.budgets: dict[str, RestartBudget] = {}  # by policy: the last one written
+        # By policy uid (a new policy of the same name starts afresh): the budget last written,
+        # in case the status a pass starts from is older than that write.
+        self.budgets: dict[str, RestartBudget] = {}
 
     def _each(self, call: Callable[[Any], Any], items: Iterable[Any]) -> list[Any]:
         """`call` on every item, IO_PARALLELISM at a time; results in the items' order. All
@@ -340,7 +350,7 @@ class PolicyReconciler:
             wave = self._restart_wave(snap, spec, selected, now)
             if wave.complete:
                 recorded = {**recorded, **self._clear_restart_pending(snap.name, selected)}
-        budget = self.budgets.get(snap.name)
+        budget = self.budgets.get(snap.uid)
 
         notes = conflict_notes(conflicts, snap.name)
         self._write_status(
@@ -352,7 +362,7 @@ class PolicyReconciler:
                 halted=plan.halted,
                 conflicts=notes,
                 last_restart=wave.last_restart or previous_last,
-                restart_wave=wave.wave_status,
+                restart_wave=wave.wave_status or _kept_report(snap.status, spec),
                 restart_budget=budget.as_status(now)
                 if budget
                 else snap.status.get("restartBudget"),
@@ -555,14 +565,14 @@ class PolicyReconciler:
         fresh = kept.progress.fresh(plan)
         budget = RestartBudget.from_status(
             snap.status.get("restartBudget"), restart.max_per_hour
-        ).later(self.budgets.get(snap.name))
+        ).later(self.budgets.get(snap.uid))
         paid = self.limiter.take_up_to(min(budget.available(now), len(fresh)))
         if paid:
             # Spent before the restarts it pays for: an operator killed in between restarts
             # fewer, never more than the budget.
             budget = budget.take(paid, now)
             self.kube.patch_policy_status(snap.name, {"restartBudget": budget.as_status(now)})
-            self.budgets[snap.name] = budget
+            self.budgets[snap.uid] = budget
         for step in [*kept.progress.retries_due(plan, now), *fresh[:paid]]:
             kept.progress = self._carry_out(snap, step, kept.progress, plan, now)
 

@@ -580,6 +580,12 @@ def test_report_mode_plans_and_reports_the_wave_and_restarts_nothing() -> None:
     [report] = event_messages(kube, "NodeSysctlPolicy", "RestartReport")
     assert report.startswith("restart wave ")
     assert "would restart 1 workloads" in report
+    # The report stays in the status on the next passes (no wave then): nothing to write.
+    again = RecordingKube(workloads=[deployment("web")], pods=[pod("web")])
+    node = remediated("n1", restart=False)
+    reconciler(again).run_once(snapshot([node], spec=spec, status=status), NOW)
+    assert again.status_patches == []
+    assert again.lists == []
 
 
 def test_restart_rate_limit_defers_the_rest_of_the_wave() -> None:
