@@ -4,8 +4,11 @@
   container as a host process (:mod:`.process` says how), one after the other; the pod goes
   Running, then Succeeded/Failed (:mod:`.status`). ``activeDeadlineSeconds`` kills a hung
   process (phase Failed, reason DeadlineExceeded); ``restartPolicy`` is treated as Never;
-- any other pod becomes Running and Ready at once (no process), so rollouts complete;
-- a pod being deleted (``deletionTimestamp``) is killed and removed with grace 0.
+- any other pod becomes Running and Ready at once (no process), so rollouts complete; a
+  ``hostNetwork`` pod gets the node's IP as its pod IP (:mod:`.status`);
+- a pod being deleted (``deletionTimestamp``) is killed and removed with grace 0. An eviction
+  (the Eviction API) is such a deletion, so an evicted DaemonSet pod is gone at once and the
+  DaemonSet controller creates its replacement on the same node.
 
 Pod work runs in a small thread pool, so a long agent run does not hold up the pod watch.
 """
