@@ -140,7 +140,20 @@ def workload(kind: str, name: str, test_id: str) -> dict[str, Any]:
     return {"apiVersion": "apps/v1", "kind": kind, "metadata": {"name": name}, "spec": spec}
 
 
-@pytest.mark.parametrize("kind", sorted(WORKLOAD_PATHS))
+def test_operator_may_not_patch_a_daemonset_at_all(
+    operator: Rest, api_client: Any, test_namespace: str, test_id: str
+) -> None:
+    """RBAC, before the fence: a DaemonSet is never rolled out (that restarts it on every node);
+    its pod on a remediated node is evicted instead (issue 13)."""
+    path = f"/apis/apps/v1/namespaces/{test_namespace}/daemonsets"
+    Rest(api_client).create(path, workload("DaemonSet", "agent", test_id))
+    stamp = build_restart_patch(datetime(2026, 1, 1, tzinfo=UTC), "w1")
+    body = refusal(operator.merge_patch, f"{path}/agent", stamp)
+    assert "ValidatingAdmissionPolicy" not in body, body
+    assert 'cannot patch resource "daemonsets"' in json.loads(body)["message"], body
+
+
+@pytest.mark.parametrize("kind", ["Deployment", "StatefulSet"])
 def test_operator_may_only_stamp_the_restart_annotations_on_a_workload(
     kind: str, operator: Rest, api_client: Any, test_namespace: str, test_id: str
 ) -> None:
