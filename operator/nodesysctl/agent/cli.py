@@ -55,6 +55,15 @@ def _parser() -> argparse.ArgumentParser:
         help="where the host's / would be mounted: links are resolved inside it and messages "
         f"name host paths (default: {HOST_MOUNT_ROOT} when --sysctl-dir is under it, else /)",
     )
+    parser.add_argument(
+        "--clean-dir",
+        type=Path,
+        action="append",
+        default=[],
+        dest="clean_dirs",
+        help="another host sysctl directory, mounted, from which nodesysctl's own files are "
+        "removed (a sysctlDir no longer used); repeatable",
+    )
     parser.add_argument("--termination-log", type=Path, default=Path("/dev/termination-log"))
     return parser
 
@@ -102,12 +111,17 @@ def main(argv: list[str] | None = None) -> int:
         _emit(result, termination_log)
         return EXIT_BAD_INPUT
 
-    paths = AgentPaths(args.proc_sys, args.proc_net, args.sysctl_dir, args.host_root)
+    paths = AgentPaths(
+        args.proc_sys, args.proc_net, args.sysctl_dir, args.host_root, tuple(args.clean_dirs)
+    )
     host_root = os.path.abspath(paths.effective_host_root())
-    if not Path(os.path.abspath(paths.sysctl_dir)).is_relative_to(host_root):
-        message = f"bad arguments: --sysctl-dir {paths.sysctl_dir} is not inside --host-root"
-        _emit(failed_result(message, policy=spec.policy, node=node, now=now), termination_log)
-        return EXIT_BAD_INPUT
+    for flag, path in [("--sysctl-dir", paths.sysctl_dir)] + [
+        ("--clean-dir", d) for d in paths.clean_dirs
+    ]:
+        if not Path(os.path.abspath(path)).is_relative_to(host_root):
+            message = f"bad arguments: {flag} {path} is not inside --host-root"
+            _emit(failed_result(message, policy=spec.policy, node=node, now=now), termination_log)
+            return EXIT_BAD_INPUT
     log.info("policy %s, mode %s, node %r", spec.policy, spec.mode, node)
     try:
         result = run_agent(spec, paths, node=node, now=now)

@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any, ClassVar, Self
+from typing import Annotated, Any, ClassVar, Literal, Self
 
 from pydantic import (
     AfterValidator,
@@ -50,6 +50,12 @@ MAX_VALUE_CHARS = 100
 PERSIST_FILE_PATTERN = "zz-nodesysctl-{policy}.conf"
 # Where earlier versions persisted; the agent replaces such a file of ours.
 LEGACY_PERSIST_FILE_PATTERN = "99-nodesysctl-{policy}.conf"
+# Spec version 2: one file per node holding the composed values of every policy there
+# ("zz-nodesysctl.conf" sorts after "zz-nodesysctl-<policy>.conf": '.' > '-'). The agent
+# replaces the per-policy files of versions 1 (both patterns above) with it.
+COMPOSED_PERSIST_FILE = "zz-nodesysctl.conf"
+PER_POLICY_FILE = re.compile(r"^(zz|99)-nodesysctl-[a-z0-9]([-a-z0-9.]*[a-z0-9])?\.conf$")
+SPEC_VERSION = 2
 
 _POLICY_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 # systemd-sysctl and `sysctl --system` only read `*.conf`; no path separators allowed.
@@ -97,6 +103,10 @@ class _Model(BaseModel):
     # omitempty): a spec or result without them reads exactly as it did, and stays small.
     OMIT_EMPTY: ClassVar[frozenset[str]] = frozenset()
 
+    def omitted(self) -> tuple[str, ...]:
+        """Fields left out of the JSON whatever their value (a model's own rule)."""
+        return ()
+
     @model_serializer(mode="wrap")
     def _omit_empty(self, handler: SerializerFunctionWrapHandler) -> Any:
         data = handler(self)
@@ -105,6 +115,9 @@ class _Model(BaseModel):
                 for key in (name, to_camel(name)):
                     if key in data and not data[key]:
                         del data[key]
+            for name in self.omitted():
+                for key in (name, to_camel(name)):
+                    data.pop(key, None)
         return data
 
 
@@ -135,23 +148,35 @@ def _policy_name(name: str) -> str:
 
 
 class AgentSpec(_Model):
-    """What the agent checks and fixes on one node; built by the operator from a policy."""
+    """What the agent checks and fixes on one node; built by the operator.
 
-    OMIT_EMPTY = frozenset({"node_port_range"})
+    Version 1 (no `specVersion`, what earlier operators send) is one policy's own values,
+    persisted in its own file. Version 2 is what this operator sends: in Enforce mode the
+    composed values of `policies` (`nodesysctl.compose`), persisted in the node's one file
+    (`COMPOSED_PERSIST_FILE`, removed when `persist` is off); in Audit mode the policy's own
+    values, with no file read or written. An agent older than version 2 refuses a version 2
+    spec (`specVersion: Extra inputs are not permitted`) instead of writing the wrong file.
+    """
 
+    OMIT_EMPTY = frozenset({"node_port_range", "ephemeral_range", "policies"})
+
+    spec_version: Literal[1, 2] = 1
     policy: Annotated[str, AfterValidator(_policy_name)]
     mode: Mode
-    ephemeral_range: PortRangeModel
+    ephemeral_range: PortRangeModel | None = None  # required with narrowRange
     reserved_ranges: list[PortRangeModel] = Field(default_factory=list)
     narrow_range: bool = True
     reserve_ports: bool = True
     persist: bool = True
-    persist_file: str = ""  # empty: PERSIST_FILE_PATTERN
+    persist_file: str = ""  # version 1 only; empty: PERSIST_FILE_PATTERN
     # Which of `reserved_ranges` is the NodePort range (a listener there squats NodePorts);
     # the others are protected ports, whose listeners are their rightful services. None (an
-    # operator older than this field): every range of more than one port counts as NodePorts,
-    # as those operators sent the NodePort range and one-port ranges for the protected ports.
+    # operator older than this field, or a composition of policies with different NodePort
+    # ranges): every range of more than one port counts as NodePorts, as protected ports are
+    # one-port ranges.
     node_port_range: PortRangeModel | None = None
+    # Version 2: the Enforce policies whose composition this is (named in the file's header).
+    policies: list[Annotated[str, AfterValidator(_policy_name)]] = Field(default_factory=list)
 
     @field_validator("persist_file")
     @classmethod
@@ -165,14 +190,39 @@ class AgentSpec(_Model):
 
     @model_validator(mode="after")
     def _leaves_ephemeral_ports(self) -> Self:
+        if self.narrow_range and self.ephemeral_range is None:
+            raise ValueError("ephemeralRange is required when narrowRange is true")
         # Reserving every port of the ephemeral range would leave the node unable to connect out.
         wanted = [r.to_range() for r in self.reserved_ranges]
-        if self.reserve_ports and contains_all(wanted, [self.ephemeral_range.to_range()]):
+        if (
+            self.reserve_ports
+            and self.ephemeral_range is not None
+            and contains_all(wanted, [self.ephemeral_range.to_range()])
+        ):
             raise ValueError("reservedRanges cover the whole ephemeralRange")
         return self
 
+    @model_validator(mode="after")
+    def _versioned_fields(self) -> Self:
+        if self.spec_version == 1 and self.policies:
+            raise ValueError("policies needs specVersion 2")
+        if self.spec_version == 2 and self.persist_file:
+            raise ValueError(f"persistFile is fixed in specVersion 2 ({COMPOSED_PERSIST_FILE})")
+        return self
+
+    def omitted(self) -> tuple[str, ...]:
+        """A version 1 spec serializes exactly as version 1 did (an older agent reads it)."""
+        return ("spec_version",) if self.spec_version == 1 else ("persist_file",)
+
+    @property
+    def composed(self) -> bool:
+        """Whether this run manages the node's one composed file (version 2, Enforce)."""
+        return self.spec_version >= SPEC_VERSION and self.mode is Mode.ENFORCE
+
     @property
     def persist_file_name(self) -> str:
+        if self.spec_version >= SPEC_VERSION:
+            return COMPOSED_PERSIST_FILE
         return self.persist_file or PERSIST_FILE_PATTERN.format(policy=self.policy)
 
     @property
@@ -181,6 +231,9 @@ class AgentSpec(_Model):
 
     @property
     def ephemeral(self) -> PortRange:
+        """The allowed range (only with narrowRange, which requires it)."""
+        if self.ephemeral_range is None:
+            raise ValueError("no ephemeralRange: this spec does not narrow the range")
         return self.ephemeral_range.to_range()
 
     @property

@@ -89,6 +89,9 @@ class AgentPaths:
     # messages name host paths. None: HOST_MOUNT_ROOT when the sysctl directory is under it (the
     # Job), else `/` (the agent runs on the host itself, as in the netns tests).
     host_root: Path | None = None
+    # Other host sysctl directories (mounted) that may hold a file of ours: a sysctlDir some
+    # policy used before. Spec version 2 removes nodesysctl's files from them.
+    clean_dirs: tuple[Path, ...] = ()
 
     def effective_host_root(self) -> Path:
         if self.host_root is not None:
@@ -227,26 +230,54 @@ class _Agent:
         self.report = _Report()
         self.boot = _Boot()
         self.targets: tuple[PortRange, PortSet] | None = None  # what our file holds after the run
+        # Spec version 2 in Enforce mode: the node's one composed file is managed (written when
+        # persisting, removed when not), and earlier versions' per-policy files are replaced.
+        self.composed = spec.composed
         # Whether the persistence file is part of compliance (Enforce mode only).
         self.enforce_persist = spec.persist and spec.mode is Mode.ENFORCE
+        self.clean_dirs = [
+            d
+            for d in (HostDir(path, self.host_root) for path in paths.clean_dirs)
+            if d.host_path != self.files.host_path
+        ]
+        # Host paths of the files of ours this run removes: not there at the next boot.
+        self.removing: set[str] = set()
+        # Read by `read_all` before any decision (version 2 needs them for the file's content).
+        self.kernel_before: tuple[PortRange, PortSet] | None = None
+        self.previous = persist.Provenance()
 
     def expected_file(self, port_range: PortRange, reserved: PortSet) -> str:
-        return persist.render(
-            self.spec.policy,
-            port_range if self.spec.narrow_range else None,
-            reserved if self.spec.reserve_ports else None,
+        spec = self.spec
+        if not self.composed:
+            return persist.render(
+                spec.policy,
+                port_range if spec.narrow_range else None,
+                reserved if spec.reserve_ports else None,
+            )
+        range_before, reserved_before = self.kernel_before or (port_range, reserved)
+        return persist.render_composed(
+            spec.policies,
+            spec.ephemeral if spec.narrow_range else None,
+            merge_ranges(spec.reserved) if spec.reserve_ports else None,
+            persist.KernelValues(range_before, port_range, reserved_before, reserved),
+            self.previous,
         )
 
     def persisted(self, port_range: PortRange | None, reserved: PortSet | None) -> bool:
         """Whether the file holds exactly what it should for these values (best effort)."""
         if not self.spec.persist or port_range is None or reserved is None:
             return False
+        if self.spec.spec_version >= 2 and not self.composed:
+            return False  # an Audit check of version 2 reads no file
         try:
             existing = self.files.read(self.persist_name)
         except (OSError, HostFileError) as exc:
             log.warning("cannot read %s: %s", self.persist_path, exc)
             return False
-        return existing.content == self.expected_file(port_range, reserved)
+        expected = self.expected_file(port_range, reserved)
+        if self.composed:
+            return persist.same_values(existing.content, expected)
+        return existing.content == expected
 
     def observe(self) -> _Observed:
         """Read the current values without judging them; for the `after` state."""
@@ -274,9 +305,37 @@ class _Agent:
             reserved = _read_reserved(self.sysctl)
         except (OSError, ValueError) as exc:
             errors.append(_describe_error(f"cannot read {RESERVED_PORTS_KEY}", exc))
-        if self.enforce_persist:
+        if port_range is not None and reserved is not None:
+            self.kernel_before = (port_range, reserved)
+        if self.composed:
+            existing_file = self.read_composed(errors)
+        elif self.enforce_persist:
             existing_file = self.read_persisted(errors)
         return port_range, reserved, existing_file
+
+    def read_composed(self, errors: list[str]) -> str | None:
+        """Version 2: the node's file, which also records what nodesysctl set (`Provenance`).
+        Without persistence a missing directory holds nothing to remove: not an error."""
+        if not self.spec.persist:
+            try:
+                self.files.open()
+            except FileNotFoundError:
+                return None
+            except (OSError, HostFileError) as exc:
+                errors.append(
+                    _describe_error(f"cannot open sysctl directory {self.sysctl_dir}", exc)
+                )
+                return None
+            try:
+                found = self.files.read(self.persist_name)
+            except (OSError, HostFileError) as exc:
+                errors.append(_describe_error(f"cannot read {self.persist_path}", exc))
+                return None
+            self.previous = persist.Provenance.parse(found.content)
+            return found.content
+        content = self.read_persisted(errors)
+        self.previous = persist.Provenance.parse(content)
+        return content
 
     def read_persisted(self, errors: list[str]) -> str | None:
         try:
@@ -356,7 +415,13 @@ class _Agent:
             EntryKind.FILE,
             parse_assignments(content, self.persist_path, keys),
         )
-        checked = check_boot_order(found.entries, ours, acceptable)
+        # A file of ours this run removes (an earlier version's, or in an earlier sysctlDir)
+        # is not there at the next boot.
+        entries = {
+            directory: [e for e in listed if e.path not in self.removing]
+            for directory, listed in found.entries.items()
+        }
+        checked = check_boot_order(entries, ours, acceptable)
         log.info("boot order: %s", ", ".join(checked.files) or "(no files)")
         self.report.warnings.extend(
             f"cannot tell whether {e.path} changes {' or '.join(acceptable)} at boot: {e.reason}"
@@ -403,7 +468,9 @@ class _Agent:
             steps.append(self.range_step(port_range, target_range))
 
         self.targets = (target_range, target_reserved)
-        if self.enforce_persist:
+        if self.composed:
+            steps += self.composed_file_steps(target_range, target_reserved, existing_file)
+        elif self.enforce_persist:
             expected = self.expected_file(target_range, target_reserved)
             if existing_file != expected:
                 state = "is missing" if existing_file is None else "has different content"
@@ -426,6 +493,68 @@ class _Agent:
                 )
                 steps.append(self.remove_legacy_step())
         return steps
+
+    def composed_file_steps(
+        self, target_range: PortRange, target_reserved: PortSet, existing_file: str | None
+    ) -> list[_Step]:
+        """Version 2: write (or, when no policy persists, remove) the node's one file, then
+        remove every per-policy file of ours here and every file of ours in the directories
+        no policy persists into any more. Removals come after the write (steps stop at the
+        first failure), so a failed write never leaves a node with no file at all."""
+        drift = self.report.drift
+        steps: list[_Step] = []
+        if self.spec.persist:
+            expected = self.expected_file(target_range, target_reserved)
+            if not persist.same_values(existing_file, expected):
+                state = "is missing" if existing_file is None else "has different content"
+                drift.append(f"persistence file {self.persist_path} {state}")
+                try:
+                    self.files.check_replaceable(self.persist_name)
+                except (OSError, HostFileError) as exc:
+                    self.report.errors.append(
+                        _describe_error(f"cannot replace persistence file {self.persist_path}", exc)
+                    )
+                steps.append(self.persist_step(existing_file, expected))
+        elif existing_file is not None and persist.is_ours(self.files, self.persist_name):
+            drift.append(
+                f"persistence file {self.persist_path} is no longer wanted: no policy that "
+                "selects this node persists"
+            )
+            steps.append(self.remove_step(self.files, self.persist_name, "persistence file"))
+        why = (
+            f"replaced by {self.persist_name}"
+            if self.spec.persist
+            else "no policy that selects this node persists"
+        )
+        for directory in [self.files, *self.clean_dirs]:
+            try:
+                names = persist.ours_by_pattern(directory)
+                if directory is not self.files and persist.is_ours(directory, self.persist_name):
+                    names.insert(0, self.persist_name)
+            except (OSError, HostFileError) as exc:
+                self.report.errors.append(
+                    _describe_error(f"cannot list sysctl directory {directory.host_path}", exc)
+                )
+                continue
+            for name in names:
+                path = directory.host_path_of(name)
+                if directory is self.files:
+                    drift.append(f"per-policy file {path} of an earlier nodesysctl: {why}")
+                else:
+                    drift.append(
+                        f"nodesysctl file {path} is in a directory no policy persists into any more"
+                    )
+                steps.append(self.remove_step(directory, name, "nodesysctl file"))
+        return steps
+
+    def remove_step(self, directory: HostDir, name: str, what: str) -> _Step:
+        self.removing.add(directory.host_path_of(name))
+
+        def apply() -> None:
+            directory.remove(name)
+
+        target = f"{what} {directory.host_path_of(name)}"
+        return _Step(f"remove {target}", f"removed {target}", apply)
 
     def remove_legacy_step(self) -> _Step:
         """After the new file is written (steps stop at the first failure): remove the old one,
@@ -508,6 +637,8 @@ def run_agent(
         return _run(agent, node, now)
     finally:
         agent.files.close()
+        for directory in agent.clean_dirs:
+            directory.close()
 
 
 def _run(agent: _Agent, node: str, now: datetime | None) -> AgentResult:
