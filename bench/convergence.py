@@ -17,9 +17,10 @@ from kubernetes import client, watch
 
 from devcluster.nodes import SimulatedNode
 from devcluster.waiting import wait_for
-from nodesysctl.agent.persist import render
+from nodesysctl.agent.contract import COMPOSED_PERSIST_FILE
+from nodesysctl.agent.persist import render_settled
 from nodesysctl.api import parse_spec
-from nodesysctl.jobs import JobSettings, build_agent_job, persist_file_name
+from nodesysctl.jobs import JobSettings, build_agent_job
 from nodesysctl.planning import CheckOrder, CheckReason, job_name
 from nodesysctl.ports import PortRange
 
@@ -74,14 +75,14 @@ class Fleet:
 
     def reset(self, policy: str) -> None:
         """Drift every fourth node again; the rest compliant, with the persistence file."""
-        persisted = render(policy, PortRange(32768, 60999), (PortRange(30000, 32767),))
+        persisted = render_settled([policy], PortRange(32768, 60999), (PortRange(30000, 32767),))
         for index, node in enumerate(self.nodes):
             node.set_sysctl(RANGE, WIDENED if index % 4 == 0 else DEFAULT_RANGE)
             node.set_sysctl(RESERVED, NODE_PORTS)
             directory = node.host_path("/etc/sysctl.d")
             for old in directory.glob("*"):
                 old.unlink()
-            (directory / persist_file_name(policy)).write_text(persisted)
+            (directory / COMPOSED_PERSIST_FILE).write_text(persisted)
 
     def compliant(self) -> int:
         # A fake tree keeps what the agent wrote (a kernel would print a TAB): compare numbers.

@@ -30,7 +30,8 @@ from typing import Any
 from kubernetes import client
 
 from nodesysctl import GROUP, PLURAL, VERSION
-from nodesysctl.agent.persist import render as render_persisted
+from nodesysctl.agent.contract import COMPOSED_PERSIST_FILE
+from nodesysctl.agent.persist import render_settled
 from nodesysctl.planning import NodeFacts
 from nodesysctl.ports import PortRange
 
@@ -116,11 +117,11 @@ class Demo:
             self.nodes[name] = node
             say(f"    {name:9} ip_local_port_range={self.range_of(node):12} ({why})")
         # worker-4 has the persistence file a previous run would have left, so it is compliant.
-        persisted = render_persisted(
-            POLICY, PortRange(32768, 60999), (PortRange(10250, 10250), PortRange(30000, 32767))
+        persisted = render_settled(
+            [POLICY], PortRange(32768, 60999), (PortRange(10250, 10250), PortRange(30000, 32767))
         )
         host_dir = self.nodes["worker-4"].host_path("/etc/sysctl.d")
-        (host_dir / f"zz-nodesysctl-{POLICY}.conf").write_text(persisted)
+        (host_dir / COMPOSED_PERSIST_FILE).write_text(persisted)
 
     def install(self) -> subprocess.Popen[bytes]:
         step(

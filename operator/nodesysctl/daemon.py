@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 from nodesysctl.backoff import Backoff
 from nodesysctl.observed import PodOutcome
-from nodesysctl.planning import JobFacts
+from nodesysctl.planning import JobFacts, PolicyRanges
 from nodesysctl.reconcile import PassResult, Snapshot
 from nodesysctl.state import OperatorState
 
@@ -65,6 +65,7 @@ class PolicyDaemon:
         jobs: Mapping[str, Iterable[JobFacts]],
         pod_outcomes: Mapping[str, Iterable[PodOutcome]],
         *,
+        policies: Mapping[str, Iterable[PolicyRanges]] | None = None,
         clock: Callable[[], float] = time.monotonic,
         backoff: Backoff | None = None,
     ) -> None:
@@ -75,6 +76,7 @@ class PolicyDaemon:
         self.body = body
         self.jobs = jobs
         self.pod_outcomes = pod_outcomes
+        self.policies = policies or {}
         self.clock = clock
         self.backoff = backoff or Backoff(
             RETRY_FIRST_SECONDS, RETRY_MAX_SECONDS, jitter=RETRY_JITTER
@@ -85,17 +87,16 @@ class PolicyDaemon:
         # A pass on a partly listed Node set would take a running check of a not-yet-seen Node
         # for one of a deleted Node: plan only from the complete list.
         await self.state.nodes_listed.wait()
-        try:
-            while True:
-                await self.wait(await self.run_one_pass())
-        finally:
-            self.state.drop_ranges(self.name)
+        while True:
+            await self.wait(await self.run_one_pass())
 
     async def run_one_pass(self) -> NextPass:
         """Snapshot on the event loop, run the pass in a worker thread, record what it did."""
         self.wakeup.clear()  # a wake-up from now on asks for another pass
         started = self.clock()
-        snap = self.state.snapshot(self.name, self.uid, self.body, self.jobs, self.pod_outcomes)
+        snap = self.state.snapshot(
+            self.name, self.uid, self.body, self.jobs, self.pod_outcomes, self.policies
+        )
         try:
             result = await asyncio.to_thread(self.reconciler.run_once, snap, datetime.now(UTC))
         except Exception as exc:

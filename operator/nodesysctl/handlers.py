@@ -22,11 +22,13 @@ from typing import Any
 import kopf
 
 from nodesysctl import GROUP, PLURAL, VERSION
+from nodesysctl.compose import PolicyRanges
 from nodesysctl.config import OperatorConfig
 from nodesysctl.daemon import PolicyDaemon
 from nodesysctl.kube import Kube, new_api_client
 from nodesysctl.labels import (
     AGENT_APP,
+    ANNOTATION_NODE,
     ANNOTATION_RESULT_PREFIX,
     LABEL_APP,
     LABEL_MANAGED_BY,
@@ -64,13 +66,15 @@ async def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> Non
     config = getattr(memo, "config", None) or OperatorConfig.from_env()
     api = await asyncio.to_thread(new_api_client)
     kube = Kube(api)
+    state = OperatorState()
     reconciler = PolicyReconciler(
         kube,
         config.job_settings(),
         RestartLimiter(config.restarts_per_minute, config.restart_burst),
         protected_namespaces=(config.operator_namespace,),
+        claims=state.claims,  # one agent Job per node, across all policies' passes
     )
-    memo.nodesysctl = Operator(config, kube, reconciler)
+    memo.nodesysctl = Operator(config, kube, reconciler, state)
     settings.persistence.finalizer = f"{GROUP}/cleanup"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
@@ -149,7 +153,23 @@ async def agent_pod_index(body: kopf.Body, **_: Any) -> dict[str, Any] | None:
     return None if outcome is None else {outcome.job: outcome}
 
 
+@kopf.index(GROUP, VERSION, PLURAL)
+async def policy_index(body: kopf.Body, **_: Any) -> dict[str, Any] | None:
+    """Every valid policy not being deleted, for composing the policies on each node: Kopf
+    starts the daemons only once this is fully listed, so no pass composes from a partial set."""
+    ranges = PolicyRanges.from_body(body)
+    return None if ranges is None else {ranges.name: ranges}
+
+
 @kopf.on.event("batch", "v1", "jobs", labels={LABEL_MANAGED_BY: MANAGED_BY})
+async def job_event(body: kopf.Body, labels: kopf.Labels, memo: Any, **_: Any) -> None:
+    """Wake the Job's policy, and the policies whose checks wait for the Job's node."""
+    policy = labels.get(LABEL_POLICY)
+    node = (body.get("metadata", {}).get("annotations") or {}).get(ANNOTATION_NODE, "")
+    if policy:
+        _operator(memo).state.job_changed(policy, node)
+
+
 @kopf.on.event("v1", "pods", labels={LABEL_APP: AGENT_APP})
 async def agent_event(labels: kopf.Labels, memo: Any, **_: Any) -> None:
     policy = labels.get(LABEL_POLICY)
@@ -176,8 +196,16 @@ async def reconcile_policy(name: str, uid: str, body: kopf.Body, memo: Any, **kw
     # Kopf passes each index as a keyword named after its handler function.
     job_index: kopf.Index[str, Any] = kwargs["job_index"]
     agent_pod_index: kopf.Index[str, Any] = kwargs["agent_pod_index"]
+    policy_index: kopf.Index[str, Any] = kwargs["policy_index"]
     daemon = PolicyDaemon(
-        operator.state, operator.reconciler, name, uid, body, job_index, agent_pod_index
+        operator.state,
+        operator.reconciler,
+        name,
+        uid,
+        body,
+        job_index,
+        agent_pod_index,
+        policies=policy_index,
     )
     await daemon.run()
 

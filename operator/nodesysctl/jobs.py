@@ -13,10 +13,11 @@ from datetime import datetime
 from typing import Any
 
 from nodesysctl import GROUP, KIND, VERSION
-from nodesysctl.agent.contract import PERSIST_FILE_PATTERN, AgentSpec
+from nodesysctl.agent.contract import PERSIST_FILE_PATTERN, SPEC_VERSION, AgentSpec
 from nodesysctl.agent.run import HOST_MOUNT_ROOT
-from nodesysctl.api import NodeSysctlPolicySpec
+from nodesysctl.api import Mode, NodeSysctlPolicySpec
 from nodesysctl.availability import agent_tolerations
+from nodesysctl.compose import NodeTarget, PolicyRanges, target_of
 from nodesysctl.labels import (
     AGENT_APP,
     ANNOTATION_BOOT_ID,
@@ -34,6 +35,7 @@ from nodesysctl.labels import (
 )
 from nodesysctl.planning import (
     CheckOrder,
+    HostDirs,
     NodeResult,
     format_time,
     short_hash,
@@ -70,30 +72,62 @@ class JobSettings:
 
 
 def persist_file_name(policy: str) -> str:
+    """The per-policy file of agent spec version 1 (what the agent migrates from)."""
     return PERSIST_FILE_PATTERN.format(policy=policy)
 
 
-def build_agent_spec(policy: str, spec: NodeSysctlPolicySpec) -> AgentSpec:
-    """The agent's input: the node-side half of a policy."""
-    return AgentSpec.model_validate(
-        {
-            "policy": policy,
-            "mode": str(spec.remediation.mode),
-            "ephemeralRange": {
-                "min": spec.ports.ephemeral_range.min,
-                "max": spec.ports.ephemeral_range.max,
-            },
-            "reservedRanges": [{"min": r.min, "max": r.max} for r in spec.ports.reserved_ranges()],
-            "narrowRange": spec.remediation.narrow_range,
-            "reservePorts": spec.remediation.reserve_ports,
-            "persist": spec.remediation.persist,
-            "persistFile": persist_file_name(policy),
-            "nodePortRange": {
-                "min": spec.ports.node_port_range.min,
-                "max": spec.ports.node_port_range.max,
-            },
-        }
-    )
+def build_agent_spec(
+    policy: str, spec: NodeSysctlPolicySpec, target: NodeTarget | None = None
+) -> AgentSpec:
+    """The agent's input for one check of `policy` on one node (spec version 2).
+
+    Enforce: the node's composed `target` (`nodesysctl.compose`; the policy alone when None).
+    Audit: the policy's own values, checked and never written, no file read.
+    """
+    if spec.remediation.mode == Mode.AUDIT:
+        ports = spec.ports.ephemeral_range
+        return AgentSpec.model_validate(
+            {
+                "specVersion": SPEC_VERSION,
+                "policy": policy,
+                "mode": str(Mode.AUDIT),
+                "ephemeralRange": {"min": ports.min, "max": ports.max},
+                "reservedRanges": [
+                    {"min": r.min, "max": r.max} for r in spec.ports.reserved_ranges()
+                ],
+                "narrowRange": spec.remediation.narrow_range,
+                "reservePorts": spec.remediation.reserve_ports,
+                # Persisting is what the boot-order check asks about; Audit writes no file.
+                "persist": spec.remediation.persist,
+                "nodePortRange": {
+                    "min": spec.ports.node_port_range.min,
+                    "max": spec.ports.node_port_range.max,
+                },
+            }
+        )
+    if target is None:
+        target = target_of([PolicyRanges(policy, "", spec)])
+    return build_target_spec(policy, target)
+
+
+def build_target_spec(policy: str, target: NodeTarget) -> AgentSpec:
+    """An Enforce check that applies `target` (run by `policy`'s Job)."""
+    raw: dict[str, Any] = {
+        "specVersion": SPEC_VERSION,
+        "policy": policy,
+        "mode": str(Mode.ENFORCE),
+        "reservedRanges": [{"min": r.lo, "max": r.hi} for r in target.reserved],
+        "narrowRange": target.narrow_range,
+        "reservePorts": target.reserve_ports,
+        "persist": target.persist,
+        "policies": list(target.policies),
+    }
+    if target.ephemeral is not None:
+        raw["ephemeralRange"] = {"min": target.ephemeral.lo, "max": target.ephemeral.hi}
+    if len(target.node_ports) == 1:  # members with different NodePort ranges: the agent's
+        [ports] = target.node_ports  # rule (every multi-port reserved range) tells them apart
+        raw["nodePortRange"] = {"min": ports.lo, "max": ports.hi}
+    return AgentSpec.model_validate(raw)
 
 
 def pin_to_node(node: str) -> dict[str, Any]:
@@ -130,38 +164,55 @@ def job_labels(policy: str, node: str, current_spec_hash: str) -> dict[str, str]
     }
 
 
+def mount_path(host_dir: str) -> str:
+    """Where a host directory is mounted in the agent's pod: the host's path below
+    HOST_MOUNT_ROOT, where the agent (its default --host-root) maps paths back to the host's in
+    its messages."""
+    return f"{HOST_MOUNT_ROOT}{host_dir}"
+
+
 def agent_sysctl_dir(spec: NodeSysctlPolicySpec) -> str:
-    """Where the agent finds the policy's sysctlDir: the host's path below HOST_MOUNT_ROOT, where
-    the agent (its default --host-root) maps paths back to the host's in its messages."""
-    return f"{HOST_MOUNT_ROOT}{spec.remediation.sysctl_dir}"
+    """Where the agent finds the policy's sysctlDir."""
+    return mount_path(spec.remediation.sysctl_dir)
 
 
-def sysctl_dir_volume(
-    spec: NodeSysctlPolicySpec,
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The hostPath volume and mount of the policy's sysctlDir, if the agent opens it at all.
+def sysctl_dir_volumes(
+    agent: AgentSpec, sysctl_dir: str, dirs: HostDirs | None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[str]]:
+    """The hostPath volumes, mounts and extra agent arguments for the host directories a
+    check opens.
 
-    Neither with persist false (the agent never opens the directory). The host path must exist
-    (`type: Directory`: a missing one fails the pod instead of being created on the host), and
-    the mount is read-only unless the agent writes the persisted file (Enforce with persist);
-    Audit only reads it, to report whether the file is there."""
-    if not spec.remediation.persist:
-        return [], []
-    volume = {
-        "name": "host-sysctl-d",
-        "hostPath": {"path": spec.remediation.sysctl_dir, "type": "Directory"},
-    }
-    mount = {
-        "name": "host-sysctl-d",
-        "mountPath": agent_sysctl_dir(spec),
-        "readOnly": not spec.remediation.writes_host_files(),
-    }
-    return [volume], [mount]
+    Only an Enforce check opens any (Audit reads no file): the composed target's directory
+    when it persists there, or when a file of ours may be there to remove (`dirs.mounted`), and
+    the directories to clean (a sysctlDir no longer used, `dirs.clean`), read-write. The
+    sysctlDir must exist (`type: Directory`: a missing one fails the pod instead of being
+    created on the host). A directory to clean is one nodesysctl wrote into, so it exists; if
+    it was removed since, it is created empty rather than failing every later check of the node
+    (which would keep it recorded, and failing, forever).
+    """
+    if agent.mode is not Mode.ENFORCE:
+        return [], [], []
+    if dirs is None:
+        dirs = HostDirs(sysctl_dir, mounted=agent.persist)
+    volumes: list[dict[str, Any]] = []
+    mounts: list[dict[str, Any]] = []
+    extra_args: list[str] = []
+    if dirs.mounted:
+        volumes.append(
+            {"name": "host-sysctl-d", "hostPath": {"path": sysctl_dir, "type": "Directory"}}
+        )
+        mounts.append(
+            {"name": "host-sysctl-d", "mountPath": mount_path(sysctl_dir), "readOnly": False}
+        )
+    for index, host_dir in enumerate(d for d in dirs.clean if d != sysctl_dir):
+        name = f"host-clean-{index}"
+        volumes.append({"name": name, "hostPath": {"path": host_dir, "type": "DirectoryOrCreate"}})
+        mounts.append({"name": name, "mountPath": mount_path(host_dir), "readOnly": False})
+        extra_args += ["--clean-dir", mount_path(host_dir)]
+    return volumes, mounts, extra_args
 
 
-def host_root_volume(
-    spec: NodeSysctlPolicySpec,
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def host_root_volume(persist: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The host's / read-only at HOST_ROOT, for the boot-order check, when persisting.
 
     The check reads the systemd-sysctl search path (/etc/sysctl.d, /run/sysctl.d,
@@ -171,7 +222,7 @@ def host_root_volume(
     when its path is missing, and one without a type (or DirectoryOrCreate) has the runtime
     create it on the host; / always exists. The sysctlDir mount sits on top of it (runtimes mount
     the shallower path first). The agent reads it only through `nodesysctl.agent.hostfs`."""
-    if not spec.remediation.persist:
+    if not persist:
         return [], []
     volume = {"name": "host-root", "hostPath": {"path": "/", "type": "Directory"}}
     mount = {"name": "host-root", "mountPath": HOST_ROOT, "readOnly": True}
@@ -185,12 +236,25 @@ def build_agent_job(
     spec: NodeSysctlPolicySpec,
     order: CheckOrder,
     settings: JobSettings,
+    target: NodeTarget | None = None,
+    dirs: HostDirs | None = None,
+    check_hash: str = "",
 ) -> dict[str, Any]:
-    """A privileged, host-network Job that checks (and in Enforce mode fixes) one node."""
-    labels = job_labels(policy, order.node, spec_hash(spec))
-    agent_spec = build_agent_spec(policy, spec).model_dump_json(by_alias=True)
-    volumes, mounts = sysctl_dir_volume(spec)
-    root_volumes, root_mounts = host_root_volume(spec)
+    """A privileged, host-network Job that checks (and in Enforce mode fixes) one node.
+
+    `target`: the node's composition (`build_agent_spec`); `dirs`: which host sysctl
+    directories the check opens (`planning.host_dirs`; without it, the target's directory
+    when it persists); `check_hash`: the check's spec hash for the label
+    (`planning.node_spec_hash`; the policy's own `spec_hash` when empty). The pod's
+    tolerations, image and limits are the policy's.
+    """
+    labels = job_labels(policy, order.node, check_hash or spec_hash(spec))
+    agent = build_agent_spec(policy, spec, target)
+    if target is None and agent.mode is Mode.ENFORCE:
+        target = target_of([PolicyRanges(policy, "", spec)])
+    sysctl_dir = target.sysctl_dir if target is not None else spec.remediation.sysctl_dir
+    volumes, mounts, extra_args = sysctl_dir_volumes(agent, sysctl_dir, dirs)
+    root_volumes, root_mounts = host_root_volume(agent.persist)
     volumes += root_volumes
     mounts += root_mounts
     container: dict[str, Any] = {
@@ -200,11 +264,12 @@ def build_agent_job(
         "command": [settings.python, "-m", "nodesysctl.agent"],
         "args": [
             "--spec-json",
-            agent_spec,
+            agent.model_dump_json(by_alias=True),
             "--proc-sys",
             "/proc/sys",
             "--sysctl-dir",
-            agent_sysctl_dir(spec),
+            mount_path(sysctl_dir),
+            *extra_args,
             *(["--host-root", HOST_ROOT] if root_mounts else []),
             "--termination-log",
             TERMINATION_LOG,

@@ -224,10 +224,12 @@ class Kube:
         return job
 
     def delete_job(self, namespace: str, name: str) -> None:
+        """Delete a Job in the foreground: it stays (and the Jobs index keeps showing it) until
+        its pod is gone, so no other agent Job starts on the node while that agent may run."""
         try:
             self.rest.delete(
                 f"/apis/batch/v1/namespaces/{_name(namespace)}/jobs/{_name(name)}",
-                propagationPolicy="Background",
+                propagationPolicy="Foreground",
             )
         except KubeError as exc:
             if exc.status != 404:

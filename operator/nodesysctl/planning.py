@@ -12,12 +12,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from nodesysctl.api import MAX_WORST_NODES, NodeSysctlPolicySpec
+from nodesysctl.api import MAX_WORST_NODES, Mode, NodeSysctlPolicySpec
 from nodesysctl.availability import (
     AVAILABLE,
     NodeAvailability,
@@ -25,11 +25,18 @@ from nodesysctl.availability import (
     agent_tolerations,
     judge,
 )
+from nodesysctl.compose import Conflict as Conflict
+from nodesysctl.compose import NodeComposition, NodeTarget
+from nodesysctl.compose import PolicyRanges as PolicyRanges
+from nodesysctl.compose import conflict_notes as conflict_notes
 from nodesysctl.labels import ANNOTATION_RESULT_PREFIX
 
 # Rechecks spread over this fraction of the interval so that a fleet checked together
 # does not come due in the same second forever after.
 RECHECK_JITTER_FRACTION = 0.1
+# The agent spec's format, part of every spec hash: a new format (2: the composed per-node
+# file replaces the per-policy files) rechecks every node once, which migrates it.
+AGENT_FORMAT = 2
 
 
 class NodeState(StrEnum):
@@ -51,6 +58,9 @@ class CheckReason(StrEnum):
     SPEC_CHANGED = "PolicyChanged"
     REBOOTED = "Rebooted"
     RECHECK_DUE = "RecheckDue"
+    # Not planned by `plan_rollout`: the check a deleted policy runs to clean its nodes
+    # (`nodesysctl.cleanup`).
+    DELETED = "PolicyDeleted"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +74,10 @@ class NodeResult:
     job: str
     message: str = ""
     restart_pending: bool = False
+    # The host directories that may hold a file nodesysctl wrote for this policy (its
+    # sysctlDir when it last persisted): a changed sysctlDir, or a deletion, cleans them.
+    # None: not known (a result written before results recorded it).
+    sysctl_dirs: tuple[str, ...] | None = None
 
     def to_annotation(self) -> str:
         return json.dumps(
@@ -75,7 +89,8 @@ class NodeResult:
                 "job": self.job,
                 "message": self.message[:300],
                 "restartPending": self.restart_pending,
-            },
+            }
+            | ({} if self.sysctl_dirs is None else {"sysctlDirs": list(self.sysctl_dirs)}),
             separators=(",", ":"),
             sort_keys=True,
         )
@@ -100,9 +115,14 @@ class NodeResult:
                 job=str(raw.get("job", "")),
                 message=str(raw.get("message", "")),
                 restart_pending=bool(raw.get("restartPending", False)),
+                sysctl_dirs=_dirs(raw.get("sysctlDirs")),
             )
         except (ValueError, KeyError, TypeError):
             return None
+
+
+def _dirs(value: Any) -> tuple[str, ...] | None:
+    return tuple(str(d) for d in value) if isinstance(value, list) else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -207,6 +227,10 @@ class RolloutPlan:
     halted: bool
     summary: PolicySummary
     next_due_in: float | None  # seconds until the next recheck, None if nothing is scheduled
+    # Nodes due for a check that another agent Job occupies (another policy's, or a stale one
+    # of this policy still terminating): checked in a later pass, once it is gone. (Not
+    # `Waiting` nodes: those cannot run a check at all, see `nodesysctl.availability`.)
+    queued: tuple[str, ...] = ()
 
 
 def format_time(moment: datetime) -> str:
@@ -232,8 +256,26 @@ def spec_hash(spec: NodeSysctlPolicySpec) -> str:
         "ports": spec.ports.model_dump(mode="json", by_alias=True),
         "remediation": spec.remediation.model_dump(mode="json", by_alias=True),
         "image": spec.job.image,
+        "agent": AGENT_FORMAT,
     }
     return short_hash(json.dumps(relevant, sort_keys=True))
+
+
+def node_spec_hash(
+    policy: str, spec: NodeSysctlPolicySpec, composition: NodeComposition | None
+) -> str:
+    """The spec hash of `policy`'s checks of one node: what its results and Jobs there carry.
+
+    An Enforce policy's check on a node carries the node's composed target
+    (`nodesysctl.compose`), so the hash changes when another policy that composes there is
+    added, removed or edited: the node is rechecked. Alone on a node, or in Audit mode (which
+    checks only its own spec), the policy's own `spec_hash`.
+    """
+    own = spec_hash(spec)
+    target = composition.target if composition is not None else None
+    if spec.remediation.mode != Mode.ENFORCE or target is None or target.policies == (policy,):
+        return own
+    return short_hash(own, target.digest())
 
 
 def job_name(policy: str, node: str, check_key: str) -> str:
@@ -315,14 +357,18 @@ def summarize(
     current_spec_hash: str,
     in_flight: int,
     waiting: Mapping[str, Unavailable] | None = None,
+    node_hashes: Mapping[str, str] | None = None,
 ) -> PolicySummary:
     """Counts and worst nodes; `waiting` holds the nodes that cannot run a check now and have
-    none running, with the reason (see `reported_state`)."""
+    none running, with the reason (see `reported_state`); `node_hashes` overrides
+    `current_spec_hash` per node."""
     blocked = waiting or {}
+    hashes = node_hashes or {}
     counts = dict.fromkeys(NodeState, 0)
     ranked: list[WorstNode] = []
     for node in nodes:
-        state, message = reported_state(node, policy, current_spec_hash, blocked.get(node.name))
+        current = hashes.get(node.name, current_spec_hash)
+        state, message = reported_state(node, policy, current, blocked.get(node.name))
         counts[state] += 1
         if state in (NodeState.FAILED, NodeState.DRIFTED, NodeState.WAITING, NodeState.PENDING):
             ranked.append(WorstNode(node.name, state, message))
@@ -336,6 +382,47 @@ def summarize(
         in_flight=in_flight,
         worst=tuple(ranked[:MAX_WORST_NODES]),
         waiting=counts[NodeState.WAITING],
+    )
+
+
+def dirs_after_check(
+    previous: NodeResult | None, target: NodeTarget | None, state: NodeState
+) -> tuple[str, ...] | None:
+    """The `sysctl_dirs` a new result records: where files of ours may be after the check.
+
+    An Enforce check (`target`: the node's composition) that succeeded left a file only in the
+    target's directory, and only when persisting; one that failed may have left the earlier
+    ones too. An Audit check (no target) writes nothing: what the previous result said stays.
+    """
+    if target is None:
+        return previous.sysctl_dirs if previous is not None else ()
+    kept = (previous.sysctl_dirs or ()) if previous is not None else ()
+    wanted = (target.sysctl_dir,) if target.persist else ()
+    if state in (NodeState.COMPLIANT, NodeState.REMEDIATED):
+        return wanted
+    return tuple(dict.fromkeys([*kept, *wanted]))
+
+
+@dataclasses.dataclass(frozen=True)
+class HostDirs:
+    """The host sysctl directories an Enforce check of one node opens (`host_dirs`)."""
+
+    sysctl_dir: str
+    mounted: bool  # the target's directory: it persists there, or may have to remove a file
+    clean: tuple[str, ...] = ()  # other directories that may hold a file of ours
+
+
+def host_dirs(node: NodeFacts, target: NodeTarget) -> HostDirs:
+    """Which directories a check applying `target` on `node` opens: the target's sysctlDir when
+    it persists there, or when a file of ours may be there to remove (a result on the node
+    records it, or predates that record: an earlier version's per-policy file); and the other
+    directories results on the node record, to remove nodesysctl's files from them."""
+    recorded = [result.sysctl_dirs for result in node.results.values()]
+    known = dict.fromkeys(d for dirs in recorded if dirs for d in dirs)
+    unknown = any(dirs is None for dirs in recorded)
+    mounted = target.persist or unknown or target.sysctl_dir in known
+    return HostDirs(
+        target.sysctl_dir, mounted, tuple(sorted(d for d in known if d != target.sysctl_dir))
     )
 
 
@@ -355,6 +442,8 @@ def plan_rollout(
     nodes: Sequence[NodeFacts],
     jobs: Iterable[JobFacts],
     now: datetime,
+    node_hashes: Mapping[str, str] | None = None,
+    busy: Collection[str] = (),
 ) -> RolloutPlan:
     """Decide the next checks for one policy over its selected `nodes`.
 
@@ -365,16 +454,24 @@ def plan_rollout(
       not tolerated) gets no check: it takes no slot, cannot fail, and waits for the node watch
       to wake the policy when its facts change. A check already running on a node that became
       unavailable is left alone: it finishes or hits its deadline.
+    - at most one agent Job runs on a node: a node in `busy` (another policy's Job runs there)
+      or with a stale Job of this policy still around is not checked now (`queued`).
+
+    `node_hashes`: the spec hash of each node's check (`node_spec_hash`); `spec_hash(spec)`
+    for a node not in it.
     """
-    current = spec_hash(spec)
+    default = spec_hash(spec)
+    hashes = node_hashes or {}
     by_name = {node.name: node for node in nodes}
     running: dict[str, JobFacts] = {}
     stale: list[str] = []
+    occupied = set(busy)
     for job in jobs:
         if job.finished:
             continue
-        if job.spec_hash != current or job.node not in by_name:
+        if job.node not in by_name or job.spec_hash != hashes.get(job.node, default):
             stale.append(job.name)
+            occupied.add(job.node)  # until it is gone: its agent may still be running
         else:
             running[job.node] = job
 
@@ -384,22 +481,31 @@ def plan_rollout(
         for node in nodes
         if node.name not in running and (blocked := judge(node.availability, tolerations))
     }
-    summary = summarize(nodes, policy, current, in_flight=len(running), waiting=waiting)
+    summary = summarize(
+        nodes, policy, default, in_flight=len(running), waiting=waiting, node_hashes=hashes
+    )
     halted = summary.failed >= spec.rollout.max_failed_nodes
     budget = spec.rollout.max_concurrent_for(len(nodes)) - len(running)
     recheck_seconds = spec.rollout.recheck_interval_seconds()
 
     checks: list[CheckOrder] = []
+    queued: list[str] = []
     next_due: float | None = None
     for node in nodes:
         if node.name in running:
             continue
+        current = hashes.get(node.name, default)
         reason, due_in = check_reason(node, policy, current, now, recheck_seconds)
         if reason is None:
             if due_in is not None:
                 next_due = due_in if next_due is None else min(next_due, due_in)
             continue
-        if node.name in waiting or halted or len(checks) >= budget:
+        if node.name in waiting or halted:
+            continue
+        if node.name in occupied:
+            queued.append(node.name)
+            continue
+        if len(checks) >= budget:
             continue
         previous = node.results.get(policy)
         check_key = "|".join(
@@ -419,13 +525,14 @@ def plan_rollout(
         halted=halted,
         summary=summary,
         next_due_in=next_due,
+        queued=tuple(queued),
     )
 
 
 def is_quiescent(plan: RolloutPlan) -> bool:
-    """No check running or about to start (a halted rollout counts): the moment to restart
-    the affected workloads once, for every node remediated so far."""
-    return not plan.checks and plan.summary.in_flight == 0
+    """No check running, about to start or waiting for a node (a halted rollout counts): the
+    moment to restart the affected workloads once, for every node remediated so far."""
+    return not plan.checks and not plan.queued and plan.summary.in_flight == 0
 
 
 def wants_restart(spec: NodeSysctlPolicySpec) -> bool:
@@ -434,77 +541,6 @@ def wants_restart(spec: NodeSysctlPolicySpec) -> bool:
         spec.restart is not None
         and spec.restart.mode in ("OnRemediation", "Report")
         and spec.remediation.mode == "Enforce"
-    )
-
-
-@dataclasses.dataclass(frozen=True)
-class PolicyRanges:
-    """The node-facing part of a policy, for conflict detection between policies."""
-
-    name: str
-    created: str  # RFC 3339 creationTimestamp: the older policy wins a contested node
-    spec: NodeSysctlPolicySpec
-
-
-def incompatible(first: NodeSysctlPolicySpec, second: NodeSysctlPolicySpec) -> str:
-    """Why two policies cannot both hold on one node ("" if they can)."""
-    a, b = first.ports, second.ports
-    if (
-        first.remediation.narrow_range
-        and second.remediation.narrow_range
-        and (
-            (a.ephemeral_range.min, a.ephemeral_range.max)
-            != (b.ephemeral_range.min, b.ephemeral_range.max)
-        )
-    ):
-        return (
-            f"ephemeral ranges differ ({a.ephemeral_range.min}-{a.ephemeral_range.max} vs "
-            f"{b.ephemeral_range.min}-{b.ephemeral_range.max}); each would rewrite the other"
-        )
-    for mine, theirs in ((first, second), (second, first)):
-        if theirs.remediation.reserve_ports or not mine.remediation.narrow_range:
-            continue  # reserved ports stay safe inside any range; an unnarrowed range is kept
-        low, high = mine.ports.ephemeral_range.min, mine.ports.ephemeral_range.max
-        for protected in theirs.ports.reserved_ranges():
-            if protected.min <= high and low <= protected.max:
-                return (
-                    f"ephemeral range {low}-{high} covers ports {protected.min}-{protected.max} "
-                    "that the other policy keeps out of the range without reserving them"
-                )
-    return ""
-
-
-@dataclasses.dataclass(frozen=True)
-class Conflict:
-    node: str
-    winner: str
-    loser: str
-    reason: str
-
-
-def find_conflicts(policies: Sequence[PolicyRanges], nodes: Iterable[NodeFacts]) -> list[Conflict]:
-    """Every (node, pair of policies) that select the node and cannot both hold on it.
-
-    Precedence: the older policy (then the smaller name) keeps the node; the other skips it.
-    """
-    ordered = sorted(policies, key=lambda p: (p.created, p.name))
-    conflicts: list[Conflict] = []
-    for node in nodes:
-        selecting = [p for p in ordered if p.spec.node_selector.matches(node.labels)]
-        for index, winner in enumerate(selecting):
-            for loser in selecting[index + 1 :]:
-                reason = incompatible(winner.spec, loser.spec)
-                if reason:
-                    conflicts.append(Conflict(node.name, winner.name, loser.name, reason))
-    return conflicts
-
-
-def conflict_notes(conflicts: Iterable[Conflict], policy: str) -> tuple[str, ...]:
-    """The conflicts `policy` takes part in, as sentences for its status and Events."""
-    return tuple(
-        f"node {c.node}: {c.winner} takes precedence over {c.loser} ({c.reason})"
-        for c in conflicts
-        if policy in (c.winner, c.loser)
     )
 
 

@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 from nodesysctl.admission import admit
 from nodesysctl.api import InvalidPolicy, NodeSysctlPolicySpec, RestartMode, RestartPods, parse_spec
+from nodesysctl.compose import NodeComposition, compose, precedence
 from nodesysctl.jobs import (
     JobSettings,
     build_agent_job,
@@ -43,8 +44,10 @@ from nodesysctl.planning import (
     NodeState,
     PolicyRanges,
     conflict_notes,
-    find_conflicts,
+    dirs_after_check,
+    host_dirs,
     is_quiescent,
+    node_spec_hash,
     plan_rollout,
     select_nodes,
     spec_hash,
@@ -149,6 +152,26 @@ if TYPE_CHECKING:
         return kube  # mypy fails here when Kube no longer has a call a pass makes
 
 
+class Claims(Protocol):
+    """At most one agent Job per node across all policies (`nodesysctl.state.NodeClaims`): a
+    pass claims a node before it creates a Job there, and gives the claim back when it did not.
+    Called from the pass's worker threads."""
+
+    def claim(self, node: str, policy: str, job: str) -> bool: ...
+
+    def release(self, node: str, job: str) -> None: ...
+
+
+class _NoClaims:
+    """For a reconciler on its own (tests): every claim is granted."""
+
+    def claim(self, node: str, policy: str, job: str) -> bool:
+        return True
+
+    def release(self, node: str, job: str) -> None:
+        pass
+
+
 @dataclasses.dataclass(frozen=True)
 class Snapshot:
     """What the watches knew at the start of a pass (copied on the event loop)."""
@@ -162,7 +185,9 @@ class Snapshot:
     nodes: Sequence[NodeFacts]
     jobs: Sequence[JobFacts]
     pod_outcomes: Mapping[str, Sequence[PodOutcome]]  # by the job-name label the pods carry
-    other_policies: Sequence[PolicyRanges]
+    other_policies: Sequence[PolicyRanges]  # every other valid policy not being deleted
+    # Nodes where another policy's agent Job runs (or is about to): not checked this pass.
+    busy: Collection[str] = frozenset()
 
 
 class JobRefusedError(Exception):
@@ -177,8 +202,9 @@ class JobRefusedError(Exception):
 @dataclasses.dataclass(frozen=True)
 class PassResult:
     delay: float
-    ranges: PolicyRanges | None  # for conflict detection by the other policies
     recorded: Mapping[str, NodeResult]  # node -> result written this pass (write-through)
+    # Nodes due for a check that another agent Job occupied: a Job event there wakes us.
+    queued: Collection[str] = frozenset()
 
 
 @dataclasses.dataclass
@@ -221,6 +247,7 @@ class PolicyReconciler:
         limiter: RestartLimiter,
         *,
         protected_namespaces: Sequence[str] = (),
+        claims: Claims | None = None,
     ):
         self.kube = kube
         self.settings = settings
@@ -228,6 +255,7 @@ class PolicyReconciler:
         # Never restarted unless a policy names them (besides the system namespaces): the
         # operator's own namespace and the job namespace.
         self.protected_namespaces = (*protected_namespaces, settings.namespace)
+        self.claims: Claims = claims or _NoClaims()
         self.io = ThreadPoolExecutor(IO_PARALLELISM, thread_name_prefix="nodesysctl-io")
         # By policy uid: the generation whose agent Job the API server refused, and why (the
         # status says so too, unless writing it failed); the policies whose failing passes
@@ -259,7 +287,7 @@ class PolicyReconciler:
         if refused is not None:
             # Sending the same spec's Job again would be refused again: wait for an edit.
             self._report_invalid(snap, refused, now, JOB_REFUSED)
-            result = PassResult(INVALID_POLL_SECONDS, None, {})
+            result = PassResult(INVALID_POLL_SECONDS, {})
         else:
             try:
                 result = self._pass(snap, now)
@@ -269,7 +297,7 @@ class PolicyReconciler:
                 self._report_invalid(snap, str(exc), now, JOB_REFUSED)
                 # Results recorded before the refusal are echoed by the node watch; until then
                 # they cannot cause a check: nothing is created for this generation any more.
-                result = PassResult(INVALID_POLL_SECONDS, None, {})
+                result = PassResult(INVALID_POLL_SECONDS, {})
             except KubeError as exc:
                 self._report_degraded(snap, exc.refusal, now)
                 raise
@@ -292,14 +320,22 @@ class PolicyReconciler:
                 raise InvalidPolicy(not_allowed)
         except InvalidPolicy as exc:
             self._report_invalid(snap, str(exc), now)
-            return PassResult(INVALID_POLL_SECONDS, None, {})
+            return PassResult(INVALID_POLL_SECONDS, {})
 
-        ranges = PolicyRanges(snap.name, snap.created, spec)
-        conflicts = find_conflicts([ranges, *snap.other_policies], snap.nodes)
-        excluded = {c.node for c in conflicts if c.loser == snap.name}
+        # The composition on each node the policy selects (`nodesysctl.compose`): who enforces
+        # what there, and who conflicts with whom. A node another policy keeps is skipped.
+        policies = precedence([PolicyRanges(snap.name, snap.created, spec), *snap.other_policies])
+        compositions = {
+            n.name: compose(n.name, n.labels, policies)
+            for n in snap.nodes
+            if spec.node_selector.matches(n.labels)
+        }
+        conflicts = [c for comp in compositions.values() for c in comp.conflicts]
+        excluded = {name for name, comp in compositions.items() if comp.lost(snap.name)}
         selected = select_nodes(spec, snap.nodes, excluded)
-        recorded = self._record_finished(snap, spec, selected, now)
-        pods_refused = self._record_refused_pods(snap, spec, selected, now)
+        hashes = {n.name: node_spec_hash(snap.name, spec, compositions[n.name]) for n in selected}
+        recorded = self._record_finished(snap, spec, selected, hashes, compositions, now)
+        pods_refused = self._record_refused_pods(snap, spec, selected, hashes, now)
         if pods_refused:  # their Jobs are deleted: they no longer hold their nodes' checks
             gone = {result.job for result in pods_refused.values()}
             snap = dataclasses.replace(snap, jobs=[j for j in snap.jobs if j.name not in gone])
@@ -309,22 +345,37 @@ class PolicyReconciler:
         # Only the policy's own Jobs run its checks: a foreign one neither holds a node's check
         # back nor counts against maxConcurrent, and it is never deleted as stale.
         own = [job for job in snap.jobs if verify_job(job, snap.uid).believed]
-        plan = plan_rollout(policy=snap.name, spec=spec, nodes=selected, jobs=own, now=now)
+        plan = plan_rollout(
+            policy=snap.name,
+            spec=spec,
+            nodes=selected,
+            jobs=own,
+            now=now,
+            node_hashes=hashes,
+            busy=snap.busy,
+        )
         self._each(
             lambda stale: self.kube.delete_job(self.settings.namespace, stale), plan.stale_jobs
         )
+        # At most one agent Job per node: another policy's pass may have claimed the node
+        # since the snapshot; that node waits for the next pass.
+        granted = [o for o in plan.checks if self.claims.claim(o.node, snap.name, o.job_name)]
+        queued = {*plan.queued, *(o.node for o in plan.checks if o not in granted)}
+        by_node = {n.name: n for n in selected}
         jobs = [
-            build_agent_job(
-                policy=snap.name,
-                policy_uid=snap.uid,
-                spec=spec,
-                order=order,
-                settings=self.settings,
+            self._agent_job(
+                snap, spec, order, compositions[order.node], by_node[order.node], hashes
             )
-            for order in plan.checks
+            for order in granted
         ]
+        try:
+            created_all = self._create_checks(jobs)
+        except Exception:
+            for order in granted:
+                self.claims.release(order.node, order.job_name)
+            raise
         taken: list[CheckOrder] = []  # 409 AlreadyExists: whose Job holds the name?
-        for order, created in zip(plan.checks, self._create_checks(jobs), strict=True):
+        for order, created in zip(granted, created_all, strict=True):
             if created:
                 logger.info(
                     "policy %s: checking node %s (%s, boot %s) with Job %s",
@@ -332,8 +383,12 @@ class PolicyReconciler:
                 )  # fmt: skip
             else:
                 taken.append(order)
-        current = spec_hash(spec)
-        refused = self._each(lambda order: self._refuse_foreign(snap, order, current, now), taken)
+        refused = self._each(
+            lambda order: self._refuse_foreign(snap, order, hashes[order.node], now), taken
+        )
+        for order, verdict in zip(taken, refused, strict=True):
+            if verdict is not None:  # someone else's Job holds the name: no check of ours runs
+                self.claims.release(order.node, order.job_name)
         recorded = {**recorded, **{o.node: r for o, r in zip(taken, refused, strict=True) if r}}
         if plan.halted and not condition_true(snap.status, "Degraded"):
             self.kube.post_event(
@@ -378,11 +433,33 @@ class PolicyReconciler:
             )
 
         delay = pass_delay(
-            busy=bool(plan.checks or plan.summary.in_flight),
+            busy=bool(plan.checks or plan.summary.in_flight or queued),
             next_due_in=plan.next_due_in,
             next_token_in=wave.wait,
         )
-        return PassResult(delay, ranges, recorded)
+        return PassResult(delay, recorded, frozenset(queued))
+
+    def _agent_job(
+        self,
+        snap: Snapshot,
+        spec: NodeSysctlPolicySpec,
+        order: CheckOrder,
+        composition: NodeComposition,
+        node: NodeFacts,
+        hashes: Mapping[str, str],
+    ) -> dict[str, Any]:
+        """The Job of one check: an Enforce member applies the node's composed target."""
+        target = composition.target if composition.is_member(snap.name) else None
+        return build_agent_job(
+            policy=snap.name,
+            policy_uid=snap.uid,
+            spec=spec,
+            order=order,
+            settings=self.settings,
+            target=target,
+            dirs=host_dirs(node, target) if target else None,
+            check_hash=hashes[order.node],
+        )
 
     def _create_checks(self, jobs: Sequence[Mapping[str, Any]]) -> list[bool]:
         """Create the checks' Jobs, the first one alone: the API server judges the policy's
@@ -406,15 +483,22 @@ class PolicyReconciler:
         snap: Snapshot,
         spec: NodeSysctlPolicySpec,
         selected: Sequence[NodeFacts],
+        hashes: Mapping[str, str],
+        compositions: Mapping[str, NodeComposition],
         now: datetime,
     ) -> dict[str, NodeResult]:
         """Turn each finished, not yet recorded Job of the current spec into a Node result."""
-        current = spec_hash(spec)
-        todo = jobs_to_record(snap.name, current, selected, snap.jobs)
+        todo = jobs_to_record(snap.name, "", selected, snap.jobs, node_hashes=hashes)
+        by_node = {n.name: n for n in selected}
 
         def record(job: JobFacts) -> NodeResult:
+            current = hashes[job.node]
             judged = judge_check(job, self._outcomes(snap, job), snap.uid, spec, current, now)
-            result = judged.result.as_stored()
+            composition = compositions[job.node]
+            target = composition.target if composition.is_member(snap.name) else None
+            previous = by_node[job.node].results.get(snap.name)
+            dirs = dirs_after_check(previous, target, judged.result.status)
+            result = dataclasses.replace(judged.result, sysctl_dirs=dirs).as_stored()
             self.kube.patch_node(job.node, build_node_result_patch(snap.name, result))
             self._announce(snap, job.node, result, judged.event)
             for ignored in judged.ignored:
@@ -445,6 +529,7 @@ class PolicyReconciler:
         snap: Snapshot,
         spec: NodeSysctlPolicySpec,
         selected: Sequence[NodeFacts],
+        hashes: Mapping[str, str],
         now: datetime,
     ) -> dict[str, NodeResult]:
         """Fail the nodes whose check's pod the cluster refuses to create (the Job controller's
@@ -454,7 +539,7 @@ class PolicyReconciler:
         only the policy's own Jobs count (a foreign one is neither failed nor deleted)."""
         current = spec_hash(spec)
         own = [job for job in snap.jobs if verify_job(job, snap.uid).believed]
-        waiting = podless_jobs(snap.name, current, selected, own, now)
+        waiting = podless_jobs(snap.name, current, selected, own, now, node_hashes=hashes)
         if not waiting:
             return {}
         refusals = pod_refusals(
@@ -463,7 +548,7 @@ class PolicyReconciler:
         todo = [job for job in waiting if job.name in refusals]
 
         def record(job: JobFacts) -> NodeResult:
-            result = refused_pod_result(job, refusals[job.name], current, now).as_stored()
+            result = refused_pod_result(job, refusals[job.name], hashes[job.node], now).as_stored()
             self.kube.patch_node(job.node, build_node_result_patch(snap.name, result))
             self.kube.delete_job(self.settings.namespace, job.name)
             logger.warning("policy %s: node %s: %s", snap.name, job.node, result.message)

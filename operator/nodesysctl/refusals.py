@@ -107,17 +107,20 @@ def podless_jobs(
     nodes: Sequence[NodeFacts],
     jobs: Iterable[JobFacts],
     now: datetime,
+    node_hashes: Mapping[str, str] | None = None,
 ) -> list[JobFacts]:
     """The running checks of the current spec that still have no pod POD_CREATE_GRACE_SECONDS
-    after their Job was created: the only ones a FailedCreate Event can be about."""
+    after their Job was created: the only ones a FailedCreate Event can be about.
+    `node_hashes` overrides `current_spec_hash` per node (`planning.node_spec_hash`)."""
     selected = {node.name for node in nodes}
+    hashes = node_hashes or {}
     grace = timedelta(seconds=POD_CREATE_GRACE_SECONDS)
     return sorted(
         (
             job
             for job in jobs
             if job.policy == policy
-            and job.spec_hash == current_spec_hash
+            and job.spec_hash == hashes.get(job.node, current_spec_hash)
             and job.node in selected
             and not job.finished
             and job.active == 0

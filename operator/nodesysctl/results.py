@@ -14,7 +14,7 @@ Everything else is reported, once per Job, as a Failed node with the reason.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 
 from nodesysctl import KIND
@@ -120,9 +120,14 @@ def refused_check(
 
 
 def jobs_to_record(
-    policy: str, current_spec_hash: str, nodes: Sequence[NodeFacts], jobs: Iterable[JobFacts]
+    policy: str,
+    current_spec_hash: str,
+    nodes: Sequence[NodeFacts],
+    jobs: Iterable[JobFacts],
+    node_hashes: Mapping[str, str] | None = None,
 ) -> list[JobFacts]:
     """The finished Jobs of the current spec whose results `nodes` do not hold yet, by node name.
+    `node_hashes` overrides `current_spec_hash` per node (`planning.node_spec_hash`).
 
     Only the newest finished Job of a node counts. An older one (a check before a reboot, or
     before a recheck, still within ttlSecondsAfterFinished) was superseded: recording it again
@@ -130,9 +135,12 @@ def jobs_to_record(
     whose Job is again newer... a loop until the TTL removes the old Jobs.
     """
     by_name = {node.name: node for node in nodes}
+    hashes = node_hashes or {}
     newest: dict[str, JobFacts] = {}
     for job in jobs:
-        if not job.finished or job.node not in by_name or job.spec_hash != current_spec_hash:
+        if not job.finished or job.node not in by_name:
+            continue
+        if job.spec_hash != hashes.get(job.node, current_spec_hash):
             continue
         seen = newest.get(job.node)
         if seen is None or (job.created_at, job.name) > (seen.created_at, seen.name):

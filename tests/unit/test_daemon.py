@@ -28,6 +28,7 @@ from nodesysctl.reconcile import PassResult, Snapshot
 from nodesysctl.state import OperatorState
 
 RANGES = PolicyRanges("p", "2026-01-01T00:00:00Z", parse_spec({}))
+OTHER = PolicyRanges("q", "2026-01-02T00:00:00Z", parse_spec({}))
 RESULT = NodeResult(NodeState.COMPLIANT, "h", "b1", datetime(2026, 1, 1), "job-a")
 BODY: dict[str, Any] = {"metadata": {"generation": 1}, "spec": {}}
 NO_JOBS: dict[str, list[JobFacts]] = {}
@@ -79,11 +80,12 @@ def listed_state() -> OperatorState:
 def daemon(
     state: OperatorState, reconciler: FakeReconciler, clock: Clock | None = None
 ) -> PolicyDaemon:
-    """Policy p's daemon, its backoff without jitter (the waits are exact)."""
+    """Policy p's daemon, its backoff without jitter (the waits are exact); the policy index
+    holds p and q."""
     backoff = Backoff(RETRY_FIRST_SECONDS, RETRY_MAX_SECONDS, random=lambda: 0.0)
     return PolicyDaemon(
-        state, reconciler, "p", "uid-p", BODY, NO_JOBS, NO_PODS, clock=clock or Clock(),
-        backoff=backoff,
+        state, reconciler, "p", "uid-p", BODY, NO_JOBS, NO_PODS,
+        policies={"p": [RANGES], "q": [OTHER]}, clock=clock or Clock(), backoff=backoff,
     )  # fmt: skip
 
 
@@ -91,20 +93,24 @@ def test_a_pass_snapshots_runs_in_a_thread_and_records_what_it_wrote() -> None:
     state = listed_state()
     state.wakeup("q")
     clock = Clock()
-    reconciler = FakeReconciler(clock.advance(0.5), PassResult(30.0, RANGES, {"a": RESULT}))
+    reconciler = FakeReconciler(clock.advance(0.5), PassResult(30.0, {"a": RESULT}, queued={"b"}))
     next_pass = asyncio.run(daemon(state, reconciler, clock).run_one_pass())
     assert next_pass == NextPass(30.0, coalesce=0.5)  # waits as long again as the pass took
     (snap,) = reconciler.snapshots
     assert (snap.name, snap.uid, [n.name for n in snap.nodes]) == ("p", "uid-p", ["a"])
     assert reconciler.threads != [threading.current_thread().name]  # never on the loop
     assert state.written == {("p", "a"): RESULT}
-    assert state.policy_ranges == {"p": RANGES}
-    assert state.wakeup("q").is_set()  # new ranges: the others look again
+    # Changed on purpose with issue 12: the other policies come from the policy index (Kopf
+    # lists it before any daemon starts), no longer from the ranges each pass recorded, so a
+    # pass no longer wakes the others; it records the nodes it waits for instead.
+    assert list(snap.other_policies) == [OTHER]
+    assert not state.wakeup("q").is_set()
+    assert state.queued == {"p": frozenset({"b"})}
 
 
 def test_the_coalescing_wait_is_capped() -> None:
     clock = Clock()
-    reconciler = FakeReconciler(clock.advance(60.0), PassResult(5.0, RANGES, {}))
+    reconciler = FakeReconciler(clock.advance(60.0), PassResult(5.0, {}))
     next_pass = asyncio.run(daemon(listed_state(), reconciler, clock).run_one_pass())
     assert next_pass == NextPass(5.0, coalesce=MAX_COALESCE_SECONDS)
 
@@ -124,7 +130,7 @@ def test_a_wake_up_during_the_pass_is_kept_for_the_next_one() -> None:
             loop.call_soon_threadsafe(handler)
             assert arrived.wait(timeout=10)
 
-        reconciler = FakeReconciler(event_meanwhile, PassResult(300.0, RANGES, {}))
+        reconciler = FakeReconciler(event_meanwhile, PassResult(300.0, {}))
         await daemon(state, reconciler).run_one_pass()
         return state.wakeup("p").is_set()
 
@@ -138,7 +144,7 @@ def test_a_failed_pass_records_nothing_and_retries_soon(caplog: pytest.LogCaptur
         next_pass = asyncio.run(daemon(state, reconciler).run_one_pass())
     assert next_pass == NextPass(RETRY_FIRST_SECONDS, failed_generation=1)
     assert state.written == {}
-    assert state.policy_ranges == {}
+    assert state.queued == {}
     assert "policy p: reconcile pass failed" in caplog.text
 
 
@@ -147,7 +153,7 @@ def test_a_failed_pass_records_nothing_and_retries_soon(caplog: pytest.LogCaptur
 
 def test_failed_passes_back_off_exponentially_up_to_the_cap_and_success_resets() -> None:
     fail = ConnectionRefusedError("apiserver down")
-    ok = PassResult(30.0, RANGES, {})
+    ok = PassResult(30.0, {})
     reconciler = FakeReconciler(*[fail] * 8, ok, fail)
     policy = daemon(listed_state(), reconciler)
 
@@ -219,7 +225,7 @@ def test_each_failure_logs_one_line_and_only_the_first_its_traceback(
 
 
 def test_a_success_after_failures_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
-    reconciler = FakeReconciler(ValueError("boom"), PassResult(30.0, RANGES, {}))
+    reconciler = FakeReconciler(ValueError("boom"), PassResult(30.0, {}))
     policy = daemon(listed_state(), reconciler)
 
     async def passes() -> None:
@@ -301,7 +307,9 @@ def test_the_wait_ends_at_a_wake_up_or_after_its_time() -> None:
     assert 0.04 <= woken < 5
 
 
-def test_run_waits_for_the_node_list_loops_and_drops_its_ranges_when_stopped() -> None:
+def test_run_waits_for_the_node_list_loops_and_stops_when_cancelled() -> None:
+    # Until issue 12 the stopped daemon also dropped the policy's ranges; the policy index
+    # has replaced them (a deleted policy leaves the index).
     async def scenario() -> tuple[FakeReconciler, OperatorState]:
         state = OperatorState()
         passes: list[int] = []
@@ -313,20 +321,16 @@ def test_run_waits_for_the_node_list_loops_and_drops_its_ranges_when_stopped() -
             if len(passes) == 3:
                 loop.call_soon_threadsafe(done.set)
 
-        reconciler = FakeReconciler(
-            *[count, PassResult(0.0, RANGES, {})] * 3, PassResult(300.0, RANGES, {})
-        )
+        reconciler = FakeReconciler(*[count, PassResult(0.0, {})] * 3, PassResult(300.0, {}))
         task = asyncio.create_task(daemon(state, reconciler).run())
         await asyncio.sleep(0.05)
         assert reconciler.snapshots == []  # no pass before the Nodes are listed
         state.apply_node_update(NodesListed([]))
         await asyncio.wait_for(done.wait(), timeout=10)
-        assert state.policy_ranges == {"p": RANGES}
         task.cancel()  # Kopf stops the daemon: the policy is deleted or the operator exits
         with pytest.raises(asyncio.CancelledError):
             await task
         return reconciler, state
 
-    reconciler, state = asyncio.run(scenario())
+    reconciler, _ = asyncio.run(scenario())
     assert len(reconciler.snapshots) >= 3
-    assert state.policy_ranges == {}

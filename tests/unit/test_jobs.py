@@ -9,12 +9,21 @@ from typing import Any
 
 import pytest
 
-from nodesysctl.agent.contract import AgentSpec
+from nodesysctl.agent.contract import COMPOSED_PERSIST_FILE, AgentSpec, Mode
 from nodesysctl.agent.run import AgentPaths
 from nodesysctl.api import InvalidPolicy, parse_spec
+from nodesysctl.compose import PolicyRanges, target_of
 from nodesysctl.jobs import JobSettings, build_agent_job, build_restart_patch
-from nodesysctl.labels import RESTART_WAVE, RESTARTED_AT
-from nodesysctl.planning import CheckOrder, CheckReason
+from nodesysctl.labels import LABEL_SPEC_HASH, RESTART_WAVE, RESTARTED_AT
+from nodesysctl.planning import (
+    CheckOrder,
+    CheckReason,
+    HostDirs,
+    NodeFacts,
+    NodeResult,
+    NodeState,
+    host_dirs,
+)
 from nodesysctl.ports import PortRange
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
@@ -81,7 +90,10 @@ def test_no_host_mount_without_persistence_and_tolerations_pass_through() -> Non
     ("mode", "persist", "mounted", "read_only"),
     [
         ("Enforce", True, True, False),  # writes the persisted file
-        ("Audit", True, True, True),  # reads it, to report whether it is there
+        # Changed on purpose with issue 12: an Audit check (agent spec version 2) checks the
+        # policy's own values and reads no file of its own, so it no longer mounts the
+        # directory (the host's / stays mounted read-only, for the boot-order check).
+        ("Audit", True, False, None),
         ("Enforce", False, False, None),  # never opens the directory
         ("Audit", False, False, None),
     ],
@@ -94,8 +106,9 @@ def test_sysctl_dir_is_mounted_read_write_only_when_the_agent_writes(
     args = container["args"]
     assert args[args.index("--sysctl-dir") + 1] == "/host/etc/sysctl.d"
     if not mounted:
-        assert pod["volumes"] == []
-        assert container["volumeMounts"] == []
+        # (Only the host's / may be mounted, read-only, for the boot-order check.)
+        assert [v for v in pod["volumes"] if v["hostPath"]["path"] != "/"] == []
+        assert [m for m in container["volumeMounts"] if m["mountPath"] != "/host"] == []
         return
     # The sysctlDir's own volume and mount (the host's / is mounted too, read-only, for the
     # boot-order check: test_the_jobs_host_paths_are_exactly_these).
@@ -229,3 +242,81 @@ def test_whatever_a_policy_sets_the_pod_keeps_the_operators_shape() -> None:
     AgentSpec.model_validate(json.loads(args[args.index("--spec-json") + 1]))
     with pytest.raises(InvalidPolicy, match=r"spec\.job\.hostPID"):
         parse_spec({"job": {"hostPID": True}})
+
+
+def agent_spec_of(job: dict[str, Any]) -> AgentSpec:
+    args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+    return AgentSpec.model_validate(json.loads(args[args.index("--spec-json") + 1]))
+
+
+def test_an_enforce_check_without_persistence_mounts_the_dir_only_to_remove_our_file() -> None:
+    spec = parse_spec({"remediation": {"persist": False}})
+    order = CheckOrder("worker-1", CheckReason.NEW, "nsc-x", "boot-1")
+    target = target_of([PolicyRanges("p", "", spec)])
+    earlier = NodeResult(NodeState.COMPLIANT, "h", "b", NOW, "j", sysctl_dirs=("/etc/sysctl.d",))
+    fresh = NodeResult(NodeState.COMPLIANT, "h", "b", NOW, "j", sysctl_dirs=())
+
+    def volumes(*results: NodeResult) -> list[Any]:
+        node = NodeFacts("worker-1", {}, "b", {f"p{i}": r for i, r in enumerate(results)})
+        job = build_agent_job(
+            policy="p", policy_uid="u", spec=spec, order=order, settings=JobSettings(),
+            target=target, dirs=host_dirs(node, target),
+        )  # fmt: skip
+        return [v["hostPath"] for v in job["spec"]["template"]["spec"]["volumes"]]
+
+    assert volumes(fresh) == []  # no file of ours can be there
+    assert volumes(earlier) == [{"path": "/etc/sysctl.d", "type": "Directory"}]  # it persisted
+    legacy = NodeResult(NodeState.COMPLIANT, "h", "b", NOW, "j")  # predates the record
+    assert volumes(legacy) == [{"path": "/etc/sysctl.d", "type": "Directory"}]
+    spec_file = agent_spec_of(render(remediation={"persist": False}))
+    assert (spec_file.spec_version, spec_file.persist, spec_file.persist_file_name) == (
+        2,
+        False,
+        COMPOSED_PERSIST_FILE,
+    )
+
+
+def test_a_composed_target_is_what_the_agent_applies_and_other_dirs_are_mounted_to_clean() -> None:
+    a = PolicyRanges("a", "2026-11-01T00:00:00Z", parse_spec({"remediation": {}}))
+    b = PolicyRanges(
+        "nodeport-safe",
+        "2026-11-02T00:00:00Z",
+        parse_spec({"ports": {"ephemeralRange": {"min": 40000, "max": 50000}}}),
+    )
+    job = build_agent_job(
+        policy="nodeport-safe",
+        policy_uid="uid-1",
+        spec=b.spec,
+        order=CheckOrder("worker-1", CheckReason.NEW, "nsc-x", "boot-1"),
+        settings=JobSettings(namespace="jobs"),
+        target=target_of([a, b]),
+        dirs=HostDirs("/etc/sysctl.d", True, ("/usr/local/lib/sysctl.d",)),
+        check_hash="cafe0123",
+    )
+    spec = agent_spec_of(job)
+    assert spec.policies == ["a", "nodeport-safe"]
+    assert spec.ephemeral == PortRange(40000, 50000)
+    assert spec.mode is Mode.ENFORCE
+    assert job["metadata"]["labels"][LABEL_SPEC_HASH] == "cafe0123"
+    pod = job["spec"]["template"]["spec"]
+    assert [
+        (v["hostPath"]["path"], m["mountPath"])
+        for v, m in zip(pod["volumes"], pod["containers"][0]["volumeMounts"], strict=True)
+    ] == [
+        ("/etc/sysctl.d", "/host/etc/sysctl.d"),
+        ("/usr/local/lib/sysctl.d", "/host/usr/local/lib/sysctl.d"),
+        ("/", "/host"),  # read-only, for the boot-order check
+    ]
+    assert pod["volumes"][1]["hostPath"]["type"] == "DirectoryOrCreate"
+    args = pod["containers"][0]["args"]
+    assert args[args.index("--sysctl-dir") + 1] == "/host/etc/sysctl.d"
+    assert args[args.index("--clean-dir") + 1] == "/host/usr/local/lib/sysctl.d"
+    assert args.count("--clean-dir") == 1  # the sysctlDir itself is not cleaned
+
+
+def test_an_audit_check_is_the_policys_own_values_and_writes_nothing() -> None:
+    spec = agent_spec_of(render(remediation={"mode": "Audit"}))
+    # persist: whether the boot-order check asks about the values; no file is read or written.
+    assert (spec.mode, spec.persist, spec.policies) == (Mode.AUDIT, True, [])
+    assert spec.ephemeral == PortRange(32768, 60999)
+    assert not spec.composed

@@ -2,24 +2,31 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
+from nodesysctl import planning
 from nodesysctl.api import parse_spec
+from nodesysctl.compose import compose
 from nodesysctl.planning import (
+    AGENT_FORMAT,
     CheckReason,
     Conflict,
+    HostDirs,
     JobFacts,
     NodeFacts,
     NodeResult,
     NodeState,
     PolicyRanges,
     conflict_notes,
-    find_conflicts,
+    dirs_after_check,
+    host_dirs,
     is_quiescent,
     job_name,
+    node_spec_hash,
     plan_rollout,
     selector_query,
     spec_hash,
@@ -148,7 +155,13 @@ def test_jobs_of_an_old_spec_or_a_vanished_node_are_stale() -> None:
         now=NOW,
     )
     assert plan.stale_jobs == ("job-gone", "job-n0")
-    assert [c.node for c in plan.checks] == ["n0"]
+    # Changed on purpose with issue 12 (at most one agent Job per node): n0 used to get its
+    # new check in the same pass; now it waits until the stale Job (deleted in the foreground,
+    # so it stays in the index until its pod is gone) has left the Jobs index.
+    assert plan.checks == ()
+    assert plan.queued == ("n0",)
+    gone = plan_rollout(policy=POLICY, spec=spec, nodes=[node("n0")], jobs=[], now=NOW)
+    assert [c.node for c in gone.checks] == ["n0"]
 
 
 def test_job_names_are_deterministic_and_change_per_check() -> None:
@@ -184,20 +197,27 @@ def test_quiescent_only_without_running_or_planned_checks() -> None:
 
 
 def test_conflicting_ranges_go_to_the_older_policy() -> None:
+    # Changed on purpose with issue 12 ("policies compose"): a 40000-60999 policy beside a
+    # 32768-60999 one used to conflict ("ephemeral ranges differ"); now the node narrows into
+    # the intersection and both hold. Only ranges that cannot both hold still conflict, and
+    # the older policy keeps the node (the composition rules: tests/unit/test_compose.py).
     first = make_spec()
-    second = make_spec(ports={"ephemeralRange": {"min": 40000, "max": 60999}})
-    compatible = make_spec()
-    nodes = [node("n0")]
-    conflicts = find_conflicts(
+    second = make_spec(ports={"ephemeralRange": {"min": 20000, "max": 29999}})
+    compatible = make_spec(ports={"ephemeralRange": {"min": 40000, "max": 60999}})
+    composition = compose(
+        "n0",
+        {},
         [
             PolicyRanges("young", "2026-11-02T00:00:00Z", second),
             PolicyRanges("old", "2026-11-01T00:00:00Z", first),
             PolicyRanges("twin", "2026-11-03T00:00:00Z", compatible),
         ],
-        nodes,
     )
-    assert [(c.winner, c.loser) for c in conflicts] == [("old", "young"), ("young", "twin")]
-    assert "ephemeral ranges differ" in conflicts[0].reason
+    conflicts = composition.conflicts
+    assert [(c.winner, c.loser) for c in conflicts] == [("old", "young")]
+    assert "no port in common" in conflicts[0].reason
+    assert composition.target is not None
+    assert composition.target.policies == ("old", "twin")
 
 
 @pytest.mark.parametrize(
@@ -263,3 +283,84 @@ def test_conflict_notes_name_only_the_policys_own_conflicts() -> None:
         f"node n2: {POLICY} takes precedence over young (ports covered)",
     )
     assert conflict_notes(conflicts[2:], POLICY) == ()
+
+
+# --- composition, one Job per node (issue 12) -------------------------------------------------
+
+
+def test_a_busy_node_waits_without_using_the_budget_and_keeps_the_rollout_busy() -> None:
+    spec = make_spec()  # maxConcurrent 2
+    nodes = [node(f"n{i}") for i in range(4)]
+    plan = plan_rollout(policy=POLICY, spec=spec, nodes=nodes, jobs=[], now=NOW, busy={"n0"})
+    assert [c.node for c in plan.checks] == ["n1", "n2"]
+    assert plan.queued == ("n0",)
+    assert not is_quiescent(plan)  # no restart wave while a node still waits for its check
+    halted_spec = make_spec(rollout={"maxFailedNodes": 1})
+    failed = node("bad", result=result(halted_spec, NodeState.FAILED))
+    halted = plan_rollout(
+        policy=POLICY, spec=halted_spec, nodes=[failed, *nodes], jobs=[], now=NOW, busy={"n0"}
+    )
+    assert (halted.checks, halted.queued) == ((), ())  # halted: nothing waits either
+
+
+def test_node_hashes_decide_per_node_what_is_current() -> None:
+    spec = make_spec()
+    composed_hash = "c0ffee00"
+    nodes = [node("alone", result=result(spec)), node("shared", result=result(spec))]
+    jobs = [job("shared", spec)]  # running with the policy's own hash: stale on "shared"
+    plan = plan_rollout(
+        policy=POLICY, spec=spec, nodes=nodes, jobs=jobs, now=NOW,
+        node_hashes={"shared": composed_hash},
+    )  # fmt: skip
+    assert plan.stale_jobs == ("job-shared",)
+    assert plan.queued == ("shared",)  # until the stale Job is gone
+    assert plan.summary.pending == 1
+    assert plan.summary.compliant == 1
+
+
+def policy_ranges(name: str, created: str, **spec: Any) -> PolicyRanges:
+    return PolicyRanges(name, created, make_spec(**spec))
+
+
+def test_the_node_spec_hash_is_the_own_one_alone_or_in_audit_else_the_compositions() -> None:
+    a = policy_ranges("a", "2026-11-01T00:00:00Z")
+    b = policy_ranges("b", "2026-11-02T00:00:00Z", ports={"protectedPorts": [10250]})
+    audit = policy_ranges("c", "2026-11-03T00:00:00Z", remediation={"mode": "Audit"})
+    alone = compose("n0", {}, [a, audit])
+    assert node_spec_hash("a", a.spec, alone) == spec_hash(a.spec)
+    assert node_spec_hash("c", audit.spec, alone) == spec_hash(audit.spec)
+    shared = compose("n0", {}, [a, b, audit])
+    assert node_spec_hash("a", a.spec, shared) not in (spec_hash(a.spec), "")
+    assert node_spec_hash("a", a.spec, shared) != node_spec_hash("b", b.spec, shared)
+    assert node_spec_hash("c", audit.spec, shared) == spec_hash(audit.spec)
+    edited = policy_ranges("b", "2026-11-02T00:00:00Z", ports={"protectedPorts": [10256]})
+    assert node_spec_hash("a", a.spec, compose("n0", {}, [a, edited])) != node_spec_hash(
+        "a", a.spec, shared
+    )
+
+
+def test_the_spec_hash_carries_the_agent_format_so_an_upgrade_rechecks_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    spec = make_spec()
+    before = spec_hash(spec)
+    monkeypatch.setattr(planning, "AGENT_FORMAT", AGENT_FORMAT + 1)
+    assert spec_hash(spec) != before
+
+
+def test_results_record_where_files_of_ours_may_be() -> None:
+    spec = make_spec()
+    a = policy_ranges("a", "2026-11-01T00:00:00Z")
+    target = compose("n0", {}, [a]).target
+    earlier = dataclasses.replace(result(spec), sysctl_dirs=("/old.d",))
+    assert dirs_after_check(earlier, target, NodeState.REMEDIATED) == ("/etc/sysctl.d",)
+    assert dirs_after_check(earlier, target, NodeState.FAILED) == ("/old.d", "/etc/sysctl.d")
+    assert dirs_after_check(earlier, None, NodeState.DRIFTED) == ("/old.d",)  # Audit
+    quiet = compose("n0", {}, [policy_ranges("a", "x", remediation={"persist": False})]).target
+    assert dirs_after_check(earlier, quiet, NodeState.COMPLIANT) == ()
+    both = dataclasses.replace(earlier, sysctl_dirs=("/etc/sysctl.d", "/usr/local/lib/sysctl.d"))
+    assert target is not None
+    dirs = host_dirs(NodeFacts("n0", {}, "b", {"p": earlier, "q": both}), target)
+    assert dirs == HostDirs("/etc/sysctl.d", True, ("/old.d", "/usr/local/lib/sysctl.d"))
+    assert dirs_after_check(None, None, NodeState.DRIFTED) == ()
+    assert dirs_after_check(result(spec), None, NodeState.DRIFTED) is None  # still unknown

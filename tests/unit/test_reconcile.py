@@ -15,12 +15,20 @@ from typing import Any
 
 import pytest
 
+from nodesysctl.agent.contract import AgentSpec
 from nodesysctl.api import parse_spec
 from nodesysctl.jobs import JobSettings
-from nodesysctl.labels import ANNOTATION_RESULT_PREFIX, RESTART_WAVE
+from nodesysctl.labels import ANNOTATION_RESULT_PREFIX, LABEL_SPEC_HASH, RESTART_WAVE
 from nodesysctl.observed import PodOutcome
 from nodesysctl.pacing import INVALID_POLL_SECONDS, RestartLimiter
-from nodesysctl.planning import JobFacts, NodeFacts, NodeResult, NodeState, spec_hash
+from nodesysctl.planning import (
+    JobFacts,
+    NodeFacts,
+    NodeResult,
+    NodeState,
+    PolicyRanges,
+    spec_hash,
+)
 from nodesysctl.reconcile import PolicyReconciler, Snapshot
 from nodesysctl.restarts import EvictionResult
 
@@ -911,3 +919,144 @@ def test_a_compliant_node_with_sockets_in_reserved_ports_gets_its_own_warning() 
         NOW,
     )
     assert not any(r in ("PersistOverridden", "SocketsInReservedPorts") for *_, r in forged.events)
+
+
+# --- policies compose; one agent Job per node (issue 12) --------------------------------------
+
+
+def other(name: str, created: str, **spec: Any) -> PolicyRanges:
+    return PolicyRanges(name, created, parse_spec(spec))
+
+
+def agent_spec(job: Mapping[str, Any]) -> AgentSpec:
+    args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+    return AgentSpec.model_validate(json.loads(args[args.index("--spec-json") + 1]))
+
+
+NARROW = {"ports": {"ephemeralRange": {"min": 40000, "max": 50000}}}
+OLDER = "2026-10-01T00:00:00Z"  # before the snapshot policy's 2026-11-01
+
+
+def test_a_check_applies_the_composition_of_every_enforce_policy_on_the_node() -> None:
+    kube = RecordingKube()
+    snap = dataclasses.replace(
+        snapshot([NodeFacts("n1", {}, "boot-1", {})], spec={**SPEC, **NARROW}),
+        other_policies=[other("wide", OLDER)],
+    )
+    reconciler(kube).run_once(snap, NOW)
+    [job] = kube.jobs_created
+    spec = agent_spec(job)
+    assert spec.policies == ["wide", POLICY]
+    assert (spec.ephemeral.lo, spec.ephemeral.hi) == (40000, 50000)
+    # The check's hash is the node's composition's, not the policy's own: it changes (and
+    # the node is rechecked) when "wide" changes.
+    own = spec_hash(parse_spec({**SPEC, **NARROW}))
+    assert job["metadata"]["labels"][LABEL_SPEC_HASH] != own
+    conditions = {c["type"]: c["status"] for c in kube.status_patches[-1]["conditions"]}
+    assert conditions["Conflict"] == "False"
+
+
+def test_a_policy_that_cannot_compose_skips_the_node_and_both_sides_report_it() -> None:
+    disjoint = {**SPEC, "ports": {"ephemeralRange": {"min": 20000, "max": 29999}}}
+    loser = RecordingKube()
+    snap = dataclasses.replace(
+        snapshot([NodeFacts("n1", {}, "boot-1", {})], spec=disjoint),
+        other_policies=[other("wide", OLDER)],
+    )
+    reconciler(loser).run_once(snap, NOW)
+    assert loser.jobs_created == []
+    conflict = next(c for c in loser.status_patches[-1]["conditions"] if c["type"] == "Conflict")
+    assert conflict["status"] == "True"
+    assert f"node n1: wide takes precedence over {POLICY}" in conflict["message"]
+    assert ("NodeSysctlPolicy", POLICY, "PolicyConflict") in loser.events
+    assert loser.status_patches[-1]["nodes"] == 0
+
+    # The winner's side: its composition on n1 is unchanged (its own check is current), and
+    # it reports the conflict too.
+    current = NodeResult(
+        NodeState.COMPLIANT, spec_hash(parse_spec(SPEC)), "boot-1", NOW, "job-n1", "ok"
+    )
+    winner = RecordingKube()
+    snap = dataclasses.replace(
+        snapshot([NodeFacts("n1", {}, "boot-1", {POLICY: current})]),
+        other_policies=[other("younger", "2026-12-01T00:00:00Z", **disjoint)],
+    )
+    reconciler(winner).run_once(snap, NOW)
+    assert winner.jobs_created == []
+    conflict = next(c for c in winner.status_patches[-1]["conditions"] if c["type"] == "Conflict")
+    assert conflict["status"] == "True"
+    assert f"node n1: {POLICY} takes precedence over younger" in conflict["message"]
+
+
+def test_a_node_another_policys_job_occupies_waits_and_the_pass_polls() -> None:
+    kube = RecordingKube()
+    snap = dataclasses.replace(
+        snapshot([NodeFacts("n1", {}, "boot-1", {}), NodeFacts("n2", {}, "boot-1", {})]),
+        busy=frozenset({"n1"}),
+    )
+    result = reconciler(kube).run_once(snap, NOW)
+    assert [j["metadata"]["annotations"]["nodesysctl.io/node"] for j in kube.jobs_created] == ["n2"]
+    assert result.queued == {"n1"}
+    assert result.delay <= 5
+
+
+class RefusingClaims:
+    """Claims another policy's pass has taken for `taken` since the snapshot."""
+
+    def __init__(self, taken: set[str]) -> None:
+        self.taken = taken
+        self.released: list[tuple[str, str]] = []
+
+    def claim(self, node: str, policy: str, job: str) -> bool:
+        return node not in self.taken
+
+    def release(self, node: str, job: str) -> None:
+        self.released.append((node, job))
+
+
+def test_a_node_claimed_meanwhile_by_another_pass_is_not_checked_now() -> None:
+    kube = RecordingKube()
+    claims = RefusingClaims({"n1"})
+    pass_ = PolicyReconciler(
+        kube, JobSettings(namespace="jobs"), RestartLimiter(600, 10), claims=claims
+    )
+    result = pass_.run_once(
+        snapshot([NodeFacts("n1", {}, "boot-1", {}), NodeFacts("n2", {}, "boot-1", {})]), NOW
+    )
+    assert [j["metadata"]["annotations"]["nodesysctl.io/node"] for j in kube.jobs_created] == ["n2"]
+    assert result.queued == {"n1"}
+    assert claims.released == []
+
+
+def test_a_foreign_job_holding_the_name_gives_the_claim_back() -> None:
+    name, body = existing_job("uid-of-an-older-policy")
+    kube = RecordingKube(existing_jobs={name: body})
+    claims = RefusingClaims(set())
+    pass_ = PolicyReconciler(
+        kube, JobSettings(namespace="jobs"), RestartLimiter(600, 10), claims=claims
+    )
+    pass_.run_once(snapshot([NodeFacts("n1", {}, "boot-1", {})]), NOW)
+    assert claims.released == [("n1", name)]
+
+
+def test_results_remember_the_directory_persisted_and_checks_clean_the_earlier_ones() -> None:
+    kube = RecordingKube()
+    outcome = pod_outcome("job-n1", 0, agent_message("Remediated"), "Completed")
+    result = reconciler(kube).run_once(
+        snapshot(
+            [NodeFacts("n1", {}, "boot-1", {})],
+            jobs=[finished_job("n1")],
+            outcomes={"job-n1": outcome},
+        ),
+        NOW,
+    )
+    assert result.recorded["n1"].sysctl_dirs == ("/etc/sysctl.d",)
+
+    # The policy moved to /usr/local/lib/sysctl.d: its check there cleans /etc/sysctl.d.
+    moved = {**SPEC, "remediation": {"sysctlDir": "/usr/local/lib/sysctl.d"}}
+    again = RecordingKube()
+    node = NodeFacts("n1", {}, "boot-1", {POLICY: result.recorded["n1"]})
+    reconciler(again).run_once(snapshot([node], spec=moved), NOW)
+    args = again.jobs_created[0]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--sysctl-dir") + 1] == "/host/usr/local/lib/sysctl.d"
+    assert args[args.index("--clean-dir") + 1] == "/host/etc/sysctl.d"

@@ -189,6 +189,18 @@ def render_composed(
     return "\n".join(lines) + "\n"
 
 
+def render_settled(
+    policies: Sequence[str], port_range: PortRange | None, reserved: PortSet | None
+) -> str:
+    """The composed file the agent keeps on a node that already held these values of its own
+    (nothing written, nothing recorded as nodesysctl's): a compliant node, for the demo, the
+    bench and the tests."""
+    kept_range = port_range or PortRange(32768, 60999)
+    kept = merge_ranges(reserved or ())
+    values = KernelValues(kept_range, kept_range, kept, kept)
+    return render_composed(policies, port_range, reserved, values, Provenance())
+
+
 def ours_by_pattern(files: HostDir) -> list[str]:
     """The per-policy files (spec version 1 names) of ours in `files`, by name (among its first
     MAX_DIR_ENTRIES names: a directory anyone can fill must not fill the agent's memory)."""
