@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import datetime
 import logging
 from typing import Any
 
@@ -25,6 +26,7 @@ from nodesysctl import GROUP, PLURAL, VERSION
 from nodesysctl.compose import PolicyRanges
 from nodesysctl.config import OperatorConfig
 from nodesysctl.daemon import PolicyDaemon
+from nodesysctl.deletion import PolicyCleanup
 from nodesysctl.kube import Kube, new_api_client
 from nodesysctl.labels import (
     AGENT_APP,
@@ -54,6 +56,7 @@ class Operator:
     reconciler: PolicyReconciler
     state: OperatorState = dataclasses.field(default_factory=OperatorState)
     node_watch: NodeWatch | None = None
+    cleanup: PolicyCleanup | None = None
 
 
 def _operator(memo: Any) -> Operator:
@@ -74,7 +77,8 @@ async def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> Non
         protected_namespaces=(config.operator_namespace,),
         claims=state.claims,  # one agent Job per node, across all policies' passes
     )
-    memo.nodesysctl = Operator(config, kube, reconciler, state)
+    cleanup = PolicyCleanup(kube, config.job_settings(), state.claims)
+    memo.nodesysctl = Operator(config, kube, reconciler, state, cleanup=cleanup)
     settings.persistence.finalizer = f"{GROUP}/cleanup"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
@@ -211,16 +215,40 @@ async def reconcile_policy(name: str, uid: str, body: kopf.Body, memo: Any, **kw
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL)
-async def policy_deleted(name: str, memo: Any, **_: Any) -> None:
-    """Leave nothing behind: the policy's Jobs and its result annotations on Nodes."""
+async def policy_deleted(
+    name: str,
+    uid: str,
+    body: kopf.Body,
+    memo: Any,
+    runtime: datetime.timedelta,
+    **kwargs: Any,
+) -> None:
+    """Leave nothing behind (`nodesysctl.deletion`): first a cleanup check on every node the
+    policy checked, which rewrites the node's file for the policies that remain or removes it
+    (retried every few seconds while they run, bounded by `cleanup.CLEANUP_TIMEOUT_SECONDS`
+    since the deletion started); then the policy's Jobs and its result annotations on Nodes."""
     operator = _operator(memo)
+    await operator.state.nodes_listed.wait()
+    if operator.cleanup is not None:
+        snap = operator.state.snapshot(
+            name, uid, body, kwargs["job_index"], kwargs["agent_pod_index"], kwargs["policy_index"]
+        )
+        step = await asyncio.to_thread(
+            operator.cleanup.run_once,
+            snap,
+            runtime.total_seconds(),
+            datetime.datetime.now(datetime.UTC),
+        )
+        if not step.done:
+            raise kopf.TemporaryError(step.message, delay=step.retry_in)
     kube = operator.kube
     removed = await asyncio.to_thread(
         kube.delete_policy_jobs, operator.config.job_namespace, f"{LABEL_POLICY}={name}"
     )
     annotated = operator.state.nodes_with_results(name)
     await asyncio.to_thread(kube.clear_node_annotation, ANNOTATION_RESULT_PREFIX + name, annotated)
-    operator.state.forget_policy(name)  # and wakes the others: nodes it contested may be free
+    operator.state.forget_policy(name)  # and wakes the others: they compose without it now
     logger.info(
-        "policy %s deleted: %d jobs removed, %d nodes cleaned", name, removed, len(annotated)
-    )
+        "policy %s deleted: %d jobs removed, %d nodes' results removed",
+        name, removed, len(annotated),
+    )  # fmt: skip
