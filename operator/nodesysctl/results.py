@@ -245,6 +245,17 @@ def check_notices(outcome: PodOutcome | None) -> list[Notice]:
         return []
 
 
+def changed_the_kernel(agent: AgentResult) -> bool:
+    """Whether the agent wrote a sysctl, not only a file: only a changed value in the running
+    kernel is a reason to restart workloads (rewriting the persistence file, or moving an
+    earlier version's per-policy file into the node's one file, changes nothing they see).
+    The before/after values may be cut short in a long result; the actions name the writes
+    first, so either tells."""
+    values = ("ip_local_port_range", "ip_local_reserved_ports")
+    moved = any(getattr(agent.before, v) != getattr(agent.after, v) for v in values)
+    return moved or any(action.startswith("wrote net.") for action in agent.actions)
+
+
 def check_result(
     job: JobFacts,
     outcome: PodOutcome | None,
@@ -272,7 +283,7 @@ def check_result(
         checked_at=now,
         job=job.name,
         message=summarize_agent_result(agent),
-        restart_pending=changed and wants_restart(spec),
+        restart_pending=changed and wants_restart(spec) and changed_the_kernel(agent),
     )
 
 

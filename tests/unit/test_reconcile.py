@@ -175,7 +175,8 @@ def agent_message(status: str) -> str:
             "status": status,
             "mode": "Enforce",
             "checkedAt": "2026-11-25T12:00:00Z",
-            "actions": ["set range"],
+            # A sysctl written: only then does a remediation restart workloads (issue 12).
+            "actions": ["wrote net.ipv4.ip_local_port_range = 32768 60999 (was 1024 65000)"],
         }
     )
 

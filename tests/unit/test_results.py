@@ -131,10 +131,28 @@ def result_of(
     return check_result(facts or job("n1"), pod, spec, CURRENT, NOW)
 
 
+# Since issue 12 only a remediation that wrote a sysctl asks for restarts (these tests' agent
+# actions used to be a bare "set range"): see the file-only test below.
+SET_RANGE = "wrote net.ipv4.ip_local_port_range = 32768 60999 (was 1024 65000)"
+
+
 def test_a_remediation_asks_for_restarts_when_the_policy_restarts() -> None:
-    assert result_of(outcome("Remediated", actions=["set range"])) == NodeResult(
-        NodeState.REMEDIATED, CURRENT, "boot-1", NOW, "job-n1", "set range", restart_pending=True
+    assert result_of(outcome("Remediated", actions=[SET_RANGE])) == NodeResult(
+        NodeState.REMEDIATED, CURRENT, "boot-1", NOW, "job-n1", SET_RANGE, restart_pending=True
     )
+
+
+def test_a_remediation_of_the_file_alone_asks_for_no_restart() -> None:
+    # Moving an earlier version's per-policy file into the node's one file (every node, once,
+    # on upgrade) or rewriting it changes nothing a workload sees: no restart storm.
+    moved = outcome(
+        "Remediated",
+        actions=[
+            "created persistence file /etc/sysctl.d/zz-nodesysctl.conf",
+            "removed nodesysctl file /etc/sysctl.d/zz-nodesysctl-p.conf",
+        ],
+    )
+    assert result_of(moved).restart_pending is False
 
 
 @pytest.mark.parametrize(
@@ -146,7 +164,7 @@ def test_a_remediation_asks_for_restarts_when_the_policy_restarts() -> None:
     ],
 )
 def test_no_restart_pending_when_the_policy_does_not_restart(spec: NodeSysctlPolicySpec) -> None:
-    assert result_of(outcome("Remediated", actions=["set range"]), spec).restart_pending is False
+    assert result_of(outcome("Remediated", actions=[SET_RANGE]), spec).restart_pending is False
 
 
 def test_other_states_never_ask_for_restarts() -> None:
@@ -409,7 +427,7 @@ def pod_of(result: AgentResult) -> PodOutcome:
 
 def test_drifted_by_an_override_after_a_fix_still_asks_for_restarts() -> None:
     override = {"mode": "Enforce", "bootOverrides": [OVERRIDE]}
-    fixed = result_of(pod_of(full("Drifted", actions=["set range"], **override)))
+    fixed = result_of(pod_of(full("Drifted", actions=[SET_RANGE], **override)))  # see SET_RANGE
     assert (fixed.status, fixed.restart_pending) == (NodeState.DRIFTED, True)
     assert result_of(pod_of(full("Drifted", **override))).restart_pending is False
 
