@@ -16,7 +16,8 @@ from devcluster.install import JOB_NAMESPACE
 from devcluster.nodes import SimulatedNode
 from devcluster.waiting import wait_for
 from devcluster.workloads import deployment as deployment_body
-from nodesysctl.agent.persist import render
+from nodesysctl.agent.contract import COMPOSED_PERSIST_FILE
+from nodesysctl.agent.persist import render_settled
 from nodesysctl.labels import ANNOTATION_NODE, ANNOTATION_RESULT_PREFIX, LABEL_POLICY, RESTARTED_AT
 from nodesysctl.planning import NodeFacts, NodeResult, NodeState
 from nodesysctl.ports import PortRange
@@ -139,8 +140,9 @@ def rollouts(api: Any, namespace: str, name: str) -> tuple[int, str | None]:
 
 
 def render_persisted(policy: str, reserved: tuple[PortRange, ...]) -> str:
-    """The persistence file the agent writes for the default range and these reserved ports."""
-    return render(policy, PortRange(32768, 60999), reserved)
+    """The persistence file the agent keeps for the default range and these reserved ports on
+    a node that already holds them (since issue 12 one composed file per node)."""
+    return render_settled([policy], PortRange(32768, 60999), reserved)
 
 
 def enforce_spec(selector: dict[str, str], **extra: Any) -> dict[str, Any]:
@@ -170,9 +172,7 @@ def test_widened_node_is_fixed_persisted_reported_and_its_workload_restarted_onc
     drifted: SimulatedNode = node_factory(sysctls=WIDENED)
     healthy: SimulatedNode = node_factory(sysctls={RESERVED: "10250,30000-32767"})
     persisted_already = render_persisted(name, (PortRange(10250, 10250), PortRange(30000, 32767)))
-    (healthy.host_path("/etc/sysctl.d") / f"zz-nodesysctl-{name}.conf").write_text(
-        persisted_already
-    )
+    (healthy.host_path("/etc/sysctl.d") / COMPOSED_PERSIST_FILE).write_text(persisted_already)
     deployment(api_client, test_namespace, "selected", drifted.name, {"restart": "yes"})
     deployment(api_client, test_namespace, "unselected", drifted.name)
     deployment(api_client, test_namespace, "on-healthy", healthy.name, {"restart": "yes"})
@@ -198,11 +198,11 @@ def test_widened_node_is_fixed_persisted_reported_and_its_workload_restarted_onc
     assert drifted.get_sysctl(RANGE) == KERNEL_DEFAULT_RANGE
     assert "30000-32767" in drifted.get_sysctl(RESERVED)
     assert "10250" in drifted.get_sysctl(RESERVED)
-    persisted = drifted.sysctl_conf_files()[f"zz-nodesysctl-{name}.conf"]
+    persisted = drifted.sysctl_conf_files()[COMPOSED_PERSIST_FILE]
     assert "net.ipv4.ip_local_port_range = 32768 60999" in persisted
     # The healthy node was only checked: nothing to change there.
     assert healthy.get_sysctl(RANGE) == KERNEL_DEFAULT_RANGE
-    assert healthy.sysctl_conf_files()[f"zz-nodesysctl-{name}.conf"] == persisted_already
+    assert healthy.sysctl_conf_files()[COMPOSED_PERSIST_FILE] == persisted_already
 
     # Status and per-node results tell the story.
     status = body["status"]
@@ -476,9 +476,12 @@ def test_conflicting_policies_are_reported_on_both_and_the_older_one_wins(
     older, younger = f"{test_id}-older", f"{test_id}-younger"
     policies.create(older, enforce_spec(node_factory.selector))
     wait_node_state(api_client, node.name, older, NodeState.REMEDIATED)
+    # Changed on purpose with issue 12: the younger policy allowed 40000-60999, which now
+    # composes with the older one (the node narrows into the intersection, tests/e2e/
+    # test_compose.py); 20000-29999 has no port in common with 32768-60999 and conflicts.
     policies.create(
         younger,
-        enforce_spec(node_factory.selector, ports={"ephemeralRange": {"min": 40000, "max": 60999}}),
+        enforce_spec(node_factory.selector, ports={"ephemeralRange": {"min": 20000, "max": 29999}}),
     )
 
     for name in (older, younger):
