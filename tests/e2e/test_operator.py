@@ -526,7 +526,7 @@ def test_a_file_that_would_undo_the_fix_at_boot_is_named_and_one_read_before_our
     assert "tuning" not in fixed.message
     for node in (overridden, fine):
         assert node.get_sysctl(RANGE) == KERNEL_DEFAULT_RANGE
-        assert f"zz-nodesysctl-{name}.conf" in node.sysctl_conf_files()
+        assert COMPOSED_PERSIST_FILE in node.sysctl_conf_files()  # one file per node (issue 12)
     assert tuning.read_text() == widening  # never someone else's file
     events = events_for(api_client, overridden.name, "PersistOverridden")
     assert events
