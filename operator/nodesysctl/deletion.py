@@ -22,7 +22,7 @@ from nodesysctl.cleanup import CLEANUP_POLL_SECONDS, CleanupCheck, CleanupPlan, 
 from nodesysctl.jobs import JobSettings, build_agent_job
 from nodesysctl.kube import node_ref, policy_ref
 from nodesysctl.observed import PodOutcome
-from nodesysctl.reconcile import IO_PARALLELISM, Claims, PassClient, Snapshot
+from nodesysctl.reconcile import IO_PARALLELISM, Claims, PassClient, Snapshot, admitted
 from nodesysctl.results import verify_job, verify_outcome
 
 logger = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ class PolicyCleanup:
             uid=snap.uid,
             spec=spec,
             nodes=snap.nodes,
-            remaining=snap.other_policies,
+            remaining=admitted(snap.other_policies, self.settings),
             jobs=snap.jobs,
             outcomes=self._outcomes(snap),
             busy=snap.busy,

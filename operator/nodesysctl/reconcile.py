@@ -239,6 +239,12 @@ def _kept_report(status: Mapping[str, Any], spec: NodeSysctlPolicySpec) -> Mappi
     return previous if reporting and previous and previous.get("mode") == "Report" else None
 
 
+def admitted(policies: Iterable[PolicyRanges], settings: JobSettings) -> list[PolicyRanges]:
+    """The policies whose values may be applied: one the operator's allowlists refuse is
+    Invalid (`admission.admit`) and applies nothing, not even through another's composition."""
+    return [p for p in policies if not admit(p.spec, settings)]
+
+
 class PolicyReconciler:
     def __init__(
         self,
@@ -324,7 +330,8 @@ class PolicyReconciler:
 
         # The composition on each node the policy selects (`nodesysctl.compose`): who enforces
         # what there, and who conflicts with whom. A node another policy keeps is skipped.
-        policies = precedence([PolicyRanges(snap.name, snap.created, spec), *snap.other_policies])
+        itself = PolicyRanges(snap.name, snap.created, spec)
+        policies = precedence([itself, *admitted(snap.other_policies, self.settings)])
         compositions = {
             n.name: compose(n.name, n.labels, policies)
             for n in snap.nodes

@@ -1061,3 +1061,17 @@ def test_results_remember_the_directory_persisted_and_checks_clean_the_earlier_o
     args = again.jobs_created[0]["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args[args.index("--sysctl-dir") + 1] == "/host/usr/local/lib/sysctl.d"
     assert args[args.index("--clean-dir") + 1] == "/host/etc/sysctl.d"
+
+
+def test_a_policy_the_operator_does_not_admit_takes_no_part_in_a_composition() -> None:
+    # Its own passes report it Invalid; its values must not reach the node through another's.
+    kube = RecordingKube()
+    refused = other("pinned", OLDER, job={"image": "registry.example/other:1"}, **NARROW)
+    snap = dataclasses.replace(
+        snapshot([NodeFacts("n1", {}, "boot-1", {})]), other_policies=[refused]
+    )
+    reconciler(kube).run_once(snap, NOW)
+    [job] = kube.jobs_created
+    spec = agent_spec(job)
+    assert spec.policies == [POLICY]
+    assert (spec.ephemeral.lo, spec.ephemeral.hi) == (32768, 60999)
