@@ -2,9 +2,10 @@
 
 Anyone who can create pods in the job namespace can label one with a Job's job-name label and
 have it report "Compliant". Before the operator checked owners, that pod's message was taken
-for the Job's result whenever the Job's own pod left none (here: a ResourceQuota of zero pods
-keeps the Job controller from creating it, and the Job runs into its deadline; a taint would not
-do, since a node whose taint the policy does not tolerate now waits and gets no Job at all).
+for the Job's result whenever the Job's own pod left none (here: a one-pod ResourceQuota that
+another pod holds keeps the Job controller from creating it, and the Job runs into its
+deadline. A taint would not do: a node whose taint the policy does not tolerate waits and gets
+no Job. Nor would a quota the pod alone exceeds: that fails the node at once, as a refusal).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from .test_operator import enforce_spec, events_for, node_result, read_json, wai
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
 NO_PODS_QUOTA = "nodesysctl-e2e-no-pods"
+QUOTA_HOLDER = "nodesysctl-e2e-quota-holder"
 
 
 def forged_agent_pod(name: str, job: str, policy: str, node: str) -> dict[str, Any]:
@@ -77,17 +79,37 @@ def job_namespace_pods(api_client: Any) -> Iterator[list[str]]:
 
 
 @pytest.fixture
-def no_new_pods(api_client: Any) -> Iterator[None]:
-    """A ResourceQuota of zero pods in the job namespace while the test runs: the Job
-    controller's pod creation is refused (FailedCreate), pods that already finished are not
-    counted."""
+def no_new_pods(api_client: Any, node_factory: Any) -> Iterator[None]:
+    """A one-pod ResourceQuota in the job namespace, held by a pod that keeps running, while
+    the test runs: the Job controller's pod creation is refused (FailedCreate) for as long as
+    another pod holds the quota, which the operator leaves to the Job's deadline."""
     core: Any = client.CoreV1Api(api_client)
-    quota = {"metadata": {"name": NO_PODS_QUOTA}, "spec": {"hard": {"pods": "0"}}}
+    holder_node: SimulatedNode = node_factory(netns=False)
+    holder = {
+        "metadata": {"name": QUOTA_HOLDER},
+        "spec": {
+            "nodeName": holder_node.name,
+            "containers": [{"name": "hold", "image": "registry.k8s.io/pause:3.10"}],
+        },
+    }
+    core.create_namespaced_pod(JOB_NAMESPACE, holder)
+    wait_for(
+        lambda: (
+            read_json(core.read_namespaced_pod, QUOTA_HOLDER, JOB_NAMESPACE)
+            .get("status", {})
+            .get("phase")
+            == "Running"
+        ),
+        timeout=30,
+        what="the quota's holder pod to run",
+    )
+    quota = {"metadata": {"name": NO_PODS_QUOTA}, "spec": {"hard": {"pods": "1"}}}
     core.create_namespaced_resource_quota(JOB_NAMESPACE, quota)
     try:
         yield
     finally:
         core.delete_namespaced_resource_quota(NO_PODS_QUOTA, JOB_NAMESPACE)
+        core.delete_namespaced_pod(QUOTA_HOLDER, JOB_NAMESPACE, grace_period_seconds=0)
 
 
 def test_a_forged_compliant_result_is_not_recorded_and_names_the_pod(
