@@ -11,11 +11,13 @@ that use these fixtures are skipped, or fail when ``NODESYSCTL_REQUIRE_CONTROLPL
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
 import shutil
 from collections.abc import Callable, Generator, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -204,9 +206,26 @@ class RealNodeFactory:
         self.nodes.append(node)
         return node
 
+    def many(self, *sysctls: Mapping[str, str] | None) -> list[RealNode]:
+        """One node per ``sysctls`` entry, started in parallel (each is mostly waiting)."""
+        names = [f"{self.test_id}-r{len(self.nodes) + i}" for i in range(len(sysctls))]
+        with ThreadPoolExecutor(len(names) or 1) as pool:
+            futures = [
+                pool.submit(self.cluster.add_real_node, name, self.selector, sysctls=values)
+                for name, values in zip(names, sysctls, strict=True)
+            ]
+            nodes = []
+            for future in futures:
+                with contextlib.suppress(Exception):
+                    nodes.append(future.result())
+        self.nodes.extend(nodes)
+        for future in futures:
+            future.result()  # raises the first failure, once all are accounted for
+        return nodes
+
     def cleanup(self) -> None:
-        for node in self.nodes:
-            self.cluster.remove_real_node(node.name)
+        with ThreadPoolExecutor(len(self.nodes) or 1) as pool:
+            list(pool.map(self.cluster.remove_real_node, [n.name for n in self.nodes]))
         self.nodes.clear()
 
 

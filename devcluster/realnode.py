@@ -40,6 +40,7 @@ import signal
 import subprocess
 import uuid
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -93,6 +94,28 @@ def _run(argv: list[str], *, check: bool = True, timeout: float = 60) -> str:
 def _die_with_parent() -> None:  # pragma: no cover - runs in the forked child
     with contextlib.suppress(Exception):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)
+
+
+# PR_SET_PDEATHSIG fires when the *thread* that forked the child ends, not the process: a node
+# started from a short-lived thread (DevCluster users start nodes in parallel) would be killed
+# as soon as that thread finished. Every node process is therefore forked by this one thread,
+# which lives as long as the Python process.
+_SPAWNER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="realnode-spawner")
+
+
+def _spawn(argv: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+    def spawn() -> subprocess.Popen[bytes]:
+        with log_path.open("ab") as out:
+            return subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
+
+    return _SPAWNER.submit(spawn).result()
 
 
 def _alive(pid: int) -> bool:
@@ -466,15 +489,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             "--kill-child", shutil.which("tini") or "tini", "--",
             "bash", str(INIT_SCRIPT), str(self.dir),
         ]  # fmt: skip
-        with (self.dir / "logs" / "init.log").open("ab") as out:
-            self._process = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=_die_with_parent,
-            )
+        self._process = _spawn(argv, self.dir / "logs" / "init.log")
 
         def started() -> bool:
             if self._process is not None and self._process.poll() is not None:
@@ -505,15 +520,10 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         sock = self.dir / "apiserver.sock"
         sock.unlink(missing_ok=True)
         port = self.control_plane.ports.apiserver
-        with (self.dir / "logs" / "relay-host.log").open("ab") as out:
-            self._relay = subprocess.Popen(
-                ["socat", f"UNIX-LISTEN:{sock},fork,mode=600", f"TCP:127.0.0.1:{port}"],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=_die_with_parent,
-            )
+        self._relay = _spawn(
+            ["socat", f"UNIX-LISTEN:{sock},fork,mode=600", f"TCP:127.0.0.1:{port}"],
+            self.dir / "logs" / "relay-host.log",
+        )
         wait_for(sock.exists, timeout=10, what=f"relay socket of {self.name}")
 
     def stop_processes(self) -> None:

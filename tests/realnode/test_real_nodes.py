@@ -57,11 +57,8 @@ ALREADY_RESERVED = {RESERVED: f"10250,{NODEPORTS}"}
 def nodes(real_node_factory: Any) -> dict[str, RealNode]:
     """Three real nodes: one widened (the seed's incident), one with the ports already
     reserved, one at the kernel defaults."""
-    return {
-        "widened": real_node_factory(sysctls=WIDENED),
-        "reserved": real_node_factory(sysctls=ALREADY_RESERVED),
-        "default": real_node_factory(),
-    }
+    widened, reserved, default = real_node_factory.many(WIDENED, ALREADY_RESERVED, None)
+    return {"widened": widened, "reserved": reserved, "default": default}
 
 
 @pytest.fixture(scope="module")
