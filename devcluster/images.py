@@ -194,6 +194,7 @@ def build_pause() -> Image:
                       "--config.user", "65535:65535", "--no-history"])  # fmt: skip
                 _to_docker_archive(oci, "pause", ref, archive)
             log.info("built the pause image %s in %.1fs", ref, time.monotonic() - started)
+            _prune("pause-*.tar", keep=3)
     return Image(ref, archive, PAUSE_ALIASES)
 
 
@@ -347,7 +348,20 @@ def build_nodesysctl() -> Image:
             _run(config)
             _to_docker_archive(oci, "image", ref, archive)
         log.info("built %s in %.1fs", ref, time.monotonic() - started)
+        _prune("nodesysctl-*.tar", keep=3)
+        _prune("base-*", keep=2)
     return Image(ref, archive)
+
+
+def _prune(pattern: str, keep: int) -> None:
+    """Keep the ``keep`` newest cache entries matching ``pattern`` (each code change makes a
+    new ~300 MB archive); the caller holds that image's lock."""
+    entries = sorted(images_dir().glob(pattern), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in entries[keep:]:
+        if old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink(missing_ok=True)
 
 
 def build_images() -> Images:
