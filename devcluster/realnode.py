@@ -451,14 +451,12 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             "imageGCLowThresholdPercent": 99,
             "serializeImagePulls": False,
             "registerWithTaints": self.taints or None,
-            "nodeStatusReportFrequency": "10s",
+            # Periodic pod resync (default 1m): pods come back sooner after a reboot.
             "syncFrequency": "10s",
-            "fileCheckFrequency": "10s",
             "protectKernelDefaults": False,
             "resolvConf": "/etc/resolv.conf",
             "rotateCertificates": False,
             "serverTLSBootstrap": False,
-            "shutdownGracePeriod": "0s",
         }
         (d / "kubelet-config.yaml").write_text(
             yaml.safe_dump({k: v for k, v in config.items() if v is not None})
