@@ -10,61 +10,24 @@ the reboot of a node it fixed).
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from devcluster.cluster import DevCluster
 from devcluster.images import NODESYSCTL_NAME
-from devcluster.install import JOB_NAMESPACE, OPERATOR_NAMESPACE, REPO
-from devcluster.realnode import REAL_NODE_LABEL, RELAY_ADDRESS
+from devcluster.install import (
+    JOB_NAMESPACE,
+    OPERATOR_DEPLOYMENT,
+    OPERATOR_NAMESPACE,
+    registryless_overlay,
+)
 from devcluster.waiting import wait_for
 
-OPERATOR = "nodesysctl-operator"
-UPSTREAM_IMAGE = "ghcr.io/nodesysctl/nodesysctl"
-
-
-def test_overlay(directory: Path, image_ref: str) -> Path:
-    """A kustomization over manifests/overlays/default that changes what a cluster without a
-    registry needs and nothing else: the image (kustomize `images:`, and the agent image env
-    that must match it), `imagePullPolicy: Never`, the API server's address as pods on these
-    nodes reach it (the relay in each node's namespace), and the real nodes (no simulated node
-    may get the operator's pod: it would "run" it without a process)."""
-    name, _, tag = image_ref.rpartition(":")
-    directory.mkdir(parents=True, exist_ok=True)
-    patch = {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": OPERATOR, "namespace": OPERATOR_NAMESPACE},
-        "spec": {"template": {"spec": {
-            "nodeSelector": {REAL_NODE_LABEL: "true"},
-            "containers": [{
-                "name": "operator",
-                "imagePullPolicy": "Never",
-                "env": [
-                    {"name": "NODESYSCTL_AGENT_IMAGE", "value": image_ref},
-                    {"name": "KUBERNETES_SERVICE_HOST", "value": RELAY_ADDRESS},
-                    {"name": "KUBERNETES_SERVICE_PORT", "value": "443"},
-                ],
-            }],
-        }}},
-    }  # fmt: skip
-    (directory / "registryless.yaml").write_text(yaml.safe_dump(patch))
-    kustomization = {
-        "apiVersion": "kustomize.config.k8s.io/v1beta1",
-        "kind": "Kustomization",
-        "resources": [os.path.relpath(REPO / "manifests" / "overlays" / "default", directory)],
-        "images": [{"name": UPSTREAM_IMAGE, "newName": name, "newTag": tag}],
-        "patches": [{"path": "registryless.yaml"}],
-    }
-    (directory / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
-    return directory
+OPERATOR = OPERATOR_DEPLOYMENT
 
 
 def read_json(call: Any, *args: Any, **kwargs: Any) -> Any:
@@ -95,7 +58,7 @@ def installed(
     cluster = real_nodes_available
     image = cluster.images.nodesysctl
     assert image.ref.startswith(NODESYSCTL_NAME + ":")
-    overlay = test_overlay(tmp_path_factory.mktemp("overlay"), image.ref)
+    overlay = registryless_overlay(tmp_path_factory.mktemp("overlay"), image.ref)
     cluster.kubectl("apply", "-k", str(overlay), "--server-side", "--force-conflicts",
                     "--field-manager=realnode-lane")  # fmt: skip
     api = cluster.api
