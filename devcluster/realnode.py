@@ -59,7 +59,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 INIT_SCRIPT = Path(__file__).with_name("realnode_init.sh")
-NETNS_PREFIX = "nsr-"
+REAL_NETNS_PREFIX = "nsr-"
 VETH_PREFIX = "nsrv"
 NODE_SUBNETS = ipaddress.ip_network("10.250.0.0/16")  # a /30 per node: host .1, node .2
 POD_SUBNETS = ipaddress.ip_network("10.251.0.0/16")  # a /24 per node (inside its netns only)
@@ -130,7 +130,7 @@ def _alive(pid: int) -> bool:
 
 def realnode_netns_name(cluster_tag: str, node_name: str) -> str:
     digest = hashlib.sha256(f"{cluster_tag}/{node_name}".encode()).hexdigest()[:10]
-    return NETNS_PREFIX + digest
+    return REAL_NETNS_PREFIX + digest
 
 
 # ----------------------------------------------------------------------------------- slots
@@ -256,7 +256,7 @@ class RealNode:
         self.boot_sysctls = {**KERNEL_DEFAULTS, **(sysctls or {})}
         self.slot: int | None = None
         self.host_ip = self.ip = self.pod_subnet = ""
-        self.veth = VETH_PREFIX + netns.removeprefix(NETNS_PREFIX)[:8]
+        self.veth = VETH_PREFIX + netns.removeprefix(REAL_NETNS_PREFIX)[:8]
         self.boot_id = str(uuid.uuid4())
         self._process: subprocess.Popen[bytes] | None = None
         self._relay: subprocess.Popen[bytes] | None = None
