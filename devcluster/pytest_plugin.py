@@ -223,6 +223,11 @@ class RealNodeFactory:
             future.result()  # raises the first failure, once all are accounted for
         return nodes
 
+    def remove(self, node: RealNode) -> None:
+        """Stop and delete one node now."""
+        self.cluster.remove_real_node(node.name)
+        self.nodes.remove(node)
+
     def cleanup(self) -> None:
         with ThreadPoolExecutor(len(self.nodes) or 1) as pool:
             list(pool.map(self.cluster.remove_real_node, [n.name for n in self.nodes]))

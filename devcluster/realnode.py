@@ -176,11 +176,11 @@ def _cmdline(pid: int) -> bytes:
         return b""
 
 
-def _no_pids_in_namespace(pidns: str) -> bool:
-    return not _pids_in_namespace(pidns)
+def _nopids_in_namespace(pidns: str) -> bool:
+    return not pids_in_namespace(pidns)
 
 
-def _pids_in_namespace(pidns: str) -> list[int]:
+def pids_in_namespace(pidns: str) -> list[int]:
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit() and _pid_namespace(int(entry.name)) == pidns:
@@ -213,12 +213,12 @@ def reap_real_nodes(cluster_dir: Path) -> None:
             pidns = (node_dir / "pidns").read_text().strip()
             # A dead namespace's number may be reused: only processes that name the node's
             # directory on their command line (all of a node's do) are the node's.
-            for pid in _pids_in_namespace(pidns):
+            for pid in pids_in_namespace(pidns):
                 if str(node_dir).encode() in _cmdline(pid):
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGKILL)
             wait_for(
-                functools.partial(_no_pids_in_namespace, pidns),
+                functools.partial(_nopids_in_namespace, pidns),
                 timeout=10,
                 what="node processes gone",
             )
@@ -536,11 +536,11 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         self._process = None
         if self._pidns:
             pidns = self._pidns
-            for pid in _pids_in_namespace(pidns):
+            for pid in pids_in_namespace(pidns):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
             wait_for(
-                functools.partial(_no_pids_in_namespace, pidns),
+                functools.partial(_nopids_in_namespace, pidns),
                 timeout=30,
                 what=f"node {self.name}'s processes gone",
             )

@@ -6,7 +6,9 @@ hostNetwork workload restarted for real, and a real reboot (systemd-sysctl, a ne
 from __future__ import annotations
 
 import json
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,8 +16,9 @@ from kubernetes import client
 
 from devcluster import images
 from devcluster.cluster import DevCluster
+from devcluster.images import PAUSE_ALIASES
 from devcluster.install import JOB_NAMESPACE, OPERATOR_NAMESPACE
-from devcluster.realnode import RealNode
+from devcluster.realnode import KUBELET_TUNABLES, RealNode, pids_in_namespace
 from devcluster.waiting import wait_for
 from devcluster.workloads import deployment as deployment_body
 from nodesysctl.labels import LABEL_RESTART_OPT_IN
@@ -39,6 +42,7 @@ from .conftest import agent_pods, operator_log, read_json
 pytestmark = [pytest.mark.realnode, pytest.mark.timeout(600)]
 
 NODEPORTS = "30000-32767"
+PAUSE = PAUSE_ALIASES[0]
 LIST_DISTRIBUTIONS = """
 import importlib.metadata, json, os, sys
 print(json.dumps({
@@ -53,8 +57,22 @@ print(json.dumps({
 ALREADY_RESERVED = {RESERVED: f"10250,{NODEPORTS}"}
 
 
+MACHINE_KEYS = (*KUBELET_TUNABLES, RANGE, RESERVED)
+
+
+def machine_sysctls() -> dict[str, str]:
+    """This machine's own values (this process runs in the machine's namespaces)."""
+    return {key: Path("/proc/sys", key.replace(".", "/")).read_text() for key in MACHINE_KEYS}
+
+
 @pytest.fixture(scope="module")
-def nodes(real_node_factory: Any) -> dict[str, RealNode]:
+def machine_before() -> dict[str, str]:
+    """The machine's kernel settings before any real node of this module started."""
+    return machine_sysctls()
+
+
+@pytest.fixture(scope="module")
+def nodes(machine_before: dict[str, str], real_node_factory: Any) -> dict[str, RealNode]:
     """Three real nodes: one widened (the seed's incident), one with the ports already
     reserved, one at the kernel defaults."""
     widened, reserved, default = real_node_factory.many(WIDENED, ALREADY_RESERVED, None)
@@ -83,9 +101,15 @@ def kubectl_exec(cluster: DevCluster, pod: str, *command: str) -> Any:
 
 
 def test_the_shipped_deployment_runs_the_built_image_on_a_real_node(
-    nodes: dict[str, RealNode], installed: dict[str, Any], real_nodes_available: DevCluster
+    machine_before: dict[str, str],
+    nodes: dict[str, RealNode],
+    installed: dict[str, Any],
+    real_nodes_available: DevCluster,
 ) -> None:
     cluster = real_nodes_available
+    # Three kubelets started and none changed the machine's kernel (their tuning went to
+    # files in each node's mount namespace).
+    assert machine_sysctls() == machine_before
     pod = read_json(
         client.CoreV1Api(cluster.api).read_namespaced_pod,
         installed["metadata"]["name"],
@@ -128,6 +152,7 @@ def test_the_shipped_deployment_runs_the_built_image_on_a_real_node(
 
 
 def test_the_seed_scenario_on_real_nodes(
+    machine_before: dict[str, str],
     nodes: dict[str, RealNode],
     policies: Policies,
     workload_namespace: str,
@@ -169,6 +194,9 @@ def test_the_seed_scenario_on_real_nodes(
     result = node_result(api, widened.name, name)
     assert result is not None
     assert result.status == NodeState.REMEDIATED
+    # ... and the machine's own kernel and /etc/sysctl.d were left alone.
+    assert machine_sysctls() == machine_before
+    assert not list(Path("/etc/sysctl.d").glob("zz-nodesysctl-*"))
 
     # Each agent ran in a real container: its result is the pod's termination message, and
     # `kubectl logs` shows the same JSON line.
@@ -235,3 +263,41 @@ def test_a_reboot_is_detected_rechecked_and_the_fix_survives(
                              timeout=180)  # fmt: skip
     assert result.boot_id == boot_id
     assert node.get_sysctl(RANGE) == KERNEL_DEFAULT_RANGE
+
+
+# --- 4. stopping a node ----------------------------------------------------------------------
+
+
+def test_a_stopped_node_leaves_no_process_mount_cgroup_or_netns(
+    real_node_factory: Any, workload_namespace: str, real_nodes_available: DevCluster
+) -> None:
+    api = real_nodes_available.api
+    node: RealNode = real_node_factory()
+    pod: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "on-a-doomed-node", "labels": {"app": "doomed"}},
+        "spec": {"nodeName": node.name, "containers": [{"name": "app", "image": PAUSE}]},
+    }
+    core: Any = client.CoreV1Api(api)
+    core.create_namespaced_pod(workload_namespace, pod)
+    wait_running_pod(api, workload_namespace, "doomed")
+    containers = [p.name for p in (node.dir / "runc" / "k8s.io").iterdir()]
+    # At least the sandbox and the app (the policy's agent may have run there too).
+    assert len(containers) >= 2
+    pidns = (node.dir / "pidns").read_text().strip()
+    assert pids_in_namespace(pidns)
+
+    real_node_factory.remove(node)
+
+    assert pids_in_namespace(pidns) == []
+    assert not [c for c in Path("/sys/fs/cgroup").glob("*/k8s.io/*") if c.name in containers]
+    assert str(node.dir) not in Path("/proc/self/mountinfo").read_text()
+    assert (
+        node.netns
+        not in subprocess.run(
+            ["ip", "netns", "list"], capture_output=True, text=True, check=True
+        ).stdout
+    )
+    assert not Path("/sys/class/net", node.veth).exists()
+    assert not node.dir.exists()
