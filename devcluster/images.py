@@ -195,7 +195,7 @@ def build_pause() -> Image:
                 _to_docker_archive(oci, "pause", ref, archive)
             log.info("built the pause image %s in %.1fs", ref, time.monotonic() - started)
             _prune("pause-*.tar", keep=3)
-    return Image(ref, archive, PAUSE_ALIASES)
+    return Image(ref, _used(archive), PAUSE_ALIASES)
 
 
 # ----------------------------------------------------------------------------------- nodesysctl
@@ -321,9 +321,11 @@ def build_nodesysctl() -> Image:
     archive = images_dir() / f"nodesysctl-{key}.tar"
     with _locked("nodesysctl"):
         if archive.exists():
-            return Image(ref, archive)
+            _used(base)
+            return Image(ref, _used(archive))
         if not base.exists():
             _build_base(base)
+        _used(base)
         started = time.monotonic()
         with tempfile.TemporaryDirectory(dir=images_dir()) as tmp_name:
             tmp = Path(tmp_name)
@@ -353,11 +355,24 @@ def build_nodesysctl() -> Image:
     return Image(ref, archive)
 
 
+PRUNE_AFTER = 3600.0  # seconds since an entry was last built or used
+
+
+def _used(path: Path) -> Path:
+    """Mark a cache entry as used now (pruning goes by that), and return it."""
+    with contextlib.suppress(OSError):
+        os.utime(path)
+    return path
+
+
 def _prune(pattern: str, keep: int) -> None:
-    """Keep the ``keep`` newest cache entries matching ``pattern`` (each code change makes a
-    new ~300 MB archive); the caller holds that image's lock."""
+    """Remove cache entries matching ``pattern`` beyond the ``keep`` most recently used ones,
+    if unused for an hour (each code change makes a new ~300 MB archive; another checkout's
+    session may be using an older one right now). The caller holds that image's lock."""
     entries = sorted(images_dir().glob(pattern), key=lambda p: p.stat().st_mtime, reverse=True)
     for old in entries[keep:]:
+        if time.time() - old.stat().st_mtime < PRUNE_AFTER:
+            continue
         if old.is_dir():
             shutil.rmtree(old, ignore_errors=True)
         else:
