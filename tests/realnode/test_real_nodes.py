@@ -21,6 +21,7 @@ from devcluster.install import JOB_NAMESPACE, OPERATOR_NAMESPACE
 from devcluster.realnode import KUBELET_TUNABLES, RealNode, pids_in_namespace
 from devcluster.waiting import wait_for
 from devcluster.workloads import deployment as deployment_body
+from nodesysctl.agent.contract import COMPOSED_PERSIST_FILE
 from nodesysctl.labels import LABEL_RESTART_OPT_IN
 from nodesysctl.planning import NodeState
 
@@ -189,14 +190,14 @@ def test_the_seed_scenario_on_real_nodes(
         assert node.get_sysctl(RANGE) == KERNEL_DEFAULT_RANGE
         assert NODEPORTS in node.get_sysctl(RESERVED)
         assert "10250" in node.get_sysctl(RESERVED)
-        persisted = node.sysctl_conf_files()[f"zz-nodesysctl-{name}.conf"]
+        persisted = node.sysctl_conf_files()[COMPOSED_PERSIST_FILE]
         assert f"{RANGE} = 32768 60999" in persisted
     result = node_result(api, widened.name, name)
     assert result is not None
     assert result.status == NodeState.REMEDIATED
     # ... and the machine's own kernel and /etc/sysctl.d were left alone.
     assert machine_sysctls() == machine_before
-    assert not list(Path("/etc/sysctl.d").glob("zz-nodesysctl-*"))
+    assert not list(Path("/etc/sysctl.d").glob("zz-nodesysctl*"))
 
     # Each agent ran in a real container: its result is the pod's termination message, and
     # `kubectl logs` shows the same JSON line.
