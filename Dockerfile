@@ -7,15 +7,18 @@
 # and keep the tag in front of it for readers. Both stages must use the same base (the venv
 # links /usr/local/bin/python3.11; tests/unit/test_manifests.py checks the two FROM lines agree).
 
-# --- builder: the project's wheel plus wheels of its pinned dependencies --------------------
+# --- builder: the project's wheel plus its locked dependencies ------------------------------
+# requirements.lock pins every dependency to one file by hash; `make image` (devcluster/images.py,
+# the image the dev cluster's real nodes run) installs the same lock, so the two cannot drift.
 FROM python:3.11-slim-bookworm@sha256:2e32f7d302adc1c37428355c1e646897c0c53f4fd60b6a551245fb90ee129f91 AS builder
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore
 WORKDIR /src
-COPY pyproject.toml ./
+COPY requirements.lock pyproject.toml ./
 COPY operator ./operator
-RUN python -m pip wheel --wheel-dir /wheels .
+RUN python -m pip download --only-binary=:all: --require-hashes --dest /wheels -r requirements.lock \
+    && python -m pip wheel --no-deps --wheel-dir /wheels .
 
 # --- final: a venv installed from those wheels only (no network, no compiler, no pip) --------
 FROM python:3.11-slim-bookworm@sha256:2e32f7d302adc1c37428355c1e646897c0c53f4fd60b6a551245fb90ee129f91
@@ -30,8 +33,10 @@ ENV PATH=/opt/venv/bin:$PATH \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
+    --mount=type=bind,from=builder,source=/src/requirements.lock,target=/requirements.lock \
     python -m venv /opt/venv \
-    && /opt/venv/bin/pip install --no-index --find-links=/wheels nodesysctl \
+    && /opt/venv/bin/pip install --no-index --find-links=/wheels --require-hashes -r /requirements.lock \
+    && /opt/venv/bin/pip install --no-index --no-deps /wheels/nodesysctl-*.whl \
     && /opt/venv/bin/pip uninstall --yes pip \
     && groupadd --system --gid 65532 nodesysctl \
     && useradd --system --uid 65532 --gid 65532 --no-create-home \

@@ -61,10 +61,22 @@ demo: $(STAMP) controlplane ## The seed's incident fixed live on a local control
 
 .PHONY: unit
 unit: $(STAMP) ## Fast tests: pure logic and the agent on real network namespaces
-	$(BIN)/pytest -m 'not integration and not e2e'
+	$(BIN)/pytest -m 'not integration and not e2e and not realnode'
+
+.PHONY: node-runtime
+node-runtime: ## Install the real nodes' runtime (containerd, runc, CNI, tini, socat, image tools; apt, root)
+	bash hack/install-node-runtime.sh
+
+.PHONY: image
+image: $(STAMP) node-runtime ## The operator/agent image and the pause image, without Docker (cached; root)
+	$(BIN)/python -m devcluster.images
+
+.PHONY: realnode
+realnode: $(STAMP) controlplane image ## Only the real-node lane (tests/realnode, a few minutes; also part of make test)
+	NODESYSCTL_REQUIRE_CONTROLPLANE=1 $(BIN)/pytest tests/realnode -m realnode -v
 
 .PHONY: test
-test: lint controlplane ## Everything: lint, unit, netns, integration, end-to-end tests, fault matrix
+test: lint controlplane image ## Everything: lint, unit, netns, integration, end-to-end, real nodes, fault matrix
 	NODESYSCTL_REQUIRE_CONTROLPLANE=1 NODESYSCTL_REQUIRE_NETNS=1 NODESYSCTL_FAULTS=1 $(BIN)/pytest
 
 .PHONY: faults

@@ -3,6 +3,7 @@ for poking at things by hand).
 
     python -m devcluster up --nodes 3 --label node-role.kubernetes.io/worker= \\
         --sysctl net.ipv4.ip_local_port_range="1024 65000"
+    python -m devcluster up --real-nodes --nodes 2   # real kubelets, containerd and runc
     python -m devcluster where      # the binaries directory, or how to build it
 
 ``up`` prints the kubeconfig path and one line per node (its netns and host root), writes the
@@ -45,16 +46,25 @@ def _up(args: argparse.Namespace) -> int:
     cluster = DevCluster(ControlPlane(directory, keep_dir=args.keep))
     with cluster:
         names = [f"{args.prefix}{i}" for i in range(args.nodes)]
-        nodes = [
-            cluster.add_node(name, labels, netns=not args.no_netns, sysctls=sysctls)
-            for name in names
-        ]
+        table: dict[str, dict[str, str | None]]
+        if args.real_nodes:
+            real = [cluster.add_real_node(name, labels, sysctls=sysctls) for name in names]
+            table = {n.name: {"netns": n.netns, "hostRoot": str(n.dir), "ip": n.ip} for n in real}
+        else:
+            nodes = [
+                cluster.add_node(name, labels, netns=not args.no_netns, sysctls=sysctls)
+                for name in names
+            ]
+            table = {
+                n.name: {
+                    "netns": n.netns,
+                    "hostRoot": str(n.host_root),
+                    "procSys": str(n.proc_sys),
+                }
+                for n in nodes
+            }
         if args.kubeconfig_out:
             shutil.copy(cluster.kubeconfig, args.kubeconfig_out)
-        table = {
-            n.name: {"netns": n.netns, "hostRoot": str(n.host_root), "procSys": str(n.proc_sys)}
-            for n in nodes
-        }
         (cluster.dir / "nodes.json").write_text(json.dumps(table, indent=2) + "\n")
         print(f"API server:  {cluster.server}")
         print(f"kubeconfig:  {args.kubeconfig_out or cluster.kubeconfig}")
@@ -86,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--label", action="append", default=[], help="KEY=VALUE on every node")
     up.add_argument("--sysctl", action="append", default=[], help="KEY=VALUE at boot")
     up.add_argument("--no-netns", action="store_true", help="fake /proc/sys trees, no netns")
+    up.add_argument("--real-nodes", action="store_true",
+                    help="real nodes: kubelet, containerd, runc (make image)")  # fmt: skip
     up.add_argument("--dir", help="cluster directory (default: a new temp dir)")
     up.add_argument("--keep", action="store_true", help="keep the cluster directory at exit")
     up.add_argument("--kubeconfig-out", help="also copy the admin kubeconfig here")

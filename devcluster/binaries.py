@@ -11,6 +11,9 @@ from pathlib import Path
 
 KUBERNETES_VERSION = "v1.36.3"  # must match hack/controlplane/k8s/go.mod (a test checks it)
 BINARY_NAMES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
+# Built by the same `make controlplane`, but only real nodes need it: an envtest-style
+# KUBEBUILDER_ASSETS directory without it still serves the control plane.
+KUBELET = "kubelet"
 
 
 class BinariesNotFoundError(RuntimeError):
@@ -53,6 +56,17 @@ class Binaries:
     @property
     def kubectl(self) -> Path:
         return self.path("kubectl")
+
+    @property
+    def kubelet(self) -> Path:
+        """The kubelet beside the control plane binaries, else the one in the build cache
+        (``make controlplane`` builds it there when KUBEBUILDER_ASSETS lacks it)."""
+        for directory in (self.directory, default_bin_dir()):
+            if os.access(directory / KUBELET, os.X_OK):
+                return directory / KUBELET
+        raise BinariesNotFoundError(
+            f"no kubelet in {self.directory} or {default_bin_dir()}; run `make controlplane`"
+        )
 
 
 def _complete(directory: Path) -> bool:

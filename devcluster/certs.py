@@ -48,6 +48,8 @@ CLIENT_IDENTITIES = {
     "admin": "/O=system:masters/CN=nodesysctl-admin",
     "kube-controller-manager": "/CN=system:kube-controller-manager",
     "kube-scheduler": "/CN=system:kube-scheduler",
+    # What the API server shows a (real) kubelet for logs, exec and port-forward.
+    "kube-apiserver-kubelet-client": "/O=system:masters/CN=kube-apiserver-kubelet-client",
 }
 
 DAYS = "3650"
@@ -154,6 +156,15 @@ def make_pki(directory: Path, *, extra_sans: tuple[str, ...] = ("IP:10.0.0.1",))
     return Pki(
         directory, ca, apiserver, sa_key, sa_pub, clients, front_proxy_ca, front_proxy_client
     )
+
+
+def node_client_cert(pki: Pki, node: str, directory: Path) -> KeyPair:
+    """A kubelet's client certificate, ``/O=system:nodes/CN=system:node:<node>``: the Node
+    authorizer and NodeRestriction give it its own Node, its pods and their objects only."""
+    directory.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(pki.directory / "openssl.cnf", directory / "openssl.cnf")
+    return _signed(directory, "kubelet-client", f"/O=system:nodes/CN=system:node:{node}",
+                   "client", pki.ca)  # fmt: skip
 
 
 def write_kubeconfig(path: Path, *, server: str, ca: Path, client: KeyPair, user: str) -> Path:

@@ -21,8 +21,10 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from .controlplane import DIR_PREFIX, OWNER_FILE, ControlPlane
+from .images import Images, build_images
 from .kubelet import SimulatedKubelet
 from .nodes import SimulatedNode, netns_name
+from .realnode import RealNode, realnode_netns_name, reap_real_nodes
 from .waiting import wait_for
 
 log = logging.getLogger(__name__)
@@ -42,7 +44,8 @@ def _alive(pid: int) -> bool:
 
 
 def reap_stale_clusters(tmp: Path | None = None) -> list[Path]:
-    """Remove what dev clusters of dead processes left (a SIGKILLed pytest): their network
+    """Remove what dev clusters of dead processes left (a SIGKILLed pytest): their real
+    nodes' leftovers (stray processes, container cgroups, address slots), their network
     namespaces and directories. Their components died with them (PR_SET_PDEATHSIG)."""
     reaped = []
     for directory in sorted((tmp or Path(tempfile.gettempdir())).glob(f"{DIR_PREFIX}*")):
@@ -52,6 +55,7 @@ def reap_stale_clusters(tmp: Path | None = None) -> list[Path]:
             continue  # being set up right now, or not ours
         if _alive(owner):
             continue
+        reap_real_nodes(directory)
         netns_list = directory / NETNS_LIST
         if netns_list.exists():
             for name in netns_list.read_text().split():
@@ -78,6 +82,8 @@ class DevCluster:
         self._kubelet: SimulatedKubelet | None = None
         self._api: Any = None
         self.nodes: dict[str, SimulatedNode] = {}
+        self.real_nodes: dict[str, RealNode] = {}
+        self._images: Images | None = None
         self._stopped = False
 
     # ----------------------------------------------------------------- lifecycle
@@ -123,6 +129,9 @@ class DevCluster:
         for node in list(self.nodes.values()):
             node.destroy()
         self.nodes.clear()
+        for real in list(self.real_nodes.values()):
+            real.destroy()
+        self.real_nodes.clear()
         if self._api is not None:
             self._api.close()
             self._api = None
@@ -234,6 +243,64 @@ class DevCluster:
         node = self.nodes.pop(name, None)
         if node is not None:
             node.delete()
+
+    @property
+    def images(self) -> Images:
+        """The nodesysctl and pause images real nodes import (built, or from the cache)."""
+        if self._images is None:
+            self._images = build_images()
+        return self._images
+
+    def add_real_node(
+        self,
+        name: str,
+        labels: Mapping[str, str] | None = None,
+        *,
+        sysctls: Mapping[str, str] | None = None,
+        taints: list[dict[str, str]] | None = None,
+        wait_ready: bool = True,
+    ) -> RealNode:
+        """A real node (devcluster.realnode): its own network, mount and PID namespaces,
+        containerd, runc and a kubelet that registers the Node itself, with ``sysctls``
+        applied to its network namespace before it starts. With ``wait_ready`` it returns
+        once the node is schedulable."""
+        if name in self.nodes or name in self.real_nodes:
+            raise ValueError(f"node {name} exists already")
+        node = RealNode(
+            name,
+            control_plane=self.control_plane,
+            directory=self.dir / "realnodes" / name,
+            netns=realnode_netns_name(self.tag, name),
+            images=self.images,
+            labels=labels,
+            sysctls=sysctls,
+            taints=taints,
+        )
+        self.real_nodes[name] = node
+        try:
+            with (self.dir / NETNS_LIST).open("a") as netns_list:
+                netns_list.write(node.netns + "\n")
+            node.create()
+            node.wait_registered_and_label(self.api)
+        except BaseException:
+            self.real_nodes.pop(name, None)
+            node.destroy()
+            raise
+        if wait_ready:
+            self.wait_node_schedulable(name, timeout=120)
+        return node
+
+    def remove_real_node(self, name: str) -> None:
+        """Stop and remove a real node, and delete its Node object."""
+        node = self.real_nodes.pop(name, None)
+        if node is None:
+            return
+        node.destroy()
+        try:
+            client.CoreV1Api(self.api).delete_node(name)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
 
     def wait_node_schedulable(self, name: str, timeout: float = 60) -> None:
         core: Any = client.CoreV1Api(self.api)

@@ -351,6 +351,13 @@ class ControlPlane:
                 f"--proxy-client-cert-file={pki.front_proxy_client.cert}",
                 f"--proxy-client-key-file={pki.front_proxy_client.key}",
                 "--authorization-mode=Node,RBAC",
+                # Real nodes' kubelets (devcluster.realnode) each get only their own Node.
+                "--enable-admission-plugins=NodeRestriction",
+                # Logs/exec/port-forward: the API server reaches a real kubelet at the node's
+                # own address (inside its network namespace), never by resolving its name.
+                "--kubelet-preferred-address-types=InternalIP",
+                f"--kubelet-client-certificate={pki.clients['kube-apiserver-kubelet-client'].cert}",
+                f"--kubelet-client-key={pki.clients['kube-apiserver-kubelet-client'].key}",
                 f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
                 f"--service-account-key-file={pki.service_account_pub}",
                 f"--service-account-signing-key-file={pki.service_account_key}",

@@ -40,6 +40,7 @@ from .binaries import BinariesNotFoundError, find_binaries
 from .cluster import DevCluster
 from .controlplane import ControlPlane
 from .nodes import SimulatedNode
+from .realnode import RealNode
 from .waiting import wait_for
 from .workloads import deployment
 
@@ -100,20 +101,25 @@ def stamp() -> str:
 
 
 class Demo:
-    def __init__(self, cluster: DevCluster, workdir: Path) -> None:
+    def __init__(self, cluster: DevCluster, workdir: Path, *, real_nodes: bool = False) -> None:
         self.cluster = cluster
         self.workdir = workdir
+        self.real_nodes = real_nodes
         self.core: Any = client.CoreV1Api(cluster.api)
         self.apps: Any = client.AppsV1Api(cluster.api)
         self.custom: Any = client.CustomObjectsApi(cluster.api)
-        self.nodes: dict[str, SimulatedNode] = {}
+        self.nodes: dict[str, SimulatedNode | RealNode] = {}
 
     # --- set-up --------------------------------------------------------------------------
 
     def add_nodes(self) -> None:
-        step("Simulated worker nodes, each a real Linux network namespace")
+        if self.real_nodes:
+            step("Real worker nodes: kubelet, containerd and runc, each in its own namespaces")
+        else:
+            step("Simulated worker nodes, each a real Linux network namespace")
         for name, sysctls, why in NODES:
-            node = self.cluster.add_node(name, WORKER, sysctls=sysctls)
+            add = self.cluster.add_real_node if self.real_nodes else self.cluster.add_node
+            node = add(name, WORKER, sysctls=sysctls)
             self.nodes[name] = node
             say(f"    {name:9} ip_local_port_range={self.range_of(node):12} ({why})")
         # worker-4 has the persistence file a previous run would have left, so it is compliant.
@@ -137,7 +143,9 @@ class Demo:
             self.cluster, self.workdir / "operator.kubeconfig"
         )
         log = self.workdir / "operator.log"
-        operator = install.start_operator(kubeconfig, log)
+        # Real nodes run the agent from the locally built image (they have no registry).
+        extra = ["--agent-image", self.cluster.images.nodesysctl.ref] if self.real_nodes else []
+        operator = install.start_operator(kubeconfig, log, *extra)
         say(f"    operator running as system:serviceaccount:{install.OPERATOR_NAMESPACE}:"
             f"{install.SERVICE_ACCOUNT} (log: {log})")  # fmt: skip
         return operator
@@ -246,7 +254,7 @@ class Demo:
     # --- small readers -------------------------------------------------------------------
 
     @staticmethod
-    def range_of(node: SimulatedNode) -> str:
+    def range_of(node: SimulatedNode | RealNode) -> str:
         return node.get_sysctl(RANGE).replace("\t", "-")
 
     def result_of(self, name: str) -> Any:
@@ -308,6 +316,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--non-interactive", action="store_true",
                         help="do not wait for Ctrl-C at the end (CI)")  # fmt: skip
     parser.add_argument("--timeout", type=float, default=180.0)
+    parser.add_argument("--real-nodes", action="store_true",
+                        help="real kubelets, containerd and runc instead of simulated nodes "
+                        "(builds the images first: make image)")  # fmt: skip
     args = parser.parse_args(argv)
     interactive = not args.non_interactive and sys.stdin.isatty()
     if os.geteuid() != 0:
@@ -327,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             cluster.start()
             say(f"    API server at {cluster.server}")
-            demo = Demo(cluster, workdir)
+            demo = Demo(cluster, workdir, real_nodes=args.real_nodes)
             demo.add_nodes()
             operator = demo.install()
             demo.deploy_apps()

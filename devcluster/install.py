@@ -12,11 +12,14 @@ from typing import Any
 import yaml
 
 from .cluster import DevCluster
+from .realnode import REAL_NODE_LABEL, RELAY_ADDRESS
 
 REPO = Path(__file__).resolve().parents[1]
 OPERATOR_NAMESPACE = "nodesysctl-system"
 JOB_NAMESPACE = "nodesysctl-jobs"
 SERVICE_ACCOUNT = "nodesysctl-operator"
+OPERATOR_DEPLOYMENT = "nodesysctl-operator"
+UPSTREAM_IMAGE = "ghcr.io/nodesysctl/nodesysctl"
 # The operator's identity and permissions; the Deployment is left out because the dev cluster
 # runs the operator as a local process (its pod would not run anything here).
 RBAC_KINDS = frozenset(
@@ -78,3 +81,40 @@ def start_operator(kubeconfig: Path, log_path: Path, *extra: str) -> subprocess.
             *extra]  # fmt: skip
     with log_path.open("ab") as log:
         return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+
+
+def registryless_overlay(directory: Path, image_ref: str) -> Path:
+    """A kustomization over manifests/overlays/default that changes what a cluster without a
+    registry needs and nothing else: the image (kustomize `images:`, and the agent image env
+    that must match it), `imagePullPolicy: Never`, the API server's address as pods on these
+    nodes reach it (the relay in each node's namespace), and the real nodes (no simulated node
+    may get the operator's pod: it would "run" it without a process)."""
+    name, _, tag = image_ref.rpartition(":")
+    directory.mkdir(parents=True, exist_ok=True)
+    patch = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": OPERATOR_DEPLOYMENT, "namespace": OPERATOR_NAMESPACE},
+        "spec": {"template": {"spec": {
+            "nodeSelector": {REAL_NODE_LABEL: "true"},
+            "containers": [{
+                "name": "operator",
+                "imagePullPolicy": "Never",
+                "env": [
+                    {"name": "NODESYSCTL_AGENT_IMAGE", "value": image_ref},
+                    {"name": "KUBERNETES_SERVICE_HOST", "value": RELAY_ADDRESS},
+                    {"name": "KUBERNETES_SERVICE_PORT", "value": "443"},
+                ],
+            }],
+        }}},
+    }  # fmt: skip
+    (directory / "registryless.yaml").write_text(yaml.safe_dump(patch))
+    kustomization = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": [os.path.relpath(REPO / "manifests" / "overlays" / "default", directory)],
+        "images": [{"name": UPSTREAM_IMAGE, "newName": name, "newTag": tag}],
+        "patches": [{"path": "registryless.yaml"}],
+    }
+    (directory / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+    return directory

@@ -64,6 +64,20 @@ def _run(argv: list[str], *, input: str | None = None) -> str:
     return proc.stdout
 
 
+def netns_set_sysctl(netns: str, key: str, value: str) -> None:
+    """Write a sysctl inside a network namespace (the kernel checks and formats it)."""
+    _run(
+        ["nsenter", f"--net=/run/netns/{netns}", "sh", "-c",
+         'printf "%s\\n" "$1" > "/proc/sys/$2"', "sh", value, sysctl_path(key)],
+    )  # fmt: skip
+
+
+def netns_get_sysctl(netns: str, key: str) -> str:
+    """A sysctl as the kernel prints it inside a network namespace, without the newline."""
+    out = _run(["nsenter", f"--net=/run/netns/{netns}", "cat", f"/proc/sys/{sysctl_path(key)}"])
+    return out.rstrip("\n")
+
+
 def netns_name(cluster_tag: str, node_name: str) -> str:
     digest = hashlib.sha256(f"{cluster_tag}/{node_name}".encode()).hexdigest()[:10]
     return NETNS_PREFIX + digest
@@ -133,25 +147,18 @@ class SimulatedNode:
     def set_sysctl(self, key: str, value: str) -> None:
         """Write a sysctl of this node, e.g. ``set_sysctl("net.ipv4.ip_local_port_range",
         "1024 65000")``. In a netns this is the kernel's own check and format."""
-        rel = sysctl_path(key)
         if self.netns:
-            _run(
-                ["nsenter", f"--net=/run/netns/{self.netns}", "sh", "-c",
-                 'printf "%s\\n" "$1" > "/proc/sys/$2"', "sh", value, rel],
-            )  # fmt: skip
+            netns_set_sysctl(self.netns, key, value)
         else:
-            path = self.proc_sys / rel
+            path = self.proc_sys / sysctl_path(key)
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(kernel_format(key, value) + "\n")
 
     def get_sysctl(self, key: str) -> str:
         """The value as the kernel prints it, without the trailing newline."""
-        rel = sysctl_path(key)
         if self.netns:
-            out = _run(["nsenter", f"--net=/run/netns/{self.netns}", "cat", f"/proc/sys/{rel}"])
-        else:
-            out = (self.proc_sys / rel).read_text()
-        return out.rstrip("\n")
+            return netns_get_sysctl(self.netns, key)
+        return (self.proc_sys / sysctl_path(key)).read_text().rstrip("\n")
 
     def sysctl_conf_files(self) -> dict[str, str]:
         """The files in the node's /etc/sysctl.d (what a persisting agent wrote)."""

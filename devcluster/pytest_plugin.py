@@ -11,10 +11,13 @@ that use these fixtures are skipped, or fail when ``NODESYSCTL_REQUIRE_CONTROLPL
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
+import shutil
 from collections.abc import Callable, Generator, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -23,7 +26,9 @@ import pytest
 from .binaries import BinariesNotFoundError, find_binaries
 from .cluster import DevCluster
 from .controlplane import ControlPlane, ControlPlaneError
+from .images import ImageBuildError
 from .nodes import SimulatedNode
+from .realnode import RealNode
 
 REQUIRE_ENV = "NODESYSCTL_REQUIRE_CONTROLPLANE"
 TEST_ID_LABEL = "nodesysctl.io/test-id"
@@ -167,6 +172,95 @@ class NodeFactory:
         self.nodes.clear()
 
 
+# What a real node runs (hack/install-node-runtime.sh installs them; `make test` runs it).
+REAL_NODE_TOOLS = ("containerd", "containerd-shim-runc-v2", "runc", "ctr", "tini", "socat",
+                   "umoci", "skopeo", "debootstrap", "nsenter", "unshare")  # fmt: skip
+
+
+class RealNodeFactory:
+    """Makes this test's real nodes (:class:`RealNode`); every one carries ``selector``."""
+
+    def __init__(self, cluster: DevCluster, test_id: str) -> None:
+        self.cluster = cluster
+        self.test_id = test_id
+        self.nodes: list[RealNode] = []
+
+    @property
+    def selector(self) -> dict[str, str]:
+        return {TEST_ID_LABEL: self.test_id}
+
+    def __call__(
+        self,
+        labels: Mapping[str, str] | None = None,
+        *,
+        sysctls: Mapping[str, str] | None = None,
+        name: str | None = None,
+        taints: list[dict[str, str]] | None = None,
+    ) -> RealNode:
+        node = self.cluster.add_real_node(
+            name or f"{self.test_id}-r{len(self.nodes)}",
+            {**self.selector, **(labels or {})},
+            sysctls=sysctls,
+            taints=taints,
+        )
+        self.nodes.append(node)
+        return node
+
+    def many(self, *sysctls: Mapping[str, str] | None) -> list[RealNode]:
+        """One node per ``sysctls`` entry, started in parallel (each is mostly waiting)."""
+        names = [f"{self.test_id}-r{len(self.nodes) + i}" for i in range(len(sysctls))]
+        with ThreadPoolExecutor(len(names) or 1) as pool:
+            futures = [
+                pool.submit(self.cluster.add_real_node, name, self.selector, sysctls=values)
+                for name, values in zip(names, sysctls, strict=True)
+            ]
+            nodes = []
+            for future in futures:
+                with contextlib.suppress(Exception):
+                    nodes.append(future.result())
+        self.nodes.extend(nodes)
+        for future in futures:
+            future.result()  # raises the first failure, once all are accounted for
+        return nodes
+
+    def remove(self, node: RealNode) -> None:
+        """Stop and delete one node now."""
+        self.cluster.remove_real_node(node.name)
+        self.nodes.remove(node)
+
+    def cleanup(self) -> None:
+        with ThreadPoolExecutor(len(self.nodes) or 1) as pool:
+            list(pool.map(self.cluster.remove_real_node, [n.name for n in self.nodes]))
+        self.nodes.clear()
+
+
+@pytest.fixture(scope="session")
+def real_nodes_available(devcluster: DevCluster) -> DevCluster:
+    """The dev cluster, once the node runtime and the images are there (else skip or fail,
+    as for the control plane)."""
+    missing = [tool for tool in REAL_NODE_TOOLS if shutil.which(tool) is None]
+    if missing:
+        _cannot_run(f"real nodes need {', '.join(missing)}: run `make node-runtime`")
+    try:
+        devcluster.control_plane.binaries.kubelet  # noqa: B018 - raises if it is not built
+        devcluster.images  # noqa: B018 - builds them, or takes them from the cache
+    except (BinariesNotFoundError, ImageBuildError) as exc:
+        _cannot_run(str(exc))
+    return devcluster
+
+
+@pytest.fixture(scope="module")
+def real_node_factory(
+    real_nodes_available: DevCluster, request: pytest.FixtureRequest
+) -> Iterator[RealNodeFactory]:
+    """``real_node_factory(labels, sysctls={...})`` -> a schedulable :class:`RealNode` named
+    ``<module id>-r<i>``; all of them are stopped and deleted after the module (real nodes
+    take seconds to start, so a module's tests share them)."""
+    factory = RealNodeFactory(real_nodes_available, "m" + secrets.token_hex(3))
+    yield factory
+    factory.cleanup()
+
+
 @pytest.fixture
 def node_factory(devcluster: DevCluster, test_id: str) -> Iterator[NodeFactory]:
     """``node_factory(labels, sysctls={...}, netns=True)`` -> a Ready :class:`SimulatedNode`;
@@ -192,3 +286,9 @@ def pytest_runtest_makereport(
     errors = "\n".join(cluster.kubelet_errors[-20:])
     report.sections.append(("simulated kubelet errors", errors or "(none)"))
     report.sections.append(("dev control plane logs (tails)", cluster.control_plane.logs()))
+    for node in cluster.real_nodes.values():
+        tails = "\n".join(
+            f"----- {part}\n" + "\n".join(node.log(part).splitlines()[-40:])
+            for part in ("init", "kubelet", "containerd")
+        )
+        report.sections.append((f"real node {node.name} logs (tails)", tails))

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Build (or reuse) the local control plane used by the integration tests and the demo:
-# etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kubectl, compiled from
-# the Go modules pinned in hack/controlplane/{k8s,etcd}/go.mod (see docs/controlplane.md).
+# etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl and the kubelet (for
+# the real nodes), compiled from the Go modules pinned in hack/controlplane/{k8s,etcd}/go.mod
+# (see docs/controlplane.md).
 #
-#   KUBEBUILDER_ASSETS  a directory that already holds all five binaries: build nothing
+#   KUBEBUILDER_ASSETS  a directory that already holds the five control-plane binaries: build
+#                       none of them (and not the kubelet either, if it is there too)
 #   NODESYSCTL_CACHE    cache root (default ~/.cache/nodesysctl); binaries go to
 #                       $NODESYSCTL_CACHE/controlplane/<k8s version>/
 #   GO                  the go command (default: go on PATH, else /usr/local/go/bin/go)
@@ -24,28 +26,39 @@ K8S_MAJOR=${BASH_REMATCH[1]}
 K8S_MINOR=${BASH_REMATCH[2]}
 [[ -n $ETCD_VERSION ]] || { echo "cannot read the etcd version from $ETCD_MODULE_DIR/go.mod" >&2; exit 1; }
 
-BINARIES=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl)
+CONTROL_PLANE=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl)
+BINARIES=("${CONTROL_PLANE[@]}" kubelet)
 CACHE_ROOT=${NODESYSCTL_CACHE:-$HOME/.cache/nodesysctl}
 DEST=$CACHE_ROOT/controlplane/$K8S_VERSION
 
 log() { printf '[controlplane %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 
-has_all() {
+has_all() {  # dir name...
     local dir=$1 name
-    for name in "${BINARIES[@]}"; do
+    shift
+    for name in "$@"; do
         [[ -x $dir/$name ]] || return 1
     done
 }
 
+# What is already there is not built: the control plane from a complete KUBEBUILDER_ASSETS
+# (devcluster.binaries uses it, and its kubelet if it has one), the rest from the cache.
+SKIP=()
 if [[ -n ${KUBEBUILDER_ASSETS:-} ]]; then
-    if has_all "$KUBEBUILDER_ASSETS"; then
-        log "KUBEBUILDER_ASSETS=$KUBEBUILDER_ASSETS has all of ${BINARIES[*]}: nothing to build"
-        exit 0
+    if has_all "$KUBEBUILDER_ASSETS" "${CONTROL_PLANE[@]}"; then
+        SKIP=("${CONTROL_PLANE[@]}")
+        has_all "$KUBEBUILDER_ASSETS" kubelet && SKIP+=(kubelet)
+        log "KUBEBUILDER_ASSETS=$KUBEBUILDER_ASSETS provides ${SKIP[*]}"
+        if ((${#SKIP[@]} == ${#BINARIES[@]})); then
+            log "nothing to build"
+            exit 0
+        fi
+    else
+        log "KUBEBUILDER_ASSETS=$KUBEBUILDER_ASSETS lacks some of ${CONTROL_PLANE[*]}: using $DEST instead"
     fi
-    log "KUBEBUILDER_ASSETS=$KUBEBUILDER_ASSETS lacks some of ${BINARIES[*]}: using $DEST instead"
 fi
 
-if has_all "$DEST"; then
+if has_all "$DEST" "${BINARIES[@]}"; then
     log "reusing $DEST (Kubernetes $K8S_VERSION, etcd $ETCD_VERSION)"
     exit 0
 fi
@@ -82,6 +95,10 @@ done
 
 build_one() {  # name, module dir, package, ldflags
     local name=$1 dir=$2 pkg=$3 ldflags=$4 start
+    if [[ " ${SKIP[*]} " == *" $name "* ]]; then
+        log "$name: from KUBEBUILDER_ASSETS"
+        return
+    fi
     if [[ -x $DEST/$name ]]; then
         log "$name: already built"
         return
@@ -95,9 +112,9 @@ build_one() {  # name, module dir, package, ldflags
 
 TOTAL_START=$SECONDS
 build_one etcd "$ETCD_MODULE_DIR" go.etcd.io/etcd/server/v3 "-s -w"
-for name in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
+for name in kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet; do
     build_one "$name" "$K8S_MODULE_DIR" "k8s.io/kubernetes/cmd/$name" "$K8S_LDFLAGS"
 done
 log "all binaries in $DEST ($((SECONDS - TOTAL_START))s)"
-"$DEST/kube-apiserver" --version >&2
+"$DEST/kubelet" --version >&2
 "$DEST/etcd" --version | head -1 >&2

@@ -47,10 +47,10 @@ def test_the_dev_extras_pin_the_build_backend() -> None:
     assert backend <= set(PROJECT["optional-dependencies"]["dev"])
 
 
-def test_the_image_builds_from_pyproject_and_operator_only() -> None:
+def test_the_image_builds_from_the_lock_pyproject_and_operator_only() -> None:
     text = (REPO / "Dockerfile").read_text()
-    copies = [line.split()[1] for line in text.splitlines() if line.startswith("COPY ")]
-    assert copies == ["pyproject.toml", "operator"]
+    copies = [line.split()[1:-1] for line in text.splitlines() if line.startswith("COPY ")]
+    assert copies == [["requirements.lock", "pyproject.toml"], ["operator"]]
 
 
 def test_the_wheel_holds_only_the_nodesysctl_package(wheel: zipfile.ZipFile) -> None:

@@ -1,0 +1,1 @@
+"""The real-node lane: the built image and the shipped manifests on real kubelets."""
