@@ -247,6 +247,12 @@ def build_agent_job(
     when it persists); `check_hash`: the check's spec hash for the label
     (`planning.node_spec_hash`; the policy's own `spec_hash` when empty). The pod's
     tolerations, image and limits are the policy's.
+
+    The admission fence admits this shape and nothing else in the job namespace
+    (manifests/base/fence.yaml, nodesysctl-job-namespace-agent-jobs: the image, the command, the
+    arguments but the spec, the one variable, the volumes and mounts, the pod and container
+    fields): change the two together (tests/unit/test_fence_manifests.py and
+    tests/integration/test_fence.py hold them to each other).
     """
     labels = job_labels(policy, order.node, check_hash or spec_hash(spec))
     agent = build_agent_spec(policy, spec, target)

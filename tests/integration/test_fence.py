@@ -4,11 +4,14 @@ The default overlay's namespaces, RBAC and fence are applied as the dev cluster 
 (`install.operator_rbac_documents`). The operator is its ServiceAccount's token only (no
 impersonation); the job-namespace user is `--as` a user bound to `edit` there, which RBAC lets
 do all of it, so every refusal below is the fence's. Each denial is asserted on the policy's
-name and message, each allowance by the change being there afterwards.
+name and message, each allowance by the change being there afterwards. The Jobs created here
+are the operator's own shape (`build_agent_job`), which the agent-jobs rule demands, unless a
+test is about another shape.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import subprocess
 from collections.abc import Callable, Iterator, Mapping
@@ -30,12 +33,13 @@ from devcluster.install import (
 )
 from devcluster.waiting import wait_for
 from nodesysctl import GROUP, PLURAL, VERSION
-from nodesysctl.jobs import build_node_result_patch, build_restart_patch
+from nodesysctl.jobs import JobSettings, build_node_result_patch, build_restart_patch
 from nodesysctl.kube import Rest
-from nodesysctl.labels import AGENT_APP, LABEL_APP, LABEL_POLICY, RESTART_WAVE, RESTARTED_AT
+from nodesysctl.labels import LABEL_APP, LABEL_POLICY, RESTART_WAVE, RESTARTED_AT
+from nodesysctl.planning import HostDirs
 
 from ..fence import FENCE_MESSAGE as FENCE
-from ..fence import apply_fenced, operator_rest
+from ..fence import agent_job, apply_fenced, operator_rest
 
 pytestmark = pytest.mark.integration
 
@@ -45,6 +49,7 @@ NODES = "nodesysctl-operator-nodes"
 NODE_RESULTS = "nodesysctl-node-results"
 POLICIES = "nodesysctl-operator-policies"
 CREATE = "nodesysctl-job-namespace-create"
+AGENT_JOBS = "nodesysctl-job-namespace-agent-jobs"
 INTEGRITY = "nodesysctl-job-namespace-integrity"
 NO_SHELL = "nodesysctl-job-namespace-no-shell"
 
@@ -296,19 +301,13 @@ PODS = f"/api/v1/namespaces/{JOB_NAMESPACE}/pods"
 
 
 def job(name: str, node: str, *, agent: bool) -> dict[str, Any]:
-    """A Job pinned to `node`. With `agent`, the simulated kubelet really runs its command
-    (`python -c pass`: it completes); without, its pod just stays Running."""
-    labels = {LABEL_APP: AGENT_APP} if agent else {"app": name}
-    return {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": {"name": name, "namespace": JOB_NAMESPACE,
-                     "labels": {LABEL_POLICY: "fence-test"}},
-        "spec": {"backoffLimit": 0, "template": {"metadata": {"labels": labels}, "spec": {
-            "nodeName": node, "restartPolicy": "Never", "automountServiceAccountToken": False,
-            "containers": [{"name": "agent", "image": "registry.example/agent:1",
-                            "command": ["python", "-c", "pass"]}]}}},
-    }  # fmt: skip
+    """The operator's agent Job for `node` (an Audit check). With `agent`, the simulated kubelet
+    really runs the agent (it completes); without, the pod lacks the agent label the simulated
+    kubelet looks for (the fence does not look at labels) and just stays Running."""
+    body = agent_job(name, node)
+    if not agent:
+        body["spec"]["template"]["metadata"]["labels"] = {"app": name}
+    return body
 
 
 def pod_body(name: str, node: str) -> dict[str, Any]:
@@ -456,7 +455,7 @@ def test_job_namespace_editor_cannot_touch_what_the_operator_trusts(
                                      "--overwrite", editor)  # fmt: skip
             assert "labels and annotations the operator trusts" in message
         kubectl_fenced(kubectl, INTEGRITY, "annotate", ns, target, f"{GROUP}/node=other",
-                       editor)  # fmt: skip
+                       "--overwrite", editor)  # fmt: skip
         # Keys the operator does not read stay the editor's to change.
         kubectl("label", ns, target, "color=blue", editor)
     image = {"spec": {"containers": [{"name": "agent", "image": "evil.example/rootkit"}]}}
@@ -478,7 +477,8 @@ def test_break_glass_and_the_job_controllers_name(
     tmp_path: Path,
 ) -> None:  # fmt: skip
     """Who could delete the fence's bindings anyway (system:masters, a cluster-admin) passes
-    the create, integrity and node-results rules; the Job controller only for a Job's pod."""
+    the create, agent-jobs, integrity and node-results rules; the Job controller only for a
+    Job's pod."""
     name, pod = running_job
     node = node_factory(netns=False)
     admin_user = f"{test_id}-admin"
@@ -489,10 +489,16 @@ def test_break_glass_and_the_job_controllers_name(
              timeout=30, what="the cluster-admin binding to take effect")  # fmt: skip
     manifest = tmp_path / "pod.json"
     manifest.write_text(json.dumps(pod_body(f"{test_id}-glass", node.name)))
+    # Not the operator's shape either: break glass may run something else by hand.
+    by_hand = tmp_path / "job.json"
+    body = job(f"{test_id}-glass", node.name, agent=False)
+    body["spec"]["template"]["spec"]["containers"][0].update(image="busybox", command=["true"])
+    by_hand.write_text(json.dumps(body))
     dry = ["--dry-run=server", f"--namespace={JOB_NAMESPACE}"]
     try:
         for who in ([], [f"--as={admin_user}"]):
             kubectl("create", "-f", str(manifest), *dry, *who)
+            kubectl("create", "-f", str(by_hand), *dry, *who)
             kubectl("label", f"pod/{pod}", f"{LABEL_POLICY}=by-hand", "--overwrite", *dry, *who)
             kubectl("annotate", f"node/{node.name}", f"{GROUP}/result.{test_id}=by-hand",
                     "--overwrite", "--dry-run=server", *who)  # fmt: skip
@@ -520,42 +526,230 @@ def test_break_glass_and_the_job_controllers_name(
     assert "only the nodesysctl operator creates Jobs" in message
 
 
-# --- what the fence leaves open, and a node's own requests (docs/security.md, Threat model) --
+# --- what the operator's token may run: the agent, nothing else ------------------------------
 
 
-def test_the_operators_token_can_run_any_privileged_pod_on_any_node(
+def dry_create(rest: Rest, body: dict[str, Any]) -> Any:
+    """POST the Job as a server-side dry run: all of admission, nothing stored."""
+    return rest.request("POST", JOBS, query={"dryRun": "All"}, body=body)
+
+
+SYSCTL_DIRS = ("/etc/sysctl.d", "/usr/local/lib/sysctl.d")
+MODES = [
+    {"mode": mode, "persist": persist, "sysctlDir": directory}
+    for mode in ("Enforce", "Audit")
+    for persist in (True, False)
+    for directory in SYSCTL_DIRS
+]
+
+
+def mode_id(remediation: dict[str, Any]) -> str:
+    persist = "persist" if remediation["persist"] else "no-persist"
+    return f"{remediation['mode']}-{persist}-{remediation['sysctlDir'].strip('/').split('/')[0]}"
+
+
+@pytest.mark.parametrize("remediation", MODES, ids=mode_id)
+def test_operator_may_create_the_agent_job_it_renders(
+    operator: Rest, node_factory: Any, test_id: str, remediation: dict[str, Any]
+) -> None:
+    """Every Job build_agent_job renders passes, as the API server defaults it (dry run: the
+    admission chain runs in full, nothing is stored): with the other sysctl directory to clean
+    too, and with the policy's own Job settings."""
+    node = node_factory(netns=False)
+    resources = {"requests": {"cpu": "20m"}, "limits": {"memory": "64Mi"}}
+    settings = {"tolerations": [{"operator": "Exists"}], "backoffLimit": 3, "resources": resources}
+    [other] = [d for d in SYSCTL_DIRS if d != remediation["sysctlDir"]]
+    cleaning = HostDirs(remediation["sysctlDir"], mounted=True, clean=(other,))
+    for spec in ({"remediation": remediation}, {"remediation": remediation, "job": settings}):
+        for dirs in (None, cleaning):
+            dry_create(operator, agent_job(f"{test_id}-agent", node.name, spec=spec, dirs=dirs))
+
+
+def agent(body: dict[str, Any]) -> dict[str, Any]:
+    container: dict[str, Any] = body["spec"]["template"]["spec"]["containers"][0]
+    return container
+
+
+def pod_of(body: dict[str, Any]) -> dict[str, Any]:
+    pod: dict[str, Any] = body["spec"]["template"]["spec"]
+    return pod
+
+
+def root_mount(body: dict[str, Any]) -> dict[str, Any]:
+    mounts: list[dict[str, Any]] = agent(body)["volumeMounts"]
+    [mount] = [m for m in mounts if m["mountPath"] == "/host"]
+    return mount
+
+
+# Each abuse of the operator's token: what it changes in the operator's own Job, and a piece of
+# the agent-jobs rule's message that refuses it.
+ABUSES: dict[str, tuple[Callable[[dict[str, Any]], Any], str]] = {
+    "another image": (lambda b: agent(b).update(image="evil.example/rootkit:latest"),
+                      "not evil.example/rootkit:latest"),
+    "the host's PID namespace": (lambda b: pod_of(b).update(hostPID=True), "PID or IPC"),
+    "the host's IPC namespace": (lambda b: pod_of(b).update(hostIPC=True), "PID or IPC"),
+    "a writable /": (lambda b: root_mount(b).update(readOnly=False), "read-only at /host"),
+    "/ mounted elsewhere": (lambda b: root_mount(b).update(mountPath="/usr/local/lib"),
+                            "read-only at /host"),
+    "another hostPath": (lambda b: (
+        pod_of(b)["volumes"].append({"name": "containerd", "hostPath": {
+            "path": "/var/run/containerd", "type": "Directory"}}),
+        agent(b)["volumeMounts"].append({"name": "containerd", "mountPath": "/run/containerd"})),
+        "only the host paths"),
+    "/ of another hostPath type": (lambda b: pod_of(b)["volumes"][-1]["hostPath"].update(
+        type="DirectoryOrCreate"), "type Directory"),
+    "another directory to clean": (lambda b: (
+        pod_of(b)["volumes"].append({"name": "host-clean-0", "hostPath": {
+            "path": "/etc", "type": "DirectoryOrCreate"}}),
+        agent(b)["volumeMounts"].append({"name": "host-clean-0", "mountPath": "/host/etc"}),
+        agent(b)["args"].__setitem__(slice(6, 6), ["--clean-dir", "/host/etc"])),
+        "only the host paths"),
+    "an emptyDir": (lambda b: pod_of(b)["volumes"].append({"name": "x", "emptyDir": {}}),
+                    "no other volume"),
+    "another command": (lambda b: agent(b).update(command=["sh", "-c", "id"]),
+                        "runs only the agent"),
+    "another interpreter": (lambda b: agent(b).update(command=["/host/usr/bin/python3", "-m",
+                                                               "nodesysctl.agent"]),
+                            "runs only the agent"),
+    "other agent arguments": (lambda b: agent(b)["args"].__setitem__(3, "/host/proc/sys"),
+                              "takes the operator's arguments"),
+    "an environment variable": (lambda b: agent(b)["env"].append(
+        {"name": "LD_PRELOAD", "value": "/host/tmp/x.so"}), "only environment variable"),
+    "a lifecycle hook": (lambda b: agent(b).update(lifecycle={"postStart": {"exec": {
+        "command": ["sh", "-c", "id"]}}}), "not lifecycle"),
+    "a working directory": (lambda b: agent(b).update(workingDir="/host/tmp"), "not workingDir"),
+    "an init container": (lambda b: pod_of(b).update(initContainers=[
+        {**copy.deepcopy(agent(b)), "name": "init"}]), "not initContainers"),
+    "a ServiceAccount": (lambda b: pod_of(b).update(serviceAccountName="nodesysctl-operator"),
+                         "default ServiceAccount"),
+    "a ServiceAccount token": (lambda b: pod_of(b).update(automountServiceAccountToken=True),
+                               "mounts no token"),
+    "a PriorityClass": (lambda b: pod_of(b).update(priorityClassName="system-node-critical"),
+                        "PriorityClass"),
+    "nodeName": (lambda b: pod_of(b).update(nodeName="elsewhere"), "not nodeName"),
+}  # fmt: skip
+
+
+def test_the_operators_token_cannot_run_a_privileged_pod_other_than_the_agent(
     operator: Rest, api_client: Any, node_factory: Any, test_id: str
 ) -> None:
-    """Not defended, shown so the threat model can say it plainly: the fence decides who
-    creates Jobs in the job namespace, not what they run. With the operator's token alone, a
-    Job with another image, the host's PID namespace and the host's / writable gets its pod from
-    the Job controller on the node it names (Pod Security there is privileged)."""
+    """With the operator's token alone, a Job with another image, the host's PID namespace and
+    the host's / writable (what this token could run on any node before the agent-jobs rule) is
+    refused and never made; so is each single step away from the operator's own Job."""
     admin = Rest(api_client)
     node = node_factory(netns=False)
     name = f"{test_id}-root"
-    body = job(name, node.name, agent=False)  # not an agent: the simulated kubelet runs nothing
-    pod = body["spec"]["template"]["spec"]
-    pod.update(hostPID=True, hostIPC=True, hostNetwork=True,
-               volumes=[{"name": "host", "hostPath": {"path": "/"}}])  # fmt: skip
-    pod["containers"][0].update(
-        image="evil.example/rootkit:latest",
-        securityContext={"privileged": True, "runAsUser": 0},
-        volumeMounts=[{"name": "host", "mountPath": "/host"}],
-    )
+    enforce = {"remediation": {"mode": "Enforce", "persist": True}}
+    body = agent_job(name, node.name, spec=enforce)
+    pod = pod_of(body)
+    pod.update(hostPID=True, hostIPC=True)
+    agent(body).update(image="evil.example/rootkit:latest")
+    root_mount(body).pop("readOnly")
+    fenced(AGENT_JOBS, operator.create, JOBS, body)
+    with pytest.raises(ApiException) as missing:
+        admin.get(f"{JOBS}/{name}")
+    assert missing.value.status == 404
+
+    for abuse, (change, expected) in ABUSES.items():
+        body = agent_job(name, node.name, spec=enforce)
+        change(body)
+        message = fenced(AGENT_JOBS, dry_create, operator, body)
+        assert expected in message, (abuse, message)
+
+
+def test_what_the_operators_service_account_allows_its_jobs_to_run(
+    kubectl: Kubectl, operator: Rest, fence: list[dict[str, Any]], node_factory: Any,
+    test_id: str,
+) -> None:  # fmt: skip
+    """The operator's ServiceAccount says which images (besides its agent image), which
+    interpreter and which PriorityClasses its Jobs may use, as --allowed-agent-images,
+    --agent-python and --allowed-priority-classes do for the operator; its token cannot change
+    them (no RBAC verb on ServiceAccounts)."""
+    [account] = [d["metadata"] for d in fence if d["kind"] == "ServiceAccount"]
+    where = ["-n", account["namespace"], f"serviceaccount/{account['name']}"]
+    node = node_factory(netns=False)
+    digest = f"mirror.example/agent@sha256:{'a' * 64}"
+    spec = {"remediation": {"mode": "Audit"}, "job": {"priorityClassName": "nodesysctl-agents"}}
+    allowed = agent_job(f"{test_id}-more", node.name, spec=spec,
+                        settings=JobSettings(image=digest, python="python3.12"))  # fmt: skip
+
+    def dry_run() -> Any:
+        return dry_create(operator, allowed)
+
+    fenced(AGENT_JOBS, dry_run)
+    kubectl("annotate", *where, f"{GROUP}/allowed-agent-images=b.example/y:2, {digest}",
+            f"{GROUP}/agent-python=python3.12",
+            f"{GROUP}/allowed-priority-classes=nodesysctl-agents")  # fmt: skip
+    try:
+
+        def admitted() -> bool:
+            try:
+                dry_run()
+            except ApiException as exc:
+                if exc.status != 403:
+                    raise
+                return False
+            return True
+
+        wait_for(admitted, timeout=30, what="the ServiceAccount's new allowlist to be read")
+        # The default interpreter is no longer the one configured; the agent image still is.
+        python = copy.deepcopy(allowed)
+        agent(python)["command"][0] = "python"
+        assert "runs only the agent" in fenced(AGENT_JOBS, dry_create, operator, python)
+        own = copy.deepcopy(allowed)
+        agent(own)["image"] = JobSettings().image
+        dry_create(operator, own)
+        not_listed = copy.deepcopy(allowed)
+        pod_of(not_listed)["priorityClassName"] = "system-node-critical"
+        fenced(AGENT_JOBS, dry_create, operator, not_listed)
+        patch = {"metadata": {"annotations": {f"{GROUP}/allowed-agent-images": "evil.example/x"}}}
+        path = f"/api/v1/namespaces/{account['namespace']}/serviceaccounts/{account['name']}"
+        assert "cannot patch resource" in refusal(operator.merge_patch, path, patch)  # RBAC
+    finally:
+        kubectl("annotate", *where, f"{GROUP}/allowed-agent-images-", f"{GROUP}/agent-python-",
+                f"{GROUP}/allowed-priority-classes-")  # fmt: skip
+
+    def refused() -> bool:
+        try:
+            dry_run()
+        except ApiException as exc:
+            return exc.status == 403 and AGENT_JOBS in str(exc.body)
+        return False
+
+    wait_for(refused, timeout=30, what="the ServiceAccount's allowlist to be read again")
+
+
+def test_a_jobs_pod_template_cannot_change_after_create(
+    operator: Rest, api_client: Any, node_factory: Any, test_id: str
+) -> None:
+    """Why the agent-jobs rule looks at CREATE only: the API server refuses any change to a
+    Job's pod template but the scheduling directives of a suspended Job (even to an admin, whom
+    the fence does not stop), and the operator may not update or patch Jobs at all."""
+    admin = Rest(api_client)
+    node = node_factory(netns=False)
+    name = f"{test_id}-frozen"
+    body = agent_job(name, node.name)
+    body["spec"]["suspend"] = True
     operator.create(JOBS, body)
     try:
-        made = job_pod(admin, name)
-        spec = made["spec"]
-        assert [r["kind"] for r in made["metadata"]["ownerReferences"]] == ["Job"]
-        assert spec["nodeName"] == node.name
-        assert (spec["hostPID"], spec["hostIPC"], spec["hostNetwork"]) == (True, True, True)
-        [container] = spec["containers"]
-        assert container["image"] == "evil.example/rootkit:latest"
-        assert container["securityContext"]["privileged"] is True
-        assert [v["hostPath"]["path"] for v in spec["volumes"] if "hostPath" in v] == ["/"]
-        assert not container["volumeMounts"][0].get("readOnly")
+        image = {"spec": {"template": {"spec": {"containers": [
+            {"name": "agent", "image": "evil.example/rootkit:latest"}]}}}}  # fmt: skip
+        assert "cannot patch resource" in refusal(operator.merge_patch, f"{JOBS}/{name}", image)
+        with pytest.raises(ApiException) as caught:
+            admin.merge_patch(f"{JOBS}/{name}", image)
+        assert caught.value.status == 422, caught.value.body
+        assert "field is immutable" in str(caught.value.body)
+        volumes: list[dict[str, Any]] = [{"hostPath": {"path": "/"}}, {"emptyDir": {}}]
+        for volume in volumes:
+            patch = {"spec": {"template": {"spec": {"volumes": [{"name": "host-x", **volume}]}}}}
+            with pytest.raises(ApiException) as caught:
+                admin.merge_patch(f"{JOBS}/{name}", patch)
+            assert caught.value.status == 422, caught.value.body
     finally:
         admin.delete(f"{JOBS}/{name}", propagationPolicy="Background")
+
+
+# --- a node's own requests, and the fence without its parameter ----------------------------
 
 
 def test_a_node_may_relabel_itself_but_not_put_a_pod_in_the_job_namespace(

@@ -40,6 +40,7 @@ JOB_NS = "nodesysctl-jobs"
 POD_LABEL = "app.kubernetes.io/name=nodesysctl-operator"
 PSA_WARNING = "would violate PodSecurity"
 WORKLOADS_POLICY = "nodesysctl-operator-workloads"  # the fence's (manifests/base/fence.yaml)
+AGENT_JOBS_POLICY = "nodesysctl-job-namespace-agent-jobs"
 
 Kubectl = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -287,12 +288,23 @@ def test_fence_binds_the_overlays_service_account(
     """The fence names the operator only through its ClusterRoleBinding, which Kustomize renames
     with the ServiceAccount: in every overlay (private-registry prefixes both) the overlay's own
     ServiceAccount is fenced. With its token, a dry-run patch of the overlay's own operator
-    Deployment: a new image is refused by that overlay's workloads policy, a restart passes."""
-    _, docs, _ = installed
-    [account] = [d["metadata"]["name"] for d in docs if d["kind"] == "ServiceAccount"]
+    Deployment: a new image is refused by that overlay's workloads policy, a restart passes. And
+    the agent-jobs policy reads that overlay's ServiceAccount: an agent Job in the overlay's
+    image (private-registry's `images:` edit) passes, one in another image (there: the upstream
+    image) is refused."""
+    overlay, docs, _ = installed
+    [sa] = [d for d in docs if d["kind"] == "ServiceAccount"]
+    account = sa["metadata"]["name"]
     [deployment] = [d["metadata"]["name"] for d in docs if d["kind"] == "Deployment"]
-    [policy] = [d["metadata"]["name"] for d in docs if d["kind"] == "ValidatingAdmissionPolicy"
-                and d["metadata"]["name"].endswith(WORKLOADS_POLICY)]  # fmt: skip
+
+    def policy_named(base: str) -> str:
+        names: list[str] = [d["metadata"]["name"] for d in docs
+                            if d["kind"] == "ValidatingAdmissionPolicy"
+                            and d["metadata"]["name"].endswith(base)]  # fmt: skip
+        [name] = names
+        return name
+
+    policy = policy_named(WORKLOADS_POLICY)
     operator = operator_rest(devcluster, tmp_path / "sa.kubeconfig", service_account=account)
     path = f"/apis/apps/v1/namespaces/{OPERATOR_NS}/deployments/{deployment}"
 
@@ -316,15 +328,34 @@ def test_fence_binds_the_overlays_service_account(
     assert FENCE_MESSAGE in message, message
     dry_run(build_restart_patch(datetime(2026, 1, 1, tzinfo=UTC), "rbac-test"))
 
+    own_image = sa["metadata"]["annotations"]["nodesysctl.io/agent-image"]
+    if overlay == "private-registry":
+        assert own_image.startswith("registry.example.internal/mirror/")
+    other = JobSettings().image if own_image != JobSettings().image else "evil.example/x:1"
+    jobs = f"/apis/batch/v1/namespaces/{JOB_NS}/jobs"
 
-def sample_agent_job() -> dict[str, Any]:
+    def job_refused() -> str:
+        try:
+            operator.request("POST", jobs, query={"dryRun": "All"}, body=sample_agent_job(other))
+        except ApiException as exc:
+            return str(exc.body) if exc.status == 403 else ""
+        return ""
+
+    message = wait_for(job_refused, timeout=60, what=f"{account}'s Job in {other} refused")
+    assert f"ValidatingAdmissionPolicy '{policy_named(AGENT_JOBS_POLICY)}'" in message, message
+    assert f"not {other}" in message, message
+    operator.request("POST", jobs, query={"dryRun": "All"}, body=sample_agent_job(own_image))
+
+
+def sample_agent_job(image: str = JobSettings().image) -> dict[str, Any]:
     spec = NodeSysctlPolicySpec.model_validate({"remediation": {"persist": True}})
     order = CheckOrder(
         node="no-such-node", reason=CheckReason.NEW, job_name="nodesysctl-rbac-probe", boot_id="b"
     )
     job = build_agent_job(
-        policy="rbac-probe", policy_uid="0", spec=spec, order=order, settings=JobSettings()
-    )
+        policy="rbac-probe", policy_uid="0", spec=spec, order=order,
+        settings=JobSettings(image=image),
+    )  # fmt: skip
     # No owner: the policy does not exist, and the garbage collector would race this test.
     del job["metadata"]["ownerReferences"]
     return job

@@ -223,6 +223,21 @@ def test_custom_persist_file_and_range_only_content(node: FakeNode) -> None:
     assert "reserved" not in content
 
 
+def test_the_spec_names_the_persisted_file_and_one_already_there_is_rewritten(
+    node: FakeNode,
+) -> None:
+    """The agent writes the file its spec names (any plain `*.conf` name), over a regular file
+    of that name that is not its own: what a holder of the operator's token can make it do
+    (docs/security.md, Operator token holder)."""
+    admin = node.root / "sysctl.d" / "10-admin.conf"
+    admin.parent.mkdir(parents=True, exist_ok=True)
+    admin.write_text("kernel.kptr_restrict = 2\n")
+    node.run(make_spec(persistFile="10-admin.conf"))
+    content = admin.read_text()
+    assert "kptr_restrict" not in content
+    assert "ip_local_port_range = 32768 60999" in content
+
+
 @pytest.mark.parametrize(
     ("file", "garbage", "message"),
     [
