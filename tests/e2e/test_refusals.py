@@ -14,6 +14,7 @@ keeps its Pod Security level and no admission policy of these tests reaches othe
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -250,8 +251,13 @@ def test_a_pod_the_cluster_refuses_fails_the_node_long_before_the_jobs_deadline(
     assert took < 60, f"reported after {took:.0f} s"  # the Job's deadline: 600 s
     assert result.message.startswith("pod creation refused: ")
     assert expected in result.message
-    assert events_for(api_client, node.name, "PodCreationRefused")
-    assert events_for(api_client, name, "PodCreationRefused")
+    # The Events follow the node result (node first, then the policy): wait, don't race them.
+    for involved in (node.name, name):
+        wait_for(
+            functools.partial(events_for, api_client, involved, "PodCreationRefused"),
+            timeout=30,
+            what=f"a PodCreationRefused Event about {involved}",
+        )
     # The Job is deleted (no retries until its deadline) and no other is made for the node.
     wait_for(lambda: not jobs_in(api_client, test_namespace, name), timeout=30, what="Job deleted")
     body = wait_policy(
