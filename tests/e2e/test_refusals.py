@@ -187,7 +187,13 @@ def test_a_job_an_admission_policy_refuses_makes_the_policy_invalid_after_one_po
     )
     assert f"may not tolerate {key}" in invalid["message"]
     assert condition(body, "Ready")["status"] == "False"
-    assert len(events_for(api_client, name, "JobRefused")) == 1
+    # The Event follows the status write: wait for it rather than race it, then count it.
+    events = wait_for(
+        functools.partial(events_for, api_client, name, "JobRefused"),
+        timeout=30,
+        what="the JobRefused Event",
+    )
+    assert len(events) == 1
     assert jobs_in(api_client, test_namespace, name) == []
     assert denials(kubectl, vap) - before == 1  # three checks planned, one Job sent
 
