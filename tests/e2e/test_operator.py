@@ -4,7 +4,6 @@ operator as a real process. Each test states the user-visible behaviour it prove
 from __future__ import annotations
 
 import itertools
-import json
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -21,6 +20,7 @@ from nodesysctl.agent.persist import render_settled
 from nodesysctl.labels import ANNOTATION_NODE, ANNOTATION_RESULT_PREFIX, LABEL_POLICY, RESTARTED_AT
 from nodesysctl.planning import NodeFacts, NodeResult, NodeState
 from nodesysctl.ports import PortRange
+from tests.kube_json import read_json
 
 from .conftest import OperatorProcess, Policies
 
@@ -30,10 +30,6 @@ RANGE = "net.ipv4.ip_local_port_range"
 RESERVED = "net.ipv4.ip_local_reserved_ports"
 WIDENED = {RANGE: "1024 65000"}
 KERNEL_DEFAULT_RANGE = "32768\t60999"
-
-
-def read_json(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    return json.loads(call(*args, _preload_content=False, **kwargs).data)
 
 
 def node_result(api: Any, node: str, policy: str) -> NodeResult | None:

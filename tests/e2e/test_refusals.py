@@ -27,6 +27,7 @@ from kubernetes import client
 from devcluster.waiting import wait_for
 from nodesysctl.labels import LABEL_POLICY
 from nodesysctl.planning import NodeState
+from tests.kube_json import read_json
 
 from .conftest import OperatorProcess, Policies
 from .test_operator import (
@@ -34,7 +35,6 @@ from .test_operator import (
     condition,
     enforce_spec,
     events_for,
-    read_json,
     ready,
     wait_node_state,
     wait_policy,

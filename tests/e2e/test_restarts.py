@@ -18,6 +18,7 @@ from devcluster.waiting import wait_for
 from devcluster.workloads import daemon_set, pod_disruption_budget
 from nodesysctl.labels import RESTARTED_AT
 from nodesysctl.planning import NodeState
+from tests.kube_json import read_json
 
 from .conftest import OperatorProcess, Policies
 from .test_operator import (
@@ -26,7 +27,6 @@ from .test_operator import (
     enforce_spec,
     events_for,
     node_result,
-    read_json,
     ready,
     rollouts,
     wait_policy,

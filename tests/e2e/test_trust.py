@@ -25,9 +25,10 @@ from nodesysctl.agent.contract import AgentResult
 from nodesysctl.api import parse_spec
 from nodesysctl.labels import AGENT_APP, LABEL_APP, LABEL_JOB_NAME, LABEL_POLICY
 from nodesysctl.planning import NodeState, job_name, spec_hash
+from tests.kube_json import read_json
 
 from .conftest import OperatorProcess, Policies
-from .test_operator import enforce_spec, events_for, node_result, read_json, wait_node_state
+from .test_operator import enforce_spec, events_for, node_result, wait_node_state
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 

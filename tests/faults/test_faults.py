@@ -33,10 +33,10 @@ from tests.e2e.test_operator import (
     enforce_spec,
     node_result,
     policy_jobs,
-    read_json,
     rollouts,
     wait_policy,
 )
+from tests.kube_json import read_json
 
 from .conftest import FaultyAgent
 

@@ -9,7 +9,6 @@ the reboot of a node it fixed).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -26,12 +25,9 @@ from devcluster.install import (
     registryless_overlay,
 )
 from devcluster.waiting import wait_for
+from tests.kube_json import read_json
 
 OPERATOR = OPERATOR_DEPLOYMENT
-
-
-def read_json(call: Any, *args: Any, **kwargs: Any) -> Any:
-    return json.loads(call(*args, _preload_content=False, **kwargs).data)
 
 
 def operator_pods(api: Any) -> list[dict[str, Any]]:

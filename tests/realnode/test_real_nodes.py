@@ -24,6 +24,7 @@ from devcluster.workloads import deployment as deployment_body
 from nodesysctl.agent.contract import COMPOSED_PERSIST_FILE
 from nodesysctl.labels import LABEL_RESTART_OPT_IN
 from nodesysctl.planning import NodeState
+from tests.kube_json import read_json
 
 from ..e2e.conftest import Policies
 from ..e2e.test_operator import (
@@ -38,7 +39,7 @@ from ..e2e.test_operator import (
     wait_policy,
 )
 from ..unit.test_image import lock_pins
-from .conftest import agent_pods, operator_log, read_json
+from .conftest import agent_pods, operator_log
 
 pytestmark = [pytest.mark.realnode, pytest.mark.timeout(600)]
 
