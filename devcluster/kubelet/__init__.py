@@ -3,8 +3,10 @@
 What it does, as a kubelet would (and what it does not):
 
 * registers each node's Node object (capacity, allocatable, conditions, ``nodeInfo.bootID``,
-  ``kubeletVersion``) and its Lease in ``kube-node-lease``, then keeps the node Ready by
-  renewing the Lease only (:mod:`.leases`);
+  ``kubeletVersion``) and its Lease in ``kube-node-lease`` (:mod:`.leases`), then keeps the
+  node Ready by renewing the Lease only, once per fixed period on the node's own phase, from a
+  process of its own (:mod:`.heartbeats`, :mod:`.renewals`); a node's heartbeats can be paused
+  (a hung kubelet) and resumed;
 * watches every pod (:mod:`.pod_watch`) and takes those bound to its nodes (:mod:`.pod_runner`):
 
   - pods of agent Jobs (label ``app.kubernetes.io/name=nodesysctl-agent``) are RUN for real:

@@ -1,14 +1,16 @@
 """The simulated kubelet: one object serves every simulated node (see the package docstring).
 
 It wires the parts together and is what the rest of the dev cluster talks to: the node
-registry with the Node objects and Leases (:mod:`.leases`), the pod watch (:mod:`.pod_watch`)
-and what is done with the pods (:mod:`.pod_runner`). Two threads: the Lease renewals and the
-pod watch; pod work goes to the runner's pool.
+registry with the Node objects and Leases (:mod:`.leases`), the Lease renewals in a process
+of their own (:mod:`.heartbeats`, scheduled by :mod:`.renewals`), the pod watch
+(:mod:`.pod_watch`) and what is done with the pods (:mod:`.pod_runner`). Threads here: the pod
+watch and the heartbeat process's reader; pod work goes to the runner's pool.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -17,11 +19,16 @@ from typing import Any
 from kubernetes import client
 
 from ..nodes import SimulatedNode
+from .heartbeats import Heartbeats
 from .leases import NodeLeases
 from .pod_runner import PodRunner
 from .pod_watch import PodWatch
+from .renewals import LeaseStats
 
 log = logging.getLogger(__name__)
+
+# A kubelet's Lease lasts 4 renew intervals (40 s, renewed every 10 s).
+_LEASE_DURATION_PER_RENEW_INTERVAL = 4
 
 
 class SimulatedKubelet:
@@ -32,8 +39,10 @@ class SimulatedKubelet:
         api_factory: Callable[[], client.ApiClient],
         work_dir: Path,
         *,
-        lease_duration_seconds: int = 40,
         renew_interval: float = 10.0,
+        lease_duration_seconds: int | None = None,
+        renew_parallelism: int = 4,
+        max_renew_parallelism: int = 32,
         max_parallel_pods: int = 8,
     ) -> None:
         # Typed as Any on purpose: bodies are plain dicts and pods are read as raw JSON.
@@ -42,13 +51,19 @@ class SimulatedKubelet:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.errors: list[str] = []  # unexpected errors of the background threads
+        lease_duration = lease_duration_seconds or math.ceil(
+            _LEASE_DURATION_PER_RENEW_INTERVAL * renew_interval
+        )
         self.leases = NodeLeases(
-            core,
-            client.CoordinationV1Api(self._api),
-            self._stop,
+            core, client.CoordinationV1Api(self._api), lease_duration_seconds=lease_duration
+        )
+        self.heartbeats = Heartbeats(
+            self._api.configuration,
             self._error,
-            lease_duration_seconds=lease_duration_seconds,
             renew_interval=renew_interval,
+            lease_duration_seconds=lease_duration,
+            parallelism=renew_parallelism,
+            max_parallelism=max_renew_parallelism,
         )
         self.pods = PodRunner(
             core,
@@ -62,16 +77,15 @@ class SimulatedKubelet:
 
     # ----------------------------------------------------------------- lifecycle
     def start(self) -> None:
-        for name, target in (
-            ("sim-kubelet-leases", self.leases.run),
-            ("sim-kubelet-pods", self._pod_watch.run),
-        ):
+        self.heartbeats.start()
+        for name, target in (("sim-kubelet-pods", self._pod_watch.run),):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
 
     def stop(self) -> None:
         self._stop.set()
+        self.heartbeats.stop()
         self._pod_watch.stop()
         self.pods.stop()
         for thread in self._threads:
@@ -87,9 +101,10 @@ class SimulatedKubelet:
         """Create the Node object and its Lease; from now on the node's pods are served."""
         self.leases.add(node)
         node.kubelet = self
-        self.leases.create(node)
+        self.heartbeats.add(node.name, self.leases.create(node))
 
     def unregister(self, name: str, *, delete_node: bool) -> None:
+        self.heartbeats.remove(name)
         node = self.leases.remove(name)
         if node is not None:
             node.kubelet = None
@@ -106,6 +121,20 @@ class SimulatedKubelet:
 
     def patch_labels(self, name: str, labels: Mapping[str, str | None]) -> None:
         self.leases.patch_labels(name, labels)
+
+    # ----------------------------------------------------------------- heartbeats
+    def pause_heartbeats(self, name: str) -> None:
+        """The node's kubelet "hangs": no Lease renewals, no status posts (its pods are still
+        served). After the grace period the node lifecycle controller marks it Unknown."""
+        self.heartbeats.pause(name)
+
+    def resume_heartbeats(self, name: str) -> None:
+        """The kubelet is back: the Lease is renewed at once."""
+        self.heartbeats.resume(name, post_conditions=False)
+
+    def lease_stats(self, *, reset: bool = False) -> LeaseStats:
+        """The Lease renewals so far (or since the last ``reset``); see :class:`LeaseStats`."""
+        return self.heartbeats.stats(reset=reset)
 
     # ----------------------------------------------------------------- pods
     def pod_log(self, namespace: str, name: str, container: str | None = None) -> str:
