@@ -23,13 +23,13 @@ from kubernetes.client.exceptions import ApiException
 from .controlplane import DIR_PREFIX, OWNER_FILE, ControlPlane
 from .images import Images, build_images
 from .kubelet import SimulatedKubelet
+from .kubelet.readiness import NOT_READY_TAINT
 from .nodes import SimulatedNode, netns_name
 from .realnode import RealNode, realnode_netns_name, reap_real_nodes
 from .waiting import wait_for
 
 log = logging.getLogger(__name__)
 
-NOT_READY_TAINT = "node.kubernetes.io/not-ready"
 # The simulated kubelet renews each Lease once per this fraction of the controller's grace
 # period, whatever the number of nodes: a real kubelet renews every 10 s against the 50 s
 # default. The longest gap the controller can see is one period plus its monitor period.

@@ -218,7 +218,7 @@ class SimulatedNode:
         self._require_kubelet().pause_heartbeats(self.name)
 
     def resume_heartbeats(self) -> None:
-        """Heartbeats again, the first one at once."""
+        """Heartbeats again, at once; a node the controller marked Unknown is posted Ready."""
         self._require_kubelet().resume_heartbeats(self.name)
 
     def set_labels(self, labels: Mapping[str, str | None]) -> None:

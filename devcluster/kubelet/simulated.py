@@ -2,9 +2,10 @@
 
 It wires the parts together and is what the rest of the dev cluster talks to: the node
 registry with the Node objects and Leases (:mod:`.leases`), the Lease renewals in a process
-of their own (:mod:`.heartbeats`, scheduled by :mod:`.renewals`), the pod watch
-(:mod:`.pod_watch`) and what is done with the pods (:mod:`.pod_runner`). Threads here: the pod
-watch and the heartbeat process's reader; pod work goes to the runner's pool.
+of their own (:mod:`.heartbeats`, scheduled by :mod:`.renewals`), the Node watch that notices
+the controller's Unknown marks (:mod:`.readiness`), the pod watch (:mod:`.list_watch`) and what
+is done with the pods (:mod:`.pod_runner`). Threads here: the Node watch, the pod watch and the
+heartbeat process's reader; pod work goes to the runner's pool.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from kubernetes import client
 from ..nodes import SimulatedNode
 from .heartbeats import Heartbeats
 from .leases import NodeLeases
+from .list_watch import ListWatch
 from .pod_runner import PodRunner
-from .pod_watch import PodWatch
+from .readiness import ReadyWatch
 from .renewals import LeaseStats
 
 log = logging.getLogger(__name__)
@@ -65,6 +67,7 @@ class SimulatedKubelet:
             parallelism=renew_parallelism,
             max_parallelism=max_renew_parallelism,
         )
+        self.readiness = ReadyWatch(core, self._stop, self._error, self._marked_unknown)
         self.pods = PodRunner(
             core,
             work_dir / "pods",
@@ -73,12 +76,17 @@ class SimulatedKubelet:
             self.leases.get,
             max_parallel_pods=max_parallel_pods,
         )
-        self._pod_watch = PodWatch(core, self._stop, self._error, self.pods.on_pod)
+        self._pod_watch = ListWatch(
+            core.list_pod_for_all_namespaces, "pod watch", self._stop, self._error, self.pods.on_pod
+        )
 
     # ----------------------------------------------------------------- lifecycle
     def start(self) -> None:
         self.heartbeats.start()
-        for name, target in (("sim-kubelet-pods", self._pod_watch.run),):
+        for name, target in (
+            ("sim-kubelet-nodes", self.readiness.run),
+            ("sim-kubelet-pods", self._pod_watch.run),
+        ):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
@@ -86,6 +94,7 @@ class SimulatedKubelet:
     def stop(self) -> None:
         self._stop.set()
         self.heartbeats.stop()
+        self.readiness.stop()
         self._pod_watch.stop()
         self.pods.stop()
         for thread in self._threads:
@@ -129,8 +138,16 @@ class SimulatedKubelet:
         self.heartbeats.pause(name)
 
     def resume_heartbeats(self, name: str) -> None:
-        """The kubelet is back: the Lease is renewed at once."""
-        self.heartbeats.resume(name, post_conditions=False)
+        """The kubelet is back: the Lease is renewed at once and, if the controller marked the
+        node Unknown meanwhile, the conditions are posted again (Ready=True, KubeletReady)."""
+        seen = self.readiness.readiness(name)
+        self.heartbeats.resume(name, post_conditions=seen is not None and seen.ready == "Unknown")
+
+    def _marked_unknown(self, name: str) -> None:
+        """The controller marked a node Unknown: a live kubelet answers at once with a
+        heartbeat and its own conditions (a paused one when it resumes)."""
+        if self.leases.get(name) is not None:
+            self.heartbeats.heartbeat_now(name, post_conditions=True)
 
     def lease_stats(self, *, reset: bool = False) -> LeaseStats:
         """The Lease renewals so far (or since the last ``reset``); see :class:`LeaseStats`."""
