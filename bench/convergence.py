@@ -97,10 +97,17 @@ class RunResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def run_floor(bench: BenchCluster, fleet: Fleet, policy: str, concurrency: int) -> RunResult:
-    """Create one Job per node (the operator's own Job body) keeping `concurrency` in flight,
-    and wait for all of them. No status, no annotations, no events: the lower bound."""
-    spec = parse_spec(policy_spec(fleet.tiers, concurrency))
+def run_floor(
+    bench: BenchCluster,
+    nodes: list[SimulatedNode],
+    tiers: list[str],
+    policy: str,
+    concurrency: int,
+) -> RunResult:
+    """Create one Job per node of `nodes` (the operator's own Job body) keeping `concurrency`
+    in flight, and wait for all of them. No status, no annotations, no events: the lower
+    bound."""
+    spec = parse_spec(policy_spec(tiers, concurrency))
     settings = JobSettings(namespace=FLOOR_NAMESPACE)
     bodies = [
         build_agent_job(
@@ -112,7 +119,7 @@ def run_floor(bench: BenchCluster, fleet: Fleet, policy: str, concurrency: int) 
             ),
             settings=settings,
         )
-        for node in fleet.nodes
+        for node in nodes
     ]
     for body in bodies:
         body["metadata"].pop("ownerReferences")  # no policy object exists for the floor
@@ -245,7 +252,7 @@ def converge(bench: BenchCluster, fleet: Fleet, size: int, concurrency: int) -> 
     policy = f"bench-{size}"
     fleet.reset(policy)
     bench.cluster.create_namespace(FLOOR_NAMESPACE)
-    floor = run_floor(bench, fleet, policy, concurrency)
+    floor = run_floor(bench, fleet.nodes, fleet.tiers, policy, concurrency)
     floor_compliant = fleet.compliant()
     _clean_floor(bench)
     fleet.reset(policy)
