@@ -8,7 +8,7 @@ the GIL several times. The same request from a process that does nothing else to
 (docs/controlplane.md: the measurements). Real kubelets are separate processes too, so one
 slow node's work never delays another node's heartbeat.
 
-The parent (:class:`Heartbeats`) starts ``python -m devcluster.kubelet.heartbeats`` with the
+The parent (:class:`Heartbeats`) starts a Python running :func:`main` here with the
 API server's address and a client certificate, and sends one JSON command per line on its
 stdin: add, remove, pause, resume, now (renew at once, optionally posting the conditions),
 stats. The child (:class:`HeartbeatWorkers`, :func:`main`) answers ``stats`` and reports
@@ -24,12 +24,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import subprocess
 import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from pathlib import Path
 from typing import IO, Any
 
 from kubernetes import client
@@ -51,6 +53,7 @@ _IDLE_WAKE_SECONDS = 1.0
 _GROW_WHEN_LATE_SECONDS = 0.25
 _STATS_TIMEOUT_SECONDS = 30.0
 _LATENCIES_KEPT = 20_000  # the latest renewals' latencies, for the percentiles
+_CHILD_MAIN = "import sys; from devcluster.kubelet.heartbeats import main; sys.exit(main())"
 
 
 def _check(
@@ -376,7 +379,8 @@ class Heartbeats:
         # Checked here, where a mistake raises, not in the child.
         _check(renew_interval, lease_duration_seconds, parallelism, max_parallelism)
         self._argv = [
-            sys.executable, "-m", __name__,
+            # Not `-m`: the package imports this module first, and runpy warns about that.
+            sys.executable, "-c", _CHILD_MAIN,
             "--server", str(configuration.host),
             "--ca", str(configuration.ssl_ca_cert),
             "--cert", str(configuration.cert_file),
@@ -399,12 +403,16 @@ class Heartbeats:
         self._stopping = False
 
     def start(self) -> None:
+        # The child imports devcluster from where this process found it, whatever its cwd.
+        root = str(Path(__file__).resolve().parents[2])
+        path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
         self._process = subprocess.Popen(
             self._argv,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
             bufsize=1,  # line-buffered: each command goes out when written
+            env={**os.environ, "PYTHONPATH": path},
         )
         self._reader = threading.Thread(
             target=self._read, name="sim-kubelet-heartbeats", daemon=True
