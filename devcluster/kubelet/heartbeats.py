@@ -1,12 +1,11 @@
 """The simulated kubelet's heartbeats: every node's Lease renewals, in a process of their own.
 
 Why a process: the simulated kubelet shares its Python process with pod work (agent runs,
-pod status writes), and in the benchmark with the floor's script. Under that load, on 2
-busy cores, a renewal from that process took 150-250 ms on average (up to 1 s): a thread
-that holds the GIL is preempted by the OS and every other thread waits, and a renewal needs
-the GIL several times. The same request from a process that does nothing else took 2-3 ms
-(docs/controlplane.md: the measurements). Real kubelets are separate processes too, so one
-slow node's work never delays another node's heartbeat.
+pod status writes) and, in the benchmark, with the floor's script and the harness, and every
+thread there competes for one GIL. With three CPU-busy threads in that process a renewal took
+55 ms (up to 0.6 s) instead of 5 ms on an idle cluster, and the old loop managed ~20
+renewals/s while agents ran (docs/controlplane.md has the measurements). In a process of its
+own the renewals compete only for the CPUs. Real kubelets are separate processes too.
 
 The parent (:class:`Heartbeats`) starts a Python running :func:`main` here with the
 API server's address and a client certificate, and sends one JSON command per line on its
@@ -418,6 +417,12 @@ class Heartbeats:
             target=self._read, name="sim-kubelet-heartbeats", daemon=True
         )
         self._reader.start()
+
+    @property
+    def pid(self) -> int:
+        if self._process is None:
+            raise RuntimeError("the heartbeat process is not started")
+        return self._process.pid
 
     def stop(self) -> None:
         """Close the child's stdin (it exits) and wait for it."""
