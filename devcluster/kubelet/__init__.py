@@ -8,9 +8,10 @@ What it does, as a kubelet would (and what it does not):
   process of its own (:mod:`.heartbeats`, :mod:`.renewals`); a node's heartbeats can be paused
   (a hung kubelet) and resumed;
 * watches every Node (:mod:`.readiness`): a node the node lifecycle controller marked
-  ``Unknown`` gets its conditions posted again at once (Ready=True, KubeletReady), as a real
-  kubelet posts its status when it finds it changed; for a paused node, once it resumes. The
-  controller then takes its ``unreachable``/``not-ready`` taints off itself;
+  ``Unknown`` gets its conditions posted again at once (Ready=True, KubeletReady, unless
+  ``node.set_ready(False)`` said otherwise), as a real kubelet posts its status when it finds
+  it changed; for a paused node, once it resumes. The controller then takes its
+  ``unreachable``/``not-ready`` taints off itself;
 * watches every pod (:mod:`.list_watch`) and takes those bound to its nodes (:mod:`.pod_runner`):
 
   - pods of agent Jobs (label ``app.kubernetes.io/name=nodesysctl-agent``) are RUN for real:

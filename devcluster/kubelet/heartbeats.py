@@ -7,11 +7,12 @@ thread there competes for one GIL. With three CPU-busy threads in that process a
 renewals/s while agents ran (docs/controlplane.md has the measurements). In a process of its
 own the renewals compete only for the CPUs. Real kubelets are separate processes too.
 
-The parent (:class:`Heartbeats`) starts a Python running :func:`main` here with the
-API server's address and a client certificate, and sends one JSON command per line on its
-stdin: add, remove, pause, resume, now (renew at once, optionally posting the conditions),
-stats. The child (:class:`HeartbeatWorkers`, :func:`main`) answers ``stats`` and reports
-errors on its stdout, and exits when its stdin closes (the parent stopped or died).
+The parent (:class:`Heartbeats`) starts a Python running :func:`main` here with the API
+server's address and a client certificate, and sends one JSON command per line on its stdin:
+add, remove, pause, resume, now (renew at once, optionally posting the conditions), ready
+(what the kubelet reports as Ready, for such a post), stats. The child
+(:class:`HeartbeatWorkers`, :func:`main`) answers ``stats`` and reports errors on its stdout,
+and exits when its stdin closes (the parent stopped or died).
 
 The renewals: every node once per fixed period, each on its own phase (:mod:`.renewals`),
 sent by a bounded pool of worker threads that sleep until the next due renewal; one of them
@@ -107,6 +108,7 @@ class HeartbeatWorkers:
         self._schedule = RenewSchedule(renew_interval, time.monotonic())
         self._paused: set[str] = set()  # heartbeats stopped on purpose (a "hung" kubelet)
         self._post_conditions: set[str] = set()  # conditions to post with the next renewal
+        self._not_ready: set[str] = set()  # reported Ready=False by the kubelet (set_ready)
         self._last_sent: dict[str, float] = {}  # monotonic time of each node's last heartbeat
         self._never_renewed: set[str] = set()
         self._reset_window()
@@ -125,6 +127,7 @@ class HeartbeatWorkers:
         with self._state:
             self._schedule.remove(name)
             self._paused.discard(name)
+            self._not_ready.discard(name)
             self._post_conditions.discard(name)
             self._last_sent.pop(name, None)
             self._never_renewed.discard(name)
@@ -142,6 +145,15 @@ class HeartbeatWorkers:
                 at = time.monotonic()
                 self._schedule.due_now(name, at)
                 self._wake_for_new_due(at)
+
+    def set_ready(self, name: str, ready: bool) -> None:
+        """What the kubelet itself reports as the node's Ready condition (``node.set_ready``):
+        a repost after the controller's Unknown says the same."""
+        with self._state:
+            if ready:
+                self._not_ready.discard(name)
+            else:
+                self._not_ready.add(name)
 
     def pause(self, name: str) -> None:
         """Stop this node's heartbeats (renewals, condition posts)."""
@@ -332,11 +344,13 @@ class HeartbeatWorkers:
         return False
 
     def _post_one(self, name: str) -> bool:
-        """Post all four conditions as a healthy kubelet reports them, with a new heartbeat:
-        what a kubelet posts at once when it finds its status changed behind its back (the
-        controller's NodeStatusUnknown). The controller then removes its ``unreachable`` /
-        ``not-ready`` taints itself. Whether it went out (a deleted node counts)."""
-        body = {"status": {"conditions": kubelet_conditions(now())}}
+        """Post all four conditions as the kubelet reports them, with a new heartbeat: what a
+        kubelet posts at once when it finds its status changed behind its back (the
+        controller's NodeStatusUnknown). The controller then removes its ``unreachable``
+        taints itself. Whether it went out (a deleted node counts)."""
+        with self._state:
+            ready = name not in self._not_ready
+        body = {"status": {"conditions": kubelet_conditions(now(), ready=ready)}}
         try:
             _discard(
                 self.core.patch_node_status(
@@ -465,6 +479,9 @@ class Heartbeats:
     def heartbeat_now(self, name: str, *, post_conditions: bool) -> None:
         self._send({"op": "now", "name": name, "post": post_conditions})
 
+    def set_ready(self, name: str, ready: bool) -> None:
+        self._send({"op": "ready", "name": name, "ready": ready})
+
     def stats(self, *, reset: bool = False) -> LeaseStats:
         with self._replied:
             self._next_id += 1
@@ -525,6 +542,8 @@ def _serve(workers: HeartbeatWorkers, commands: IO[str], answer: Callable[[Json]
             workers.resume(name, post_conditions=command["post"])
         elif op == "now":
             workers.heartbeat_now(name, post_conditions=command["post"])
+        elif op == "ready":
+            workers.set_ready(name, command["ready"])
         elif op == "stats":
             stats = workers.stats(reset=command["reset"])
             answer({"id": command["id"], "stats": vars(stats)})

@@ -29,25 +29,36 @@ Json = dict[str, Any]
 NODE_LEASE_NAMESPACE = "kube-node-lease"
 
 
-def kubelet_conditions(stamp: str, ready_message: str = "simulated kubelet is ready") -> list[Json]:
-    """The conditions a healthy kubelet posts, all stamped ``stamp`` (heartbeat and
-    transition): at registration, and again after the controller marked them Unknown."""
+def _condition(kind: str, status: str, reason: str, message: str, stamp: str) -> Json:
+    return {
+        "type": kind,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "lastHeartbeatTime": stamp,
+        "lastTransitionTime": stamp,
+    }
 
-    def condition(kind: str, status: str, reason: str, message: str) -> Json:
-        return {
-            "type": kind,
-            "status": status,
-            "reason": reason,
-            "message": message,
-            "lastHeartbeatTime": stamp,
-            "lastTransitionTime": stamp,
-        }
 
+def ready_condition(stamp: str, ready: bool) -> Json:
+    """The Ready condition as the kubelet reports it: True (KubeletReady), or False
+    (KubeletNotReady, as when its container runtime is down)."""
+    if ready:
+        return _condition("Ready", "True", "KubeletReady", "simulated kubelet is ready", stamp)
+    return _condition(
+        "Ready", "False", "KubeletNotReady", "simulated container runtime is down", stamp
+    )
+
+
+def kubelet_conditions(stamp: str, *, ready: bool = True) -> list[Json]:
+    """The conditions the kubelet posts, all stamped ``stamp`` (heartbeat and transition): at
+    registration, and again after the controller marked them Unknown (Ready as the kubelet
+    last reported it)."""
     return [
-        condition("MemoryPressure", "False", "KubeletHasSufficientMemory", "ok"),
-        condition("DiskPressure", "False", "KubeletHasNoDiskPressure", "ok"),
-        condition("PIDPressure", "False", "KubeletHasSufficientPID", "ok"),
-        condition("Ready", "True", "KubeletReady", ready_message),
+        _condition("MemoryPressure", "False", "KubeletHasSufficientMemory", "ok", stamp),
+        _condition("DiskPressure", "False", "KubeletHasNoDiskPressure", "ok", stamp),
+        _condition("PIDPressure", "False", "KubeletHasSufficientPID", "ok", stamp),
+        ready_condition(stamp, ready),
     ]
 
 
@@ -196,28 +207,9 @@ class NodeLeases:
         being renewed, so the node lifecycle controller keeps the status posted (it writes
         Unknown only for a node whose heartbeats stop) and taints the node
         ``node.kubernetes.io/not-ready`` while it is not Ready."""
-        reason, message = (
-            ("KubeletReady", "simulated kubelet is ready")
-            if ready
-            else ("KubeletNotReady", "simulated container runtime is down")
-        )
-        stamp = now()
         self.core.patch_node_status(
             name,
-            {
-                "status": {
-                    "conditions": [
-                        {
-                            "type": "Ready",
-                            "status": "True" if ready else "False",
-                            "reason": reason,
-                            "message": message,
-                            "lastHeartbeatTime": stamp,
-                            "lastTransitionTime": stamp,
-                        }
-                    ]
-                }
-            },
+            {"status": {"conditions": [ready_condition(now(), ready)]}},
             _content_type=STRATEGIC,
         )
 

@@ -127,6 +127,8 @@ class SimulatedKubelet:
     def report_ready(self, name: str, ready: bool) -> None:
         """Post the node's Ready condition True or False (its Lease is renewed either way)."""
         self.leases.report_ready(name, ready)
+        # A repost after the controller's Unknown mark says the same as this report.
+        self.heartbeats.set_ready(name, ready)
 
     def patch_labels(self, name: str, labels: Mapping[str, str | None]) -> None:
         self.leases.patch_labels(name, labels)
@@ -139,7 +141,7 @@ class SimulatedKubelet:
 
     def resume_heartbeats(self, name: str) -> None:
         """The kubelet is back: the Lease is renewed at once and, if the controller marked the
-        node Unknown meanwhile, the conditions are posted again (Ready=True, KubeletReady)."""
+        node Unknown meanwhile, the conditions are posted again (Ready as last reported)."""
         seen = self.readiness.readiness(name)
         self.heartbeats.resume(name, post_conditions=seen is not None and seen.ready == "Unknown")
 

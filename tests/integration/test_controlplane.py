@@ -184,6 +184,28 @@ def test_a_node_marked_unknown_while_its_kubelet_hangs_is_ready_once_it_is_back(
 
 
 @pytest.mark.integration
+def test_a_kubelet_reported_not_ready_stays_so_through_the_controllers_unknown_mark(
+    node_factory: NodeFactory, api_client: Any
+) -> None:
+    node = node_factory(netns=False)
+    node_factory(netns=False)  # not a fully disrupted zone (see above)
+    core = client.CoreV1Api(api_client)
+    node.set_ready(False)  # its container runtime is down; the Lease goes on
+    node.pause_heartbeats()
+    mark_unknown(core, node.name)
+    node.resume_heartbeats()
+    # The repost says what this kubelet says: NotReady, not Ready.
+    wait_for(
+        lambda: ready_condition(core, node.name)["reason"] == "KubeletNotReady",
+        timeout=30,
+        what=f"{node.name} reported NotReady again",
+    )
+    assert ready_condition(core, node.name)["status"] == "False"
+    node.set_ready(True)
+    wait_for(lambda: back_to_ready(core, node), timeout=60, what=f"{node.name} Ready again")
+
+
+@pytest.mark.integration
 def test_the_controller_marks_a_hung_kubelets_node_unknown_and_it_recovers(
     devcluster: DevCluster,
 ) -> None:

@@ -152,6 +152,22 @@ def test_a_paused_node_is_not_renewed_and_resumes_at_once_with_its_conditions(
     assert workers.stats().max_gap_seconds < 30
 
 
+def test_a_repost_says_what_the_kubelet_last_reported(
+    workers: HeartbeatWorkers, api: FakeApi
+) -> None:
+    workers.add("down")
+    workers.set_ready("down", False)  # node.set_ready(False): its runtime is down
+    workers.heartbeat_now("down", post_conditions=True)
+    wait_for(lambda: api.posts.get("down"), timeout=30, what="the repost")
+    ready = next(c for c in api.posts["down"][0]["status"]["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "KubeletNotReady")
+    workers.set_ready("down", True)
+    workers.heartbeat_now("down", post_conditions=True)
+    wait_for(lambda: len(api.posts["down"]) == 2, timeout=30, what="the second repost")
+    ready = next(c for c in api.posts["down"][1]["status"]["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], ready["reason"]) == ("True", "KubeletReady")
+
+
 def test_a_failed_condition_post_is_retried_with_the_next_renewal(
     workers: HeartbeatWorkers, api: FakeApi, errors: list[str]
 ) -> None:
@@ -203,6 +219,7 @@ def test_the_command_protocol(workers: HeartbeatWorkers, api: FakeApi) -> None:
         {"op": "add", "name": "n", "created": time.monotonic()},
         {"op": "pause", "name": "n"},
         {"op": "now", "name": "n", "post": True},
+        {"op": "ready", "name": "n", "ready": False},
         {"op": "resume", "name": "n", "post": False},
         {"op": "stats", "reset": True, "id": 7},
         {"op": "remove", "name": "n"},
