@@ -23,6 +23,7 @@ from nodesysctl.planning import NodeResult, NodeState, spec_hash
 
 from .convergence import Fleet
 from .harness import JOB_NAMESPACE, WRITE_VERBS, BenchCluster, utcnow
+from .health import NodeHealth, RunStoppedError
 
 IDLE_POLICY = "bench-idle"
 IDLE_SPEC: dict[str, Any] = {
@@ -107,30 +108,33 @@ def heartbeat_patches(nodes: list[SimulatedNode], updates: int) -> list[tuple[st
 
 
 def measure_idle(
-    bench: BenchCluster, fleet: Fleet, *, window: float, heartbeats: int
+    bench: BenchCluster, fleet: Fleet, *, window: float, heartbeats: int, health: NodeHealth
 ) -> dict[str, Any]:
     size = len(fleet.nodes)
+    health.arm()
     operator = bench.start_operator(f"operator-idle-{size}")
     try:
         start = time.monotonic()
 
         def ready() -> bool:
+            health.check()
             status = (bench.policy(IDLE_POLICY) or {}).get("status") or {}
             return status.get("compliant") == size and any(
                 c["type"] == "Ready" and c["status"] == "True" for c in status["conditions"]
             )
 
-        wait_for(ready, timeout=600, what=f"{IDLE_POLICY} Ready at {size} nodes", interval=0.5)
+        wait_for(ready, timeout=600, what=f"{IDLE_POLICY} Ready at {size} nodes", interval=0.5,
+                 fatal=(RunStoppedError,))  # fmt: skip
         ready_seconds = time.monotonic() - start
         startup = operator.stats()
         jobs_before = bench.count_jobs(JOB_NAMESPACE)
 
         # Steady state: nothing changes, nothing is due. The lease renewals of every node go on.
-        _wait_cpu_settled(operator)  # the pass that wrote Ready and the start-up are over
+        _wait_cpu_settled(operator, health)  # the pass that wrote Ready and the start-up are over
         bench.wait_audit_flushed()
         since = utcnow()
         before = operator.stats()
-        time.sleep(window)  # the measurement window itself: nothing is supposed to happen
+        health.sleep(window)  # the measurement window itself: nothing is supposed to happen
         after = operator.stats()
         until = utcnow()
         bench.wait_audit_flushed()
@@ -144,7 +148,7 @@ def measure_idle(
         bench.patch_nodes(patches, status=True)
         hb_send_seconds = time.monotonic() - hb_start
         # Let the operator drain the watch events: its CPU stops growing.
-        _wait_cpu_settled(operator)
+        _wait_cpu_settled(operator, health)
         hb_after = operator.stats()
         hb_until = utcnow()
         bench.wait_audit_flushed()
@@ -172,23 +176,26 @@ def measure_idle(
             ),
             "heartbeat_requests": hb_requests,
             "heartbeat_writes": hb_writes,
+            "node_health": health.finish(),
         }
     finally:
         operator.stop()
 
 
-def _wait_cpu_settled(operator: Any, quiet: float = 3.0) -> None:
+def _wait_cpu_settled(operator: Any, health: NodeHealth, quiet: float = 3.0) -> None:
     """Until the operator's CPU time has not grown for `quiet` seconds (events drained)."""
     last = [operator.stats().cpu_seconds, time.monotonic()]
 
     def settled() -> bool:
+        health.check()
         cpu: float = operator.stats().cpu_seconds
         if cpu - last[0] > 0.02:
             last[:] = [cpu, time.monotonic()]
             return False
         return bool(time.monotonic() - last[1] >= quiet)
 
-    wait_for(settled, timeout=300, what="the operator to go quiet", interval=0.5)
+    wait_for(settled, timeout=300, what="the operator to go quiet", interval=0.5,
+             fatal=(RunStoppedError,))  # fmt: skip
 
 
 def idle_at(
@@ -199,19 +206,22 @@ def idle_at(
     window: float,
     heartbeats: int,
     node_images: int,
+    health: NodeHealth,
 ) -> dict[str, Any]:
     grow_seconds = fleet.grow(size) if size > len(fleet.nodes) else 0.0
+    wait_seconds = health.wait_healthy(fleet.names())
     seed_seconds = seed_results(bench, fleet.nodes)
     seed_images(bench, fleet.nodes, node_images)
     if bench.policy(IDLE_POLICY) is None:
         bench.create_policy(IDLE_POLICY, IDLE_SPEC)
-    result = measure_idle(bench, fleet, window=window, heartbeats=heartbeats)
+    result = measure_idle(bench, fleet, window=window, heartbeats=heartbeats, health=health)
     core: Any = client.CoreV1Api(bench.api)
     sample = core.read_node(fleet.nodes[0].name, _preload_content=False)
     return {
         "node_images": node_images,
         "node_json_bytes": len(sample.data),
         "create_nodes_seconds": round(grow_seconds, 1),
+        "wait_nodes_ready_seconds": round(wait_seconds, 1),
         "seed_results_seconds": round(seed_seconds, 1),
         **result,
     }

@@ -23,13 +23,17 @@ from kubernetes.client.exceptions import ApiException
 from .controlplane import DIR_PREFIX, OWNER_FILE, ControlPlane
 from .images import Images, build_images
 from .kubelet import SimulatedKubelet
+from .kubelet.readiness import NOT_READY_TAINT
 from .nodes import SimulatedNode, netns_name
 from .realnode import RealNode, realnode_netns_name, reap_real_nodes
 from .waiting import wait_for
 
 log = logging.getLogger(__name__)
 
-NOT_READY_TAINT = "node.kubernetes.io/not-ready"
+# The simulated kubelet renews each Lease once per this fraction of the controller's grace
+# period, whatever the number of nodes: a real kubelet renews every 10 s against the 50 s
+# default. The longest gap the controller can see is one period plus its monitor period.
+RENEW_FRACTION_OF_GRACE = 0.2
 NETNS_LIST = "netns.list"  # every netns this cluster made, for reap_stale_clusters()
 
 
@@ -76,6 +80,8 @@ class DevCluster:
     """
 
     def __init__(self, control_plane: ControlPlane | None = None, **kubelet_options: Any) -> None:
+        """``kubelet_options`` go to :class:`SimulatedKubelet`; ``renew_interval`` defaults
+        to RENEW_FRACTION_OF_GRACE of the control plane's node-monitor grace period."""
         self.control_plane = control_plane or ControlPlane()
         self.tag = secrets.token_hex(3)  # keeps this cluster's netns names apart from others'
         self._kubelet_options = kubelet_options
@@ -107,10 +113,13 @@ class DevCluster:
         atexit.register(self.stop)
         try:
             self._api = self.control_plane.api_client()
-            self._kubelet = SimulatedKubelet(
-                self.control_plane.api_client,
-                self.control_plane.dir / "kubelet",
+            options = {
+                "renew_interval": RENEW_FRACTION_OF_GRACE
+                * self.control_plane.node_monitor_grace_seconds,
                 **self._kubelet_options,
+            }
+            self._kubelet = SimulatedKubelet(
+                self.control_plane.api_client, self.control_plane.dir / "kubelet", **options
             )
             self._kubelet.start()
         except BaseException:

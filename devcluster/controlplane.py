@@ -41,6 +41,8 @@ SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 LOG_TAIL_LINES = 60
 DIR_PREFIX = "nodesysctl-devcluster-"
 OWNER_FILE = "owner.pid"  # the Python process that runs the cluster (for reap_stale_clusters)
+# How often the node lifecycle controller looks at every node's heartbeats (its default).
+NODE_MONITOR_PERIOD_SECONDS = 5.0
 
 
 class ControlPlaneError(RuntimeError):
@@ -142,7 +144,7 @@ class ControlPlane:
         *,
         binaries: Binaries | None = None,
         keep_dir: bool | None = None,
-        node_monitor_grace_period: str = "60s",
+        node_monitor_grace_seconds: float = 60.0,
         extra_apiserver_args: Sequence[str] = (),
         extra_controller_manager_args: Sequence[str] = (),
         start_timeout: float = 120.0,
@@ -158,7 +160,9 @@ class ControlPlane:
         )
         self.log_dir = self.dir / "logs"
         self.ports = Ports()
-        self.node_monitor_grace_period = node_monitor_grace_period
+        # How long the node lifecycle controller waits for a heartbeat before it marks a
+        # node Unknown (upstream default 50 s); the simulated kubelet's renew period follows.
+        self.node_monitor_grace_seconds = node_monitor_grace_seconds
         self.extra_apiserver_args = list(extra_apiserver_args)
         self.extra_controller_manager_args = list(extra_controller_manager_args)
         self.start_timeout = start_timeout
@@ -395,7 +399,10 @@ class ControlPlane:
                 f"--cluster-signing-cert-file={pki.ca.cert}",
                 f"--cluster-signing-key-file={pki.ca.key}",
                 f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
-                f"--node-monitor-grace-period={self.node_monitor_grace_period}",
+                f"--node-monitor-grace-period={self.node_monitor_grace_seconds:g}s",
+                # Spelled out (it is the default): the lease margin in docs/controlplane.md
+                # counts one monitor period between a renewal and the controller seeing it.
+                f"--node-monitor-period={NODE_MONITOR_PERIOD_SECONDS:g}s",
                 "--kube-api-qps=200",
                 "--kube-api-burst=400",
                 *self.extra_controller_manager_args,

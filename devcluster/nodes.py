@@ -211,6 +211,16 @@ class SimulatedNode:
         """The kubelet reports the node Ready, or NotReady (Ready=False, KubeletNotReady)."""
         self._require_kubelet().report_ready(self.name, ready)
 
+    def pause_heartbeats(self) -> None:
+        """Its kubelet stops renewing the Lease and posting status, as a hung kubelet would;
+        after the grace period the node lifecycle controller marks the node Unknown and
+        taints it. Pods bound to it are still run (so cleanups do not hang)."""
+        self._require_kubelet().pause_heartbeats(self.name)
+
+    def resume_heartbeats(self) -> None:
+        """Heartbeats again, at once; a node the controller marked Unknown is posted Ready."""
+        self._require_kubelet().resume_heartbeats(self.name)
+
     def set_labels(self, labels: Mapping[str, str | None]) -> None:
         """Add/change labels; a value of None removes that label."""
         for key, value in labels.items():

@@ -3,9 +3,16 @@
 What it does, as a kubelet would (and what it does not):
 
 * registers each node's Node object (capacity, allocatable, conditions, ``nodeInfo.bootID``,
-  ``kubeletVersion``) and its Lease in ``kube-node-lease``, then keeps the node Ready by
-  renewing the Lease only (:mod:`.leases`);
-* watches every pod (:mod:`.pod_watch`) and takes those bound to its nodes (:mod:`.pod_runner`):
+  ``kubeletVersion``) and its Lease in ``kube-node-lease`` (:mod:`.leases`), then keeps the
+  node Ready by renewing the Lease only, once per fixed period on the node's own phase, from a
+  process of its own (:mod:`.heartbeats`, :mod:`.renewals`); a node's heartbeats can be paused
+  (a hung kubelet) and resumed;
+* watches every Node (:mod:`.readiness`): a node the node lifecycle controller marked
+  ``Unknown`` gets its conditions posted again at once (Ready=True, KubeletReady, unless
+  ``node.set_ready(False)`` said otherwise), as a real kubelet posts its status when it finds
+  it changed; for a paused node, once it resumes. The controller then takes its
+  ``unreachable``/``not-ready`` taints off itself;
+* watches every pod (:mod:`.list_watch`) and takes those bound to its nodes (:mod:`.pod_runner`):
 
   - pods of agent Jobs (label ``app.kubernetes.io/name=nodesysctl-agent``) are RUN for real:
     each container's ``command + args`` (``python``/``python3`` replaced by this interpreter),

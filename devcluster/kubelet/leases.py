@@ -1,9 +1,11 @@
-"""Node keeping: the Node objects of the simulated nodes, and the Leases that keep them Ready.
+"""Node keeping: the Node objects of the simulated nodes and their Leases.
 
 Each node's Node object is registered once (capacity, allocatable, conditions,
 ``nodeInfo.bootID``, ``kubeletVersion``) with its Lease in ``kube-node-lease``; from then on
-only the Lease is renewed: the node lifecycle controller counts a renewed Lease as a heartbeat,
-so thousands of nodes cost one small write each per renew interval, never a status write.
+only the Lease is renewed (:mod:`.heartbeats`, in a process of its own): the node lifecycle
+controller counts a renewed Lease as a heartbeat, so thousands of nodes cost one small write
+each per renew period, never a status write. The conditions are posted again only when the
+controller marked the node Unknown, as a kubelet does when its status was changed behind it.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import platform
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from kubernetes.client.exceptions import ApiException
@@ -25,22 +27,43 @@ from .api_formats import MERGE, STRATEGIC, micro_now, now
 Json = dict[str, Any]
 
 NODE_LEASE_NAMESPACE = "kube-node-lease"
-MAX_LEASE_WRITES_PER_SECOND = 100
-MAX_RENEW_PERIOD = 40.0
+
+
+def _condition(kind: str, status: str, reason: str, message: str, stamp: str) -> Json:
+    return {
+        "type": kind,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "lastHeartbeatTime": stamp,
+        "lastTransitionTime": stamp,
+    }
+
+
+def ready_condition(stamp: str, ready: bool) -> Json:
+    """The Ready condition as the kubelet reports it: True (KubeletReady), or False
+    (KubeletNotReady, as when its container runtime is down)."""
+    if ready:
+        return _condition("Ready", "True", "KubeletReady", "simulated kubelet is ready", stamp)
+    return _condition(
+        "Ready", "False", "KubeletNotReady", "simulated container runtime is down", stamp
+    )
+
+
+def kubelet_conditions(stamp: str, *, ready: bool = True) -> list[Json]:
+    """The conditions the kubelet posts, all stamped ``stamp`` (heartbeat and transition): at
+    registration, and again after the controller marked them Unknown (Ready as the kubelet
+    last reported it)."""
+    return [
+        _condition("MemoryPressure", "False", "KubeletHasSufficientMemory", "ok", stamp),
+        _condition("DiskPressure", "False", "KubeletHasNoDiskPressure", "ok", stamp),
+        _condition("PIDPressure", "False", "KubeletHasSufficientPID", "ok", stamp),
+        ready_condition(stamp, ready),
+    ]
 
 
 def node_body(node: SimulatedNode, stamp: str) -> Json:
     """The Node object a kubelet registers for ``node``; ``stamp`` is now."""
-
-    def condition(kind: str, status: str, reason: str, message: str) -> Json:
-        return {
-            "type": kind,
-            "status": status,
-            "reason": reason,
-            "message": message,
-            "lastHeartbeatTime": stamp,
-            "lastTransitionTime": stamp,
-        }
 
     labels = {
         "kubernetes.io/hostname": node.name,
@@ -64,12 +87,7 @@ def node_body(node: SimulatedNode, stamp: str) -> Json:
         "status": {
             "capacity": resources,
             "allocatable": resources,
-            "conditions": [
-                condition("MemoryPressure", "False", "KubeletHasSufficientMemory", "ok"),
-                condition("DiskPressure", "False", "KubeletHasNoDiskPressure", "ok"),
-                condition("PIDPressure", "False", "KubeletHasSufficientPID", "ok"),
-                condition("Ready", "True", "KubeletReady", "simulated kubelet is ready"),
-            ],
+            "conditions": kubelet_conditions(stamp),
             "addresses": [
                 {"type": "InternalIP", "address": NODE_IP},
                 {"type": "Hostname", "address": node.name},
@@ -91,25 +109,39 @@ def node_body(node: SimulatedNode, stamp: str) -> Json:
     }
 
 
+def lease_body(name: str, node_uid: str, duration_seconds: int) -> Json:
+    """A node's Lease, renewed now; owned by the Node, so the garbage collector deletes it
+    with the Node."""
+    return {
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": {
+            "name": name,
+            "namespace": NODE_LEASE_NAMESPACE,
+            "ownerReferences": [
+                {"apiVersion": "v1", "kind": "Node", "name": name, "uid": node_uid}
+            ],
+        },
+        "spec": {
+            "holderIdentity": name,
+            "leaseDurationSeconds": duration_seconds,
+            "renewTime": micro_now(),
+        },
+    }
+
+
+def renew_lease_body(name: str) -> Json:
+    """The merge patch that renews a node's Lease now."""
+    return {"spec": {"renewTime": micro_now(), "holderIdentity": name}}
+
+
 class NodeLeases:
     """The nodes served (a registry the pod side reads too), their Node objects and Leases."""
 
-    def __init__(
-        self,
-        core: Any,
-        coordination: Any,
-        stop: threading.Event,
-        report_error: Callable[[str], None],
-        *,
-        lease_duration_seconds: int,
-        renew_interval: float,
-    ) -> None:
+    def __init__(self, core: Any, coordination: Any, *, lease_duration_seconds: int) -> None:
         self.core = core
         self.coordination = coordination
-        self._stop = stop
-        self._report_error = report_error
         self.lease_duration_seconds = lease_duration_seconds
-        self.renew_interval = renew_interval
         self.nodes: dict[str, SimulatedNode] = {}
         self._lock = threading.Lock()
 
@@ -127,10 +159,21 @@ class NodeLeases:
             return self.nodes.get(name)
 
     # ----------------------------------------------------------------- Node objects
-    def create(self, node: SimulatedNode) -> None:
-        """Create the Node object and its Lease."""
+    def create(self, node: SimulatedNode) -> float:
+        """Create the Node object and its Lease (its first heartbeat); returns when the Lease
+        was renewed (``time.monotonic()``)."""
         created = self.core.create_node(node_body(node, now()))
-        self._create_lease(node.name, created.metadata.uid)
+        body = lease_body(node.name, created.metadata.uid, self.lease_duration_seconds)
+        renewed = time.monotonic()
+        try:
+            self.coordination.create_namespaced_lease(NODE_LEASE_NAMESPACE, body)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+            self.coordination.patch_namespaced_lease(
+                node.name, NODE_LEASE_NAMESPACE, renew_lease_body(node.name), _content_type=MERGE
+            )
+        return renewed
 
     def delete_node(self, name: str) -> None:
         with contextlib.suppress(ApiException):  # 404: already gone
@@ -164,100 +207,11 @@ class NodeLeases:
         being renewed, so the node lifecycle controller keeps the status posted (it writes
         Unknown only for a node whose heartbeats stop) and taints the node
         ``node.kubernetes.io/not-ready`` while it is not Ready."""
-        reason, message = (
-            ("KubeletReady", "simulated kubelet is ready")
-            if ready
-            else ("KubeletNotReady", "simulated container runtime is down")
-        )
-        stamp = now()
         self.core.patch_node_status(
             name,
-            {
-                "status": {
-                    "conditions": [
-                        {
-                            "type": "Ready",
-                            "status": "True" if ready else "False",
-                            "reason": reason,
-                            "message": message,
-                            "lastHeartbeatTime": stamp,
-                            "lastTransitionTime": stamp,
-                        }
-                    ]
-                }
-            },
+            {"status": {"conditions": [ready_condition(now(), ready)]}},
             _content_type=STRATEGIC,
         )
 
     def patch_labels(self, name: str, labels: Mapping[str, str | None]) -> None:
         self.core.patch_node(name, {"metadata": {"labels": dict(labels)}}, _content_type=MERGE)
-
-    # ----------------------------------------------------------------- Leases
-    def _create_lease(self, name: str, node_uid: str) -> None:
-        body = {
-            "apiVersion": "coordination.k8s.io/v1",
-            "kind": "Lease",
-            "metadata": {
-                "name": name,
-                "namespace": NODE_LEASE_NAMESPACE,
-                # Owned by the Node, so the garbage collector deletes it with the Node.
-                "ownerReferences": [
-                    {"apiVersion": "v1", "kind": "Node", "name": name, "uid": node_uid}
-                ],
-            },
-            "spec": {
-                "holderIdentity": name,
-                "leaseDurationSeconds": self.lease_duration_seconds,
-                "renewTime": micro_now(),
-            },
-        }
-        try:
-            self.coordination.create_namespaced_lease(NODE_LEASE_NAMESPACE, body)
-        except ApiException as exc:
-            if exc.status != 409:
-                raise
-            self._renew_lease(name)
-
-    def _renew_lease(self, name: str) -> None:
-        self.coordination.patch_namespaced_lease(
-            name,
-            NODE_LEASE_NAMESPACE,
-            {"spec": {"renewTime": micro_now(), "holderIdentity": name}},
-            _content_type=MERGE,
-        )
-
-    def renew_period(self, nodes: int) -> float:
-        """Seconds between two renewals of one node's Lease: ``renew_interval`` (10 s, as a
-        kubelet), stretched for big clusters to at most MAX_LEASE_WRITES_PER_SECOND in all,
-        but never past MAX_RENEW_PERIOD (the controller-manager's grace period is 60 s)."""
-        return min(max(self.renew_interval, nodes / MAX_LEASE_WRITES_PER_SECOND), MAX_RENEW_PERIOD)
-
-    def run(self) -> None:
-        """Renew every node's Lease once per period, the writes spread evenly over it, until
-        the stop event is set."""
-        while not self._stop.is_set():
-            with self._lock:
-                names = list(self.nodes)
-            period = self.renew_period(len(names))
-            started = time.monotonic()
-            for index, name in enumerate(names):
-                due = started + period * index / len(names)
-                if self._stop.wait(max(0.0, due - time.monotonic())):
-                    return
-                if name in self.nodes:
-                    self._renew_one(name)
-            if self._stop.wait(max(0.0, started + period - time.monotonic())):
-                return
-
-    def _renew_one(self, name: str) -> None:
-        try:
-            self._renew_lease(name)
-        except ApiException as exc:
-            if exc.status == 404 and name in self.nodes:  # the Lease was deleted: recreate it
-                with contextlib.suppress(ApiException):
-                    self._create_lease(name, self.core.read_node(name).metadata.uid)
-            elif exc.status != 404:
-                self._report_error(f"renewing the lease of {name}: {exc.status} {exc.reason}")
-        except Exception as exc:
-            if not self._stop.is_set():
-                self._report_error(f"renewing the lease of {name}: {exc!r}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +13,9 @@ from kubernetes import client
 
 from devcluster.binaries import KUBERNETES_VERSION
 from devcluster.cluster import DevCluster
+from devcluster.controlplane import ControlPlane
+from devcluster.kubelet.readiness import NOT_READY_TAINT, UNREACHABLE_TAINT
+from devcluster.nodes import SimulatedNode
 from devcluster.pytest_plugin import NodeFactory
 from devcluster.waiting import wait_for
 from tests.kube_json import as_dict
@@ -96,6 +99,137 @@ def test_leases_are_renewed(node_factory: NodeFactory, api_client: Any) -> None:
         timeout=30,
         what=f"the lease of {node.name} to be renewed",
     )
+
+
+def ready_condition(core: client.CoreV1Api, name: str) -> dict[str, Any]:
+    conditions = node_body(core, name)["status"]["conditions"]
+    return next(c for c in conditions if c["type"] == "Ready")
+
+
+def health_taints(core: client.CoreV1Api, name: str) -> set[tuple[str, str]]:
+    taints = node_body(core, name)["spec"].get("taints") or []
+    return {
+        (t["key"], t["effect"]) for t in taints if t["key"] in (NOT_READY_TAINT, UNREACHABLE_TAINT)
+    }
+
+
+def mark_unknown(core: client.CoreV1Api, name: str) -> None:
+    """What the node lifecycle controller writes once a node's heartbeats are older than the
+    grace period: every kubelet condition Unknown, the heartbeat time left as it was."""
+    stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    conditions = [
+        {
+            "type": kind,
+            "status": "Unknown",
+            "reason": "NodeStatusUnknown",
+            "message": "Kubelet stopped posting node status.",
+            "lastTransitionTime": stamp,
+        }
+        for kind in ("Ready", "MemoryPressure", "DiskPressure", "PIDPressure")
+    ]
+    core.patch_node_status(
+        name,
+        {"status": {"conditions": conditions}},
+        _content_type="application/strategic-merge-patch+json",
+    )
+
+
+def back_to_ready(core: client.CoreV1Api, node: SimulatedNode) -> bool:
+    ready = ready_condition(core, node.name)
+    ok = (ready["status"], ready["reason"]) == ("True", "KubeletReady")
+    return ok and not health_taints(core, node.name)
+
+
+@pytest.mark.integration
+def test_the_kubelet_answers_the_controllers_unknown_mark_at_once(
+    node_factory: NodeFactory, api_client: Any
+) -> None:
+    node = node_factory(netns=False)
+    core = client.CoreV1Api(api_client)
+    renewed = datetime.fromisoformat(lease_body(api_client, node.name)["spec"]["renewTime"])
+    mark_unknown(core, node.name)
+    # As a real kubelet that finds its status changed: its conditions again, at once.
+    wait_for(lambda: back_to_ready(core, node), timeout=30, what=f"{node.name} Ready again")
+    conditions = {
+        c["type"]: c["status"] for c in node_body(core, node.name)["status"]["conditions"]
+    }
+    assert conditions == {
+        "Ready": "True", "MemoryPressure": "False", "DiskPressure": "False", "PIDPressure": "False"
+    }  # fmt: skip
+    lease = lease_body(api_client, node.name)["spec"]["renewTime"]
+    assert datetime.fromisoformat(lease) > renewed  # and a heartbeat with them
+
+
+@pytest.mark.integration
+def test_a_node_marked_unknown_while_its_kubelet_hangs_is_ready_once_it_is_back(
+    node_factory: NodeFactory, api_client: Any
+) -> None:
+    node = node_factory(netns=False)
+    # A second, Ready node: in a zone where every node is NotReady the controller assumes a
+    # network partition ("full disruption") and puts no taint on anyone.
+    node_factory(netns=False)
+    core = client.CoreV1Api(api_client)
+    node.pause_heartbeats()
+    mark_unknown(core, node.name)  # what the controller does after the 60 s grace period
+    unreachable = {(UNREACHABLE_TAINT, "NoSchedule"), (UNREACHABLE_TAINT, "NoExecute")}
+    wait_for(
+        lambda: health_taints(core, node.name) == unreachable,
+        timeout=60,
+        what=f"the controller to taint {node.name} unreachable",
+    )
+    assert ready_condition(core, node.name)["status"] == "Unknown"  # a hung kubelet is silent
+    node.resume_heartbeats()
+    # The kubelet posts Ready; the controller takes its own taints off.
+    wait_for(lambda: back_to_ready(core, node), timeout=60, what=f"{node.name} Ready again")
+
+
+@pytest.mark.integration
+def test_a_kubelet_reported_not_ready_stays_so_through_the_controllers_unknown_mark(
+    node_factory: NodeFactory, api_client: Any
+) -> None:
+    node = node_factory(netns=False)
+    node_factory(netns=False)  # not a fully disrupted zone (see above)
+    core = client.CoreV1Api(api_client)
+    node.set_ready(False)  # its container runtime is down; the Lease goes on
+    node.pause_heartbeats()
+    mark_unknown(core, node.name)
+    node.resume_heartbeats()
+    # The repost says what this kubelet says: NotReady, not Ready.
+    wait_for(
+        lambda: ready_condition(core, node.name)["reason"] == "KubeletNotReady",
+        timeout=30,
+        what=f"{node.name} reported NotReady again",
+    )
+    assert ready_condition(core, node.name)["status"] == "False"
+    node.set_ready(True)
+    wait_for(lambda: back_to_ready(core, node), timeout=60, what=f"{node.name} Ready again")
+
+
+@pytest.mark.integration
+def test_the_controller_marks_a_hung_kubelets_node_unknown_and_it_recovers(
+    devcluster: DevCluster,
+) -> None:
+    """The whole path with the real controller, on a cluster of its own with a 10 s grace
+    period (the session's is 60 s): heartbeats stop, the controller marks the node Unknown and
+    taints it, the heartbeats come back, the node is Ready and untainted."""
+    del devcluster  # only for its checks: binaries and root are there
+    with DevCluster(ControlPlane(node_monitor_grace_seconds=10.0)) as cluster:
+        hung = cluster.add_node("hung", netns=False)
+        other = cluster.add_node("other", netns=False)
+        core = client.CoreV1Api(cluster.api)
+        hung.pause_heartbeats()
+        wait_for(
+            lambda: ready_condition(core, "hung")["reason"] == "NodeStatusUnknown",
+            timeout=60,
+            what="the controller to mark the hung node Unknown",
+        )
+        wait_for(lambda: health_taints(core, "hung"), timeout=60, what="its unreachable taint")
+        hung.resume_heartbeats()
+        wait_for(lambda: back_to_ready(core, hung), timeout=60, what="the node Ready again")
+        # The other node's heartbeats went on the whole time: it never left Ready.
+        assert [c.node for c in cluster.kubelet.readiness.changes_since(0)] == ["hung"]
+        assert back_to_ready(core, other)
+        assert cluster.kubelet_errors == []
 
 
 @pytest.mark.integration

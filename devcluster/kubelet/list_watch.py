@@ -1,9 +1,10 @@
-"""The simulated kubelet's pod watch: every pod in the cluster, listed then watched.
+"""The simulated kubelet's watches (every pod, every Node): listed, then watched.
 
-Each pod goes to ``on_event(kind, pod)`` as raw JSON (ADDED for the listed ones). The watch
+Each object goes to ``on_event(kind, obj)`` as raw JSON (ADDED for the listed ones). The watch
 resumes from the last resourceVersion it saw (bookmarks included) and lists again when that
 version is too old (HTTP 410); any other failure is reported and retried after a second
-(from a new list, unless it was the API server's own answer).
+(from a new list, unless it was the API server's own answer). With a ``page_size`` the list
+comes in pages (thousands of 13 KB Nodes are not one answer).
 """
 
 from __future__ import annotations
@@ -19,18 +20,23 @@ from kubernetes.client.exceptions import ApiException
 Json = dict[str, Any]
 
 
-class PodWatch:
+class ListWatch:
     def __init__(
         self,
-        core: Any,
+        list_call: Callable[..., Any],
+        what: str,
         stop: threading.Event,
         report_error: Callable[[str], None],
         on_event: Callable[[str, Json], None],
+        *,
+        page_size: int | None = None,
     ) -> None:
-        self.core = core
+        self._list_call = list_call  # e.g. core.list_pod_for_all_namespaces
+        self.what = what  # "pod watch", in error reports
         self._stop = stop
         self._report_error = report_error
         self._on_event = on_event
+        self._page_size = page_size
         self._watch: Any = None
 
     def run(self) -> None:
@@ -39,18 +45,18 @@ class PodWatch:
         while not self._stop.is_set():
             try:
                 if resource_version is None:
-                    resource_version = self._list_pods()
-                resource_version = self._watch_pods(resource_version)
+                    resource_version = self._list()
+                resource_version = self._watch_from(resource_version)
             except ApiException as exc:
                 if exc.status == 410:  # too old: list again
                     resource_version = None
                     continue
                 if not self._stop.is_set():
-                    self._report_error(f"pod watch: {exc.status} {exc.reason}")
+                    self._report_error(f"{self.what}: {exc.status} {exc.reason}")
                     self._stop.wait(1.0)
             except Exception as exc:
                 if not self._stop.is_set():
-                    self._report_error(f"pod watch: {exc!r}")
+                    self._report_error(f"{self.what}: {exc!r}")
                     resource_version = None
                     self._stop.wait(1.0)
 
@@ -59,17 +65,26 @@ class PodWatch:
         if self._watch is not None:
             self._watch.stop()
 
-    def _list_pods(self) -> str:
-        resp = self.core.list_pod_for_all_namespaces(_preload_content=False)
-        listing = json.loads(resp.data)
-        for pod in listing.get("items", []):
-            self._on_event("ADDED", pod)
-        return str(listing["metadata"]["resourceVersion"])
+    def _list(self) -> str:
+        token: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {"_preload_content": False}
+            if self._page_size:
+                kwargs["limit"] = self._page_size
+            if token:
+                kwargs["_continue"] = token
+            resp = self._list_call(**kwargs)
+            listing = json.loads(resp.data)
+            for item in listing.get("items", []):
+                self._on_event("ADDED", item)
+            token = listing["metadata"].get("continue")
+            if not token:
+                return str(listing["metadata"]["resourceVersion"])
 
-    def _watch_pods(self, resource_version: str) -> str:
+    def _watch_from(self, resource_version: str) -> str:
         self._watch = watch.Watch()  # type: ignore[no-untyped-call]
         stream: Iterator[Json] = self._watch.stream(
-            self.core.list_pod_for_all_namespaces,
+            self._list_call,
             resource_version=resource_version,
             allow_watch_bookmarks=True,
             timeout_seconds=60,
