@@ -323,7 +323,7 @@ def current_state(node: NodeFacts, policy: str, current_spec_hash: str) -> NodeS
 
 def unavailable(node: NodeFacts, spec: NodeSysctlPolicySpec) -> Unavailable | None:
     """Why this policy's agent pod cannot run on the node now (None if it can)."""
-    return judge(node.availability, agent_tolerations(spec))
+    return judge(node.availability, agent_tolerations(spec, node.availability))
 
 
 def reported_state(
@@ -475,11 +475,10 @@ def plan_rollout(
         else:
             running[job.node] = job
 
-    tolerations = agent_tolerations(spec)
     waiting = {
         node.name: blocked
         for node in nodes
-        if node.name not in running and (blocked := judge(node.availability, tolerations))
+        if node.name not in running and (blocked := unavailable(node, spec))
     }
     summary = summarize(
         nodes, policy, default, in_flight=len(running), waiting=waiting, node_hashes=hashes
