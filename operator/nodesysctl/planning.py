@@ -21,9 +21,11 @@ from nodesysctl.api import MAX_WORST_NODES, Mode, NodeSysctlPolicySpec
 from nodesysctl.availability import (
     AVAILABLE,
     NodeAvailability,
+    Taint,
     Unavailable,
     agent_tolerations,
     judge,
+    readiness_taints,
 )
 from nodesysctl.compose import Conflict as Conflict
 from nodesysctl.compose import NodeComposition, NodeTarget
@@ -154,6 +156,12 @@ class NodeFacts:
             results=results,
             availability=NodeAvailability.from_body(body),
         )
+
+    @property
+    def readiness_taints(self) -> tuple[Taint, ...]:
+        """The readiness taints of ours the node carries (keys under READINESS_TAINT_PREFIX,
+        NoSchedule or NoExecute): while it has one, the node is not verified yet."""
+        return readiness_taints(self.availability)
 
     def with_result(self, policy: str, result: NodeResult | None) -> NodeFacts:
         """These facts with `result` as the policy's result (unchanged for None): what the
