@@ -79,13 +79,14 @@ def scheduled(pod: dict[str, Any]) -> dict[str, Any]:
 
 
 def wait_unschedulable(api: Any, namespace: str, name: str) -> dict[str, Any]:
-    """The scheduler has tried and refused the pod for our taint."""
+    """The scheduler has tried and refused the pod for a taint (ours: the only one on the node
+    the pod does not tolerate; newer schedulers no longer name the taint)."""
 
     def refused() -> dict[str, Any] | None:
         pod = the_pod(api, namespace, name)
         cond = scheduled(pod) if pod else {}
-        refused_for_ours = READINESS_TAINT_PREFIX in cond.get("message", "")
-        return pod if cond.get("reason") == "Unschedulable" and refused_for_ours else None
+        for_a_taint = "untolerated taint" in cond.get("message", "")
+        return pod if cond.get("reason") == "Unschedulable" and for_a_taint else None
 
     return wait_for(refused, timeout=60, what=f"pod of {name} unschedulable for our taint")
 
