@@ -53,8 +53,13 @@ class TaintConflictError(Exception):
 
 
 def is_conflict(exc: KubeError) -> bool:
-    """The Node changed since it was read: a failed `test` (422) or a stale version (409)."""
-    return exc.status == 409 or (exc.status == 422 and "test" in exc.message.lower())
+    """The Node changed since it was read: a stale version (409), or the failed `test` (422,
+    "the server rejected our request due to an error in our request"; the Status body's
+    details say "testing value /metadata/resourceVersion failed")."""
+    said = f"{exc.message} {exc.body or ''}".lower()
+    return exc.status == 409 or (
+        exc.status == 422 and ("testing value" in said or "test failed" in said)
+    )
 
 
 def write_decision(

@@ -276,7 +276,7 @@ def test_operator_may_change_only_the_readiness_taints_on_a_node_and_add_only_no
     admin.merge_patch(path, {"metadata": {"labels": {"example.com/rack": "r1"}}})
     with pytest.raises(KubeError) as caught:
         send([theirs], stale)
-    assert is_conflict(caught.value), caught.value
+    assert is_conflict(caught.value), caught.value.body
     assert now() == [theirs, ours]
 
 
