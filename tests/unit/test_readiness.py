@@ -312,14 +312,12 @@ def test_a_node_that_keeps_changing_fails_the_pass_after_a_few_attempts() -> Non
 def test_only_a_changed_node_is_a_conflict() -> None:
     assert is_conflict(KubeError(409, "Conflict", "the object has been modified"))
     # What kube-apiserver 1.36 answers to a failed test (tests/integration/test_fence.py).
-    body = (
-        '{"kind":"Status","status":"Failure","message":"the server rejected our request due '
-        'to an error in our request","reason":"Invalid","details":{"causes":[{"message":'
-        '"testing value /metadata/resourceVersion failed: test failed"}]},"code":422}'
-    )
     generic = "the server rejected our request due to an error in our request"
+    body = ('{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"'
+            + generic + '","reason":"Invalid","details":{},"code":422}')  # fmt: skip
     assert is_conflict(KubeError(422, "Invalid", generic, body=body))
-    assert not is_conflict(KubeError(422, "Invalid", generic, body="{}"))
+    invalid = '{"kind":"Status","details":{"causes":[{"field":"spec.taints[0].effect"}]}}'
+    assert not is_conflict(KubeError(422, "Invalid", generic, body=invalid))
     assert not is_conflict(KubeError(422, "Invalid", "spec.taints[0].effect: Unsupported value"))
     assert not is_conflict(KubeError(403, "Forbidden", "nodesysctl fence: ..."))
 

@@ -21,6 +21,7 @@ from nodesysctl.api import parse_spec
 from nodesysctl.jobs import JobSettings
 from nodesysctl.kube import KubeError
 from nodesysctl.labels import ANNOTATION_RESULT_PREFIX, LABEL_SPEC_HASH, RESTART_WAVE
+from nodesysctl.node_taints import PATCH_NOT_APPLIED
 from nodesysctl.observed import PodOutcome
 from nodesysctl.pacing import INVALID_POLL_SECONDS, RestartLimiter
 from nodesysctl.planning import (
@@ -107,7 +108,7 @@ class RecordingKube:
         body = self.node_bodies[name]
         test, add = patch
         if test["value"] != body["metadata"]["resourceVersion"]:
-            raise KubeError(422, "Invalid", "testing value /metadata/resourceVersion failed")
+            raise KubeError(422, "Invalid", PATCH_NOT_APPLIED, body='{"details":{}}')
         body["spec"]["taints"] = add["value"]
         body["metadata"]["resourceVersion"] = str(int(test["value"]) + 1)
 
