@@ -45,7 +45,7 @@ from pydantic_core import CoreSchema, PydanticCustomError, core_schema
 
 from nodesysctl import GROUP, VERSION
 from nodesysctl.api_errors import kubernetes_problems, rule_violation
-from nodesysctl.labels import LABEL_RESTART_OPT_IN
+from nodesysctl.labels import LABEL_RESTART_OPT_IN, READINESS_TAINT_PREFIX
 
 API_VERSION = f"{GROUP}/{VERSION}"
 # Job names and Node annotation keys (`nodesysctl.io/result.<policy>`, at most 63 characters
@@ -675,6 +675,39 @@ class JobSpec(_RuledModel):
     )
 
 
+class ReadinessSpec(_RuledModel):
+    """The readiness taint a policy clears (`spec.readiness`): nodes register with it (kubelet
+    `--register-with-taints`, a node pool's taints, Karpenter `startupTaints`) and the operator
+    removes it once every policy that selects the node and names it has verified the node for
+    its current spec and boot (`nodesysctl.readiness`)."""
+
+    key: Annotated[StrictStr, Field(max_length=317)] = READINESS_TAINT_PREFIX
+    effect: Literal[TaintEffect.NO_SCHEDULE, TaintEffect.NO_EXECUTE] = TaintEffect.NO_SCHEDULE
+    # Put the taint back (NoSchedule) when the node boots again, until the recheck passes.
+    retaint_on_reboot: StrictBool = False
+
+    RULES: ClassVar[tuple[Rule[ReadinessSpec], ...]] = (
+        Rule(
+            f"a readiness taint key {LABEL_KEY_RULE}",
+            lambda r: is_qualified_name(r.key),
+            field_path=".key",
+        ),
+        Rule(
+            f"a readiness taint key must start with {READINESS_TAINT_PREFIX}: the admission "
+            "fence lets the operator change only the taints under that prefix",
+            lambda r: r.key.startswith(READINESS_TAINT_PREFIX),
+            field_path=".key",
+        ),
+        Rule(
+            "retaintOnReboot needs effect NoSchedule: a NoExecute taint put back at every boot "
+            "would evict every pod that does not tolerate it",
+            lambda r: not r.retaint_on_reboot or r.effect == TaintEffect.NO_SCHEDULE,
+            field_path=".retaintOnReboot",
+            reason="FieldValueForbidden",
+        ),
+    )
+
+
 def _protected_ports_are_kept_out(spec: NodeSysctlPolicySpec) -> bool:
     ephemeral = spec.ports.ephemeral_range
     return spec.remediation.reserve_ports or not any(
@@ -689,6 +722,7 @@ class NodeSysctlPolicySpec(_RuledModel):
     rollout: RolloutSpec = RolloutSpec()
     restart: RestartSpec | None = None
     job: JobSpec = JobSpec()
+    readiness: ReadinessSpec | None = None  # omitted: no taint is ever touched
 
     RULES: ClassVar[tuple[Rule[NodeSysctlPolicySpec], ...]] = (
         Rule(

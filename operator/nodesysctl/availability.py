@@ -9,7 +9,8 @@ What really blocks the pod follows from how it is pinned: `jobs.pin_to_node` use
 affinity on `metadata.name`, not `nodeName`, so the pod goes through the scheduler, and the
 scheduler refuses a node that
 - has a NoSchedule or NoExecute taint the pod does not tolerate (TaintToleration; the pod's
-  tolerations are the policy's `spec.job.tolerations` plus `AGENT_TOLERATIONS`), or
+  tolerations are the policy's `spec.job.tolerations` plus `AGENT_TOLERATIONS` and the
+  readiness taints of ours, see `agent_tolerations`), or
 - is cordoned (`spec.unschedulable`), unless the pod tolerates the
   `node.kubernetes.io/unschedulable:NoSchedule` taint (NodeUnschedulable; the toleration
   DaemonSet pods carry). A policy that tolerates everything (`operator: Exists`, no key) is
@@ -40,6 +41,7 @@ from enum import StrEnum
 from typing import Any
 
 from nodesysctl.api import NodeSysctlPolicySpec, TaintEffect, Toleration, TolerationOperator
+from nodesysctl.labels import READINESS_TAINT_PREFIX
 
 # The taint the scheduler's NodeUnschedulable filter asks a cordoned node's pods to tolerate
 # (the node lifecycle controller also puts it on the node, with effect NoSchedule).
@@ -145,9 +147,26 @@ def tolerated(tolerations: Iterable[Toleration], taint: Taint) -> bool:
     return any(tolerates(toleration, taint) for toleration in tolerations)
 
 
-def agent_tolerations(spec: NodeSysctlPolicySpec) -> tuple[Toleration, ...]:
-    """Every toleration an agent pod of this policy carries."""
-    return (*spec.job.tolerations, *AGENT_TOLERATIONS)
+def readiness_taints(node: NodeAvailability) -> tuple[Taint, ...]:
+    """The node's readiness taints of ours (keys under READINESS_TAINT_PREFIX): while it has
+    one, the node is not verified yet (`nodesysctl.readiness`)."""
+    return tuple(t for t in node.taints if t.key.startswith(READINESS_TAINT_PREFIX))
+
+
+def agent_tolerations(
+    spec: NodeSysctlPolicySpec, node: NodeAvailability = AVAILABLE
+) -> tuple[Toleration, ...]:
+    """Every toleration an agent pod of this policy carries on `node`: the policy's own, and
+    the readiness taints of ours, exactly by key: the policy's (`spec.readiness`) and any other
+    the node carries now. Without the second, two policies naming two keys on one node would
+    each wait for the other's taint to go, forever."""
+    keys = [t.key for t in readiness_taints(node)]
+    if spec.readiness is not None:
+        keys.insert(0, spec.readiness.key)
+    readiness = tuple(
+        Toleration(key=key, operator=TolerationOperator.EXISTS) for key in dict.fromkeys(keys)
+    )
+    return (*spec.job.tolerations, *AGENT_TOLERATIONS, *readiness)
 
 
 def judge(node: NodeAvailability, tolerations: Sequence[Toleration]) -> Unavailable | None:

@@ -136,7 +136,6 @@ def plan_cleanup(
     """
     others = precedence(remaining)
     own_dir = spec.remediation.sysctl_dir
-    tolerations = agent_tolerations(spec)
     own = {job.name: job for job in jobs if verify_job(job, uid).believed}
     todo = sorted((n for n in nodes if needs_cleanup(n, policy, spec)), key=lambda n: n.name)
     wanted: dict[str, CleanupCheck] = {}
@@ -173,7 +172,7 @@ def plan_cleanup(
         if job is not None:
             pending.append(node.name)
             continue
-        blocked = judge(node.availability, tolerations)
+        blocked = judge(node.availability, agent_tolerations(spec, node.availability))
         if blocked is not None:
             failed.append((node.name, f"cannot run the cleanup check: {blocked.message()}"))
             continue

@@ -18,9 +18,12 @@ from datetime import datetime
 from typing import Any
 
 from nodesysctl.api import InvalidPolicy, NodeSysctlPolicySpec, parse_spec
+from nodesysctl.availability import AVAILABLE
 from nodesysctl.cleanup import CLEANUP_POLL_SECONDS, CleanupCheck, CleanupPlan, plan_cleanup
+from nodesysctl.compose import PolicyRanges
 from nodesysctl.jobs import JobSettings, build_agent_job
 from nodesysctl.kube import node_ref, policy_ref
+from nodesysctl.node_taints import release_deleted
 from nodesysctl.observed import PodOutcome
 from nodesysctl.reconcile import IO_PARALLELISM, Claims, PassClient, Snapshot, admitted
 from nodesysctl.results import verify_job, verify_outcome
@@ -86,6 +89,14 @@ class PolicyCleanup:
                 f"cleaning {len(plan.pending)} nodes before the policy goes",
             )
         self._report(snap, plan)
+        # A node never stays blocked by a policy that no longer exists (`readiness.release`).
+        release_deleted(
+            self.kube,
+            former=PolicyRanges(snap.name, snap.created, spec),
+            remaining=admitted(snap.other_policies, self.settings),
+            nodes=snap.nodes,
+            each=lambda call, items: list(self.io.map(call, items)),
+        )
         return CleanupStep(True, 0.0, f"{len(plan.cleaned)} nodes cleaned")
 
     def _job(
@@ -100,6 +111,9 @@ class PolicyCleanup:
             target=check.target,
             dirs=check.dirs,
             check_hash=check.check_hash,
+            node=next(
+                (n.availability for n in snap.nodes if n.name == check.order.node), AVAILABLE
+            ),
         )
 
     def _outcomes(self, snap: Snapshot) -> Mapping[str, Sequence[PodOutcome]]:

@@ -16,7 +16,7 @@ from nodesysctl import GROUP, KIND, VERSION
 from nodesysctl.agent.contract import PERSIST_FILE_PATTERN, SPEC_VERSION, AgentSpec
 from nodesysctl.agent.run import HOST_MOUNT_ROOT
 from nodesysctl.api import Mode, NodeSysctlPolicySpec
-from nodesysctl.availability import agent_tolerations
+from nodesysctl.availability import AVAILABLE, NodeAvailability, agent_tolerations
 from nodesysctl.compose import NodeTarget, PolicyRanges, target_of
 from nodesysctl.labels import (
     AGENT_APP,
@@ -239,14 +239,16 @@ def build_agent_job(
     target: NodeTarget | None = None,
     dirs: HostDirs | None = None,
     check_hash: str = "",
+    node: NodeAvailability = AVAILABLE,
 ) -> dict[str, Any]:
     """A privileged, host-network Job that checks (and in Enforce mode fixes) one node.
 
     `target`: the node's composition (`build_agent_spec`); `dirs`: which host sysctl
     directories the check opens (`planning.host_dirs`; without it, the target's directory
     when it persists); `check_hash`: the check's spec hash for the label
-    (`planning.node_spec_hash`; the policy's own `spec_hash` when empty). The pod's
-    tolerations, image and limits are the policy's.
+    (`planning.node_spec_hash`; the policy's own `spec_hash` when empty); `node`: the node's
+    availability facts, whose readiness taints the pod tolerates (`agent_tolerations`). The
+    pod's other tolerations, image and limits are the policy's.
 
     The admission fence admits this shape and nothing else in the job namespace
     (manifests/base/fence.yaml, nodesysctl-job-namespace-agent-jobs: the image, the command, the
@@ -304,7 +306,7 @@ def build_agent_job(
         # The same tolerations `nodesysctl.availability.judge` decides with.
         "tolerations": [
             t.model_dump(mode="json", by_alias=True, exclude_none=True)
-            for t in agent_tolerations(spec)
+            for t in agent_tolerations(spec, node)
         ],
         "containers": [container],
         "volumes": volumes,

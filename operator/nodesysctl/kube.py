@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
@@ -34,6 +34,7 @@ logger = logging.getLogger(__name__)
 
 FIELD_MANAGER = "nodesysctl"
 MERGE_PATCH = "application/merge-patch+json"
+JSON_PATCH = "application/json-patch+json"
 EVENT_NAMESPACE = "default"  # where Events about cluster-scoped objects go (as kubelet does)
 REPORTING_COMPONENT = "nodesysctl-operator"
 RESTART_LIST_PAGE = 500  # bodies per page of a cluster-wide pod or ReplicaSet list
@@ -269,6 +270,22 @@ class Kube:
         except KubeError as exc:
             if exc.status != 404:  # the node left meanwhile: nothing to record on it
                 raise
+
+    def get_node(self, name: str) -> dict[str, Any] | None:
+        try:
+            node: dict[str, Any] = self.rest.get(f"/api/v1/nodes/{_name(name)}")
+        except KubeError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return node
+
+    def json_patch_node(self, name: str, patch: Sequence[Mapping[str, Any]]) -> None:
+        """A JSON patch (RFC 6902) of a Node: how its taints are changed, with a `test` of its
+        resourceVersion first (`nodesysctl.node_taints`); errors are the caller's to judge."""
+        self.rest.request("PATCH", f"/api/v1/nodes/{_name(name)}",
+                          query={"fieldManager": FIELD_MANAGER},
+                          body=[dict(op) for op in patch], content_type=JSON_PATCH)  # fmt: skip
 
     def clear_node_annotation(self, key: str, nodes: Iterable[str]) -> None:
         for name in nodes:

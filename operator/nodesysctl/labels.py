@@ -33,3 +33,8 @@ RESTART_WAVE = f"{GROUP}/restart-wave"
 
 # The default `restart.selector`: workloads opt in to restarts with this label set to "true".
 LABEL_RESTART_OPT_IN = f"{GROUP}/restart"
+
+# On Nodes: the readiness taints a policy clears (`spec.readiness.key`) all start with this, so
+# the admission fence can allow the operator exactly these taint keys (CEL cannot look up what
+# the policies name).
+READINESS_TAINT_PREFIX = "nodesysctl.io/unverified"

@@ -9,6 +9,11 @@ against a few hundred bytes of facts each (docs/performance.md). This is client-
 with a transform: list in pages, watch from the list's resourceVersion with bookmarks, resume
 after a dropped connection, list again when the version expired (HTTP 410).
 
+The facts carry each Node's NoSchedule and NoExecute taints (without `timeAdded`, so a
+heartbeat changes nothing), ours among them: `NodeFacts.readiness_taints` says whether a node is
+still unverified (`nodesysctl.readiness`), and a taint of ours added or removed wakes the
+policies as any other change of facts does.
+
 Runs in its own thread (the client blocks); `on_update` is called from that thread.
 """
 

@@ -21,9 +21,11 @@ from nodesysctl.api import MAX_WORST_NODES, Mode, NodeSysctlPolicySpec
 from nodesysctl.availability import (
     AVAILABLE,
     NodeAvailability,
+    Taint,
     Unavailable,
     agent_tolerations,
     judge,
+    readiness_taints,
 )
 from nodesysctl.compose import Conflict as Conflict
 from nodesysctl.compose import NodeComposition, NodeTarget
@@ -154,6 +156,12 @@ class NodeFacts:
             results=results,
             availability=NodeAvailability.from_body(body),
         )
+
+    @property
+    def readiness_taints(self) -> tuple[Taint, ...]:
+        """The readiness taints of ours the node carries (keys under READINESS_TAINT_PREFIX,
+        NoSchedule or NoExecute): while it has one, the node is not verified yet."""
+        return readiness_taints(self.availability)
 
     def with_result(self, policy: str, result: NodeResult | None) -> NodeFacts:
         """These facts with `result` as the policy's result (unchanged for None): what the
@@ -323,7 +331,7 @@ def current_state(node: NodeFacts, policy: str, current_spec_hash: str) -> NodeS
 
 def unavailable(node: NodeFacts, spec: NodeSysctlPolicySpec) -> Unavailable | None:
     """Why this policy's agent pod cannot run on the node now (None if it can)."""
-    return judge(node.availability, agent_tolerations(spec))
+    return judge(node.availability, agent_tolerations(spec, node.availability))
 
 
 def reported_state(
@@ -475,11 +483,10 @@ def plan_rollout(
         else:
             running[job.node] = job
 
-    tolerations = agent_tolerations(spec)
     waiting = {
         node.name: blocked
         for node in nodes
-        if node.name not in running and (blocked := judge(node.availability, tolerations))
+        if node.name not in running and (blocked := unavailable(node, spec))
     }
     summary = summarize(
         nodes, policy, default, in_flight=len(running), waiting=waiting, node_hashes=hashes

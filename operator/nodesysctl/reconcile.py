@@ -34,6 +34,7 @@ from nodesysctl.jobs import (
     build_restart_patch,
 )
 from nodesysctl.kube import KubeError, node_ref, policy_ref, workload_ref
+from nodesysctl.node_taints import carry_out_readiness
 from nodesysctl.observed import PodOutcome, job_facts_from_body
 from nodesysctl.pacing import INVALID_POLL_SECONDS, RestartBudget, RestartLimiter, pass_delay
 from nodesysctl.planning import (
@@ -126,6 +127,10 @@ class PassClient(Protocol):
     def job_pods(self, namespace: str, job: str) -> Sequence[Mapping[str, Any]]: ...
 
     def patch_node(self, name: str, patch: Mapping[str, Any]) -> None: ...
+
+    def get_node(self, name: str) -> Mapping[str, Any] | None: ...
+
+    def json_patch_node(self, name: str, patch: Sequence[Mapping[str, Any]]) -> None: ...
 
     def patch_policy_status(self, name: str, status: Mapping[str, Any]) -> None: ...
 
@@ -348,6 +353,18 @@ class PolicyReconciler:
             snap = dataclasses.replace(snap, jobs=[j for j in snap.jobs if j.name not in gone])
         recorded = {**recorded, **pods_refused}
         selected = [n.with_result(snap.name, recorded.get(n.name)) for n in selected]
+        # Readiness taints (`spec.readiness`): off the nodes verified now, back on rebooted ones.
+        fresh = {n.name: n for n in selected}
+        carry_out_readiness(
+            self.kube,
+            policy=itself,
+            uid=snap.uid,
+            policies=policies,
+            nodes=[fresh.get(n.name, n) for n in snap.nodes],
+            compositions=compositions,
+            recorded=recorded,
+            each=self._each,
+        )
 
         # Only the policy's own Jobs run its checks: a foreign one neither holds a node's check
         # back nor counts against maxConcurrent, and it is never deleted as stale.
@@ -466,6 +483,7 @@ class PolicyReconciler:
             target=target,
             dirs=host_dirs(node, target) if target else None,
             check_hash=hashes[order.node],
+            node=node.availability,
         )
 
     def _create_checks(self, jobs: Sequence[Mapping[str, Any]]) -> list[bool]:

@@ -34,9 +34,17 @@ from devcluster.install import (
 from devcluster.waiting import wait_for
 from nodesysctl import GROUP, PLURAL, VERSION
 from nodesysctl.jobs import JobSettings, build_node_result_patch, build_restart_patch
-from nodesysctl.kube import Rest
-from nodesysctl.labels import LABEL_APP, LABEL_POLICY, RESTART_WAVE, RESTARTED_AT
+from nodesysctl.kube import JSON_PATCH, KubeError, Rest
+from nodesysctl.labels import (
+    LABEL_APP,
+    LABEL_POLICY,
+    READINESS_TAINT_PREFIX,
+    RESTART_WAVE,
+    RESTARTED_AT,
+)
+from nodesysctl.node_taints import is_conflict
 from nodesysctl.planning import HostDirs
+from nodesysctl.readiness import build_taints_patch
 
 from ..fence import FENCE_MESSAGE as FENCE
 from ..fence import agent_job, apply_fenced, operator_rest
@@ -212,8 +220,8 @@ def test_operator_may_only_change_its_annotations_on_a_node(
     assert result not in Rest(api_client).get(path)["metadata"].get("annotations", {})
 
     taint = {"key": "evil", "effect": "NoExecute"}
-    assert "changes its spec" in fenced(NODES, operator.merge_patch, path,
-                                        {"spec": {"taints": [taint]}})  # fmt: skip
+    assert "changes another taint" in fenced(NODES, operator.merge_patch, path,
+                                             {"spec": {"taints": [taint]}})  # fmt: skip
     for patch in (
         {"spec": {"unschedulable": True}},
         {"metadata": {"labels": {"node-role.kubernetes.io/control-plane": ""}}},
@@ -224,6 +232,52 @@ def test_operator_may_only_change_its_annotations_on_a_node(
     body = Rest(api_client).get(path)
     assert "taints" not in body["spec"]
     assert body["metadata"]["labels"]["nodesysctl.io/test-id"] == test_id
+
+
+def test_operator_may_change_only_the_readiness_taints_on_a_node_and_add_only_noschedule(
+    operator: Rest, api_client: Any, node_factory: Any
+) -> None:
+    """What `nodesysctl.node_taints` sends: a JSON patch testing the resourceVersion, then the
+    whole list; the fence checks the list against the old one."""
+    ours = {"key": READINESS_TAINT_PREFIX, "effect": "NoSchedule"}
+    gpu = {"key": f"{READINESS_TAINT_PREFIX}-gpu", "effect": "NoExecute"}
+    theirs = {"key": "example.com/dedicated", "value": "db", "effect": "NoSchedule"}
+    node = node_factory(netns=False, taints=[theirs, ours, gpu])
+    path = f"/api/v1/nodes/{node.name}"
+    admin = Rest(api_client)
+
+    def send(taints: list[dict[str, Any]], version: str | None = None) -> Any:
+        current = version or admin.get(path)["metadata"]["resourceVersion"]
+        return operator.request("PATCH", path, body=build_taints_patch(current, taints),
+                                content_type=JSON_PATCH)  # fmt: skip
+
+    def now() -> list[dict[str, Any]]:
+        return [{k: v for k, v in t.items() if k != "timeAdded"}
+                for t in admin.get(path)["spec"].get("taints", [])]  # fmt: skip
+
+    # Removing ours (any effect) and putting one back as NoSchedule are allowed.
+    send([theirs, gpu])
+    assert now() == [theirs, gpu]
+    send([theirs])
+    send([theirs, ours])
+    assert now() == [theirs, ours]
+    # Anything else is not: another taint removed, changed or added; ours added as NoExecute.
+    for taints in (
+        [ours],
+        [{**theirs, "value": "web"}, ours],
+        [theirs, ours, {"key": "evil", "effect": "NoSchedule"}],
+    ):
+        assert "changes another taint" in fenced(NODES, send, taints)
+    assert "only with effect NoSchedule" in fenced(NODES, send, [theirs, ours, gpu])
+    assert now() == [theirs, ours]
+
+    # A stale resourceVersion is a conflict the operator reads again on, never a write.
+    stale = admin.get(path)["metadata"]["resourceVersion"]
+    admin.merge_patch(path, {"metadata": {"labels": {"example.com/rack": "r1"}}})
+    with pytest.raises(KubeError) as caught:
+        send([theirs], stale)
+    assert is_conflict(caught.value), caught.value.body
+    assert now() == [theirs, ours]
 
 
 def test_nobody_else_writes_the_operators_annotations_on_a_node(

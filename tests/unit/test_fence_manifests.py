@@ -35,6 +35,7 @@ from nodesysctl.jobs import (
 )
 from nodesysctl.planning import CheckOrder, CheckReason, HostDirs
 
+from .test_crd import spec_schema
 from .test_manifests import JOB_NAMESPACE, OVERLAYS, OVERLAYS_DIR, env_of, find_kubectl
 from .test_manifests import operator_container as operator_container_of
 
@@ -411,3 +412,14 @@ def test_node_and_policy_rules_allow_the_operators_prefix() -> None:
     # ... and nobody else writes them on a Node.
     conditions = fence_policy("nodesysctl-node-results")["spec"]["matchConditions"]
     assert f"k.startsWith('{GROUP}/')" in conditions[0]["expression"]
+
+
+def test_node_rule_allows_exactly_the_readiness_taint_prefix() -> None:
+    # The CRD refuses a readiness key outside the prefix, so every taint a policy names is one
+    # the fence lets the operator change.
+    policy = fence_policy("nodesysctl-operator-nodes")
+    assert ast.literal_eval(variable(policy, "readinessPrefix")) == labels.READINESS_TAINT_PREFIX
+    rules = [
+        r["rule"] for r in spec_schema()["properties"]["readiness"]["x-kubernetes-validations"]
+    ]
+    assert f"self.key.startsWith('{labels.READINESS_TAINT_PREFIX}')" in rules

@@ -26,9 +26,11 @@ import yaml
 
 from devcluster.binaries import candidate_dirs
 from nodesysctl import GROUP, PLURAL
-from nodesysctl.api import NodeSysctlPolicySpec
+from nodesysctl.api import NodeSysctlPolicySpec, TaintEffect, Toleration
+from nodesysctl.availability import NodeAvailability, Taint, judge
 from nodesysctl.config import OperatorConfig
 from nodesysctl.jobs import JobSettings
+from nodesysctl.labels import READINESS_TAINT_PREFIX
 
 REPO = Path(__file__).resolve().parents[2]
 OVERLAYS_DIR = REPO / "manifests" / "overlays"
@@ -378,3 +380,15 @@ def test_dockerfile_runs_the_operator_as_non_root() -> None:
     assert ("CMD", '["run"]') in final
     # The agent Job runs `python -m nodesysctl.agent`: python must resolve to the venv.
     assert any(k == "ENV" and "PATH=/opt/venv/bin:$PATH" in rest for k, rest in final)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_operator_tolerates_the_readiness_taint_it_clears(overlay: str) -> None:
+    """Nodes that all register tainted must still run the operator that clears the taint."""
+    pod = only(render(overlay), "Deployment")["spec"]["template"]["spec"]
+    node = NodeAvailability(taints=(Taint(READINESS_TAINT_PREFIX, "", TaintEffect.NO_EXECUTE),))
+    tolerations = [Toleration.model_validate(t) for t in pod["tolerations"]]
+    assert judge(node, tolerations) is None
+    # ... and nothing else: a cordon or another taint still keeps it off a node.
+    other = NodeAvailability(taints=(Taint("example.com/dedicated", "", TaintEffect.NO_SCHEDULE),))
+    assert judge(other, tolerations) is not None

@@ -296,3 +296,25 @@ def test_health_counts_every_answer_of_the_api_server_and_fails_when_stale() -> 
     assert watch.health(now=watch.last_contact + STALE_SECONDS)["listed"] is True
     with pytest.raises(NodeWatchStaleError, match="for 601 s"):
         watch.health(now=watch.last_contact + STALE_SECONDS + 1)
+
+
+def test_the_facts_say_which_readiness_taints_of_ours_a_node_still_carries() -> None:
+    taints: list[dict[str, str]] = [
+            {"key": "nodesysctl.io/unverified", "effect": "NoSchedule"},
+            {"key": "nodesysctl.io/unverified-gpu", "effect": "NoExecute",
+             "timeAdded": "2026-12-01T12:00:00Z"},
+            {"key": "example.com/dedicated", "effect": "NoSchedule"},
+            {"key": "nodesysctl.io/unverified", "effect": "PreferNoSchedule"},
+    ]  # fmt: skip
+    body: dict[str, Any] = {"metadata": {"name": "n1"}, "spec": {"taints": taints}}
+    cache = NodeCache()
+    cache.apply(NodesListed([NodeFacts.from_body(body)]))
+    unverified = cache.nodes["n1"].readiness_taints
+    assert [str(t) for t in unverified] == [
+        "nodesysctl.io/unverified:NoSchedule",
+        "nodesysctl.io/unverified-gpu:NoExecute",
+    ]
+    # Our taint removed: the facts change, so the policies wake.
+    body["spec"]["taints"] = taints[2:]
+    assert cache.apply(NodeChanged(NodeFacts.from_body(body))) == {"n1"}
+    assert cache.nodes["n1"].readiness_taints == ()

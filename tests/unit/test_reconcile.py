@@ -7,9 +7,10 @@ behaviour against a real control plane and real network namespaces.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -18,7 +19,9 @@ import pytest
 from nodesysctl.agent.contract import AgentSpec
 from nodesysctl.api import parse_spec
 from nodesysctl.jobs import JobSettings
+from nodesysctl.kube import KubeError
 from nodesysctl.labels import ANNOTATION_RESULT_PREFIX, LABEL_SPEC_HASH, RESTART_WAVE
+from nodesysctl.node_taints import PATCH_NOT_APPLIED
 from nodesysctl.observed import PodOutcome
 from nodesysctl.pacing import INVALID_POLL_SECONDS, RestartLimiter
 from nodesysctl.planning import (
@@ -71,6 +74,8 @@ class RecordingKube:
         self.evictions: list[str] = []  # pods whose eviction was asked for
         self.refuse_evictions: set[str] = set()  # pods a PDB protects (429)
         self.status_writes: list[tuple[str, str]] = []  # ("status"|"workload"|"evict", what)
+        self.node_bodies: dict[str, dict[str, Any]] = {}  # what get_node serves, by name
+        self.json_patches: list[tuple[str, list[dict[str, Any]]]] = []
 
     def create_job(self, body: Mapping[str, Any]) -> bool:
         if body["metadata"]["name"] in self.existing_jobs:
@@ -93,6 +98,19 @@ class RecordingKube:
 
     def patch_node(self, name: str, patch: Mapping[str, Any]) -> None:
         self.node_patches.append((name, dict(patch)))
+
+    def get_node(self, name: str) -> dict[str, Any] | None:
+        return copy.deepcopy(self.node_bodies.get(name))
+
+    def json_patch_node(self, name: str, patch: Sequence[Mapping[str, Any]]) -> None:
+        """Applies a taints patch as the API server does: `test` the version, then `add`."""
+        self.json_patches.append((name, [dict(op) for op in patch]))
+        body = self.node_bodies[name]
+        test, add = patch
+        if test["value"] != body["metadata"]["resourceVersion"]:
+            raise KubeError(422, "Invalid", PATCH_NOT_APPLIED, body='{"details":{}}')
+        body["spec"]["taints"] = add["value"]
+        body["metadata"]["resourceVersion"] = str(int(test["value"]) + 1)
 
     def patch_policy_status(self, name: str, status: Mapping[str, Any]) -> None:
         self.status_patches.append(dict(status))
