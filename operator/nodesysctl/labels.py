@@ -33,3 +33,7 @@ RESTART_WAVE = f"{GROUP}/restart-wave"
 
 # The default `restart.selector`: workloads opt in to restarts with this label set to "true".
 LABEL_RESTART_OPT_IN = f"{GROUP}/restart"
+
+# On Nodes: a taint whose key starts with this says the node is not verified yet (it registered
+# with it and serves no workload until the operator removes it).
+READINESS_TAINT_PREFIX = "nodesysctl.io/unverified"

@@ -73,7 +73,8 @@ class Window:
                 continue
             end_day = day if self.end > self.start else day + timedelta(days=1)
             opening = Opening(
-                local_instant(day, self.start, self.zone), local_instant(end_day, self.end, self.zone)
+                local_instant(day, self.start, self.zone),
+                local_instant(end_day, self.end, self.zone),
             )
             if opening.opens < opening.closes:
                 yield opening
