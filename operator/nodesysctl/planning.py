@@ -315,6 +315,11 @@ def check_reason(
         return CheckReason.REBOOTED, None
     if result.fix_deferred and may_fix:
         return CheckReason.WINDOW_OPENED, None
+    if result.restart_pending:
+        # Its restart wave is not done yet (a rate limit, the budget, a restart window days
+        # away): a recheck would record a result without the pending restart, and the wave
+        # would lose the node. A new spec or a boot is checked at once all the same.
+        return None, None
     due = result.checked_at + timedelta(
         seconds=recheck_seconds + recheck_jitter(policy, node.name, recheck_seconds)
     )
