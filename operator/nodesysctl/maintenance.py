@@ -110,14 +110,25 @@ class MaintenanceGate:
         return dataclasses.replace(plan, steps=steps)
 
     def deferred_fixes(self, nodes: Iterable[NodeFacts], policy: str) -> list[str]:
-        """The nodes whose current result found drift that a check-only run left unfixed."""
+        """The nodes whose current result ran check-only and that may not be fixed yet: each
+        is checked again, fixing, at the opening."""
         return sorted(
             node.name
             for node in nodes
             if (result := node.results.get(policy)) is not None
             and result.fix_deferred
-            and result.status == NodeState.DRIFTED
             and not self.fixes(node.name)
+        )
+
+    @staticmethod
+    def drifted(nodes: Iterable[NodeFacts], policy: str, names: Collection[str]) -> int:
+        """How many of `names` were found drifted (the fixes that wait, as the status says)."""
+        return sum(
+            1
+            for node in nodes
+            if node.name in names
+            and (result := node.results.get(policy)) is not None
+            and result.status == NodeState.DRIFTED
         )
 
     def fixes_wait(self, waiting: Collection[str], now: datetime) -> float | None:

@@ -460,7 +460,9 @@ class PolicyReconciler:
                 restart_budget=budget.as_status(now)
                 if budget
                 else snap.status.get("restartBudget"),
-                more_conditions=windows.conditions(len(fixes_waiting), wave.held, snap.generation),
+                more_conditions=windows.conditions(
+                    windows.drifted(selected, snap.name, fixes_waiting), wave.held, snap.generation
+                ),
             ),
             now,
         )

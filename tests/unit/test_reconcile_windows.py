@@ -322,3 +322,23 @@ def test_a_node_whose_restart_waits_is_not_rechecked_until_the_wave_is_done() ->
     assert check_reason(rebooted, POLICY, spec_hash(parse_spec(SPEC)), later, 3600.0)[0] == (
         CheckReason.REBOOTED
     )
+
+
+def test_a_node_found_compliant_check_only_is_checked_again_at_the_opening() -> None:
+    """A check-only run cannot tell whether the persistence file is what the composition
+    wants, so the node is checked once more, fixing, when the window opens; meanwhile nothing
+    is reported as waiting, but the pass still requeues for the opening."""
+    spec = rollout_spec(OPENS_SOON)
+    compliant = NodeResult(
+        NodeState.COMPLIANT, spec_hash(parse_spec(spec)), "boot-1", NOW, "job-n1", fix_deferred=True
+    )
+    node = NodeFacts("n1", {}, "boot-1", {POLICY: compliant})
+    kube = RecordingKube()
+    rec = PolicyReconciler(kube, JobSettings(namespace="jobs"), RestartLimiter(600, 10))
+    result = rec.run_once(snapshot([node], spec=spec), NOW)
+    assert kube.jobs_created == []
+    assert deferred(kube)["status"] == "False"
+    assert result.delay == 60.0
+    rec.run_once(snapshot([node], spec=spec), AT_OPENING)
+    [job] = kube.jobs_created
+    assert job["metadata"]["annotations"][ANNOTATION_REASON] == "FixWindowOpened"
