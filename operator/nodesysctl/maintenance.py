@@ -139,6 +139,14 @@ class MaintenanceGate:
         """Seconds until the restart window opens, when restarts wait for it (else None)."""
         return self.restart.seconds_until_opening(now) if held else None
 
+    def restarts_deferred(self, held: int) -> str:
+        """The `RestartsDeferred` Event's message: how many steps wait, until when."""
+        opens = self.restart.opens_at
+        return (
+            f"{held} restarts wait for the restart window ({self.restart.describe()}), which "
+            f"opens at {format_time(opens) if opens is not None else 'its next opening'}"
+        )
+
     def conditions(
         self, fixes_waiting: int, restarts_waiting: int, generation: int
     ) -> tuple[dict[str, Any], ...]:

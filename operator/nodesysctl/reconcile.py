@@ -61,7 +61,6 @@ from nodesysctl.planning import (
     PolicyRanges,
     conflict_notes,
     dirs_after_check,
-    format_time,
     host_dirs,
     is_quiescent,
     node_spec_hash,
@@ -826,14 +825,11 @@ class PolicyReconciler:
         return progress.with_done(step)
 
     def _post_deferred(self, snap: Snapshot, windows: MaintenanceGate, held: int) -> None:
-        opens = windows.restart.opens_at
+        message = windows.restarts_deferred(held)
         self.kube.post_event(
-            policy_ref(snap.name, snap.uid),
-            warning=False,
-            reason=RESTARTS_DEFERRED_EVENT,
-            message=f"{held} restarts wait for the restart window ({windows.restart.describe()})"
-            f", which opens at {format_time(opens) if opens else 'its next opening'}",
-        )
+            policy_ref(snap.name, snap.uid), warning=False, reason=RESTARTS_DEFERRED_EVENT,
+            message=message,
+        )  # fmt: skip
 
     def _post_summary(
         self, snap: Snapshot, kept: KeptWave, pods: RestartPods, *, report: bool
