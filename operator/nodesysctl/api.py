@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import json
 import re
+import zoneinfo
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, time
 from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Generic, Literal, Self, TypeVar
@@ -427,10 +428,84 @@ def _is_valid_max_concurrent(value: int | str) -> bool:
     return _PERCENT_PATTERN.match(value) is not None
 
 
+class Weekday(StrEnum):
+    MONDAY = "Monday"
+    TUESDAY = "Tuesday"
+    WEDNESDAY = "Wednesday"
+    THURSDAY = "Thursday"
+    FRIDAY = "Friday"
+    SATURDAY = "Saturday"
+    SUNDAY = "Sunday"
+
+    @property
+    def iso_number(self) -> int:
+        """ISO 8601's weekday number (`date.isoweekday`): Monday is 1."""
+        return list(Weekday).index(self) + 1
+
+
+# HH:MM on a 24-hour clock, as kured's --start-time and system-upgrade-controller's window.
+_WALL_TIME_PATTERN = "^([01][0-9]|2[0-3]):[0-5][0-9]$"
+# The shape of an IANA zone name (tz database names: "UTC", "Europe/Berlin",
+# "America/Argentina/Buenos_Aires", "Etc/GMT+5"). Whether the zone exists only the operator's
+# tz database can tell (`_is_known_zone`), not CEL.
+_TIME_ZONE_PATTERN = "^[A-Za-z][-A-Za-z0-9_+]*(/[A-Za-z0-9][-A-Za-z0-9_+]*)*$"
+
+
+def _is_known_zone(name: str) -> str:
+    """The operator's tz database must know the zone, else the window cannot be computed; a
+    shape the CRD admits and the database lacks makes the policy Invalid (reported once)."""
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise PydanticCustomError(
+            "unknown_time_zone",
+            "Invalid value: {value}: timeZone must be an IANA time zone name the operator's tz "
+            "database knows, such as UTC or Europe/Berlin",
+            {"value": json.dumps(name)},
+        ) from None
+    return name
+
+
+class MaintenanceWindow(_RuledModel):
+    """When a policy may act (`rollout.window`: Enforce fixes; `restart.window`: restart waves):
+    on `days`, from `start` to `end` local time in `timeZone`; an `end` earlier than `start`
+    crosses midnight into the next day (`nodesysctl.windows` does the arithmetic)."""
+
+    days: Annotated[
+        list[Weekday],
+        AfterValidator(_no_duplicates),
+        Field(min_length=1, max_length=7, json_schema_extra=_SET_LIST),
+    ] = list(Weekday)
+    start: Annotated[StrictStr, Field(max_length=5, pattern=_WALL_TIME_PATTERN)]
+    end: Annotated[StrictStr, Field(max_length=5, pattern=_WALL_TIME_PATTERN)]
+    time_zone: Annotated[
+        StrictStr,
+        Field(max_length=64, pattern=_TIME_ZONE_PATTERN),
+        AfterValidator(_is_known_zone),
+    ] = "UTC"
+
+    RULES: ClassVar[tuple[Rule[MaintenanceWindow], ...]] = (
+        Rule(
+            "start and end must differ: a window of no length never opens (leave the window "
+            "out to act at any time)",
+            lambda w: w.start != w.end,
+            field_path=".end",
+        ),
+    )
+
+    def start_time(self) -> time:
+        return time.fromisoformat(self.start)
+
+    def end_time(self) -> time:
+        return time.fromisoformat(self.end)
+
+
 class RolloutSpec(_RuledModel):
     max_concurrent: StrictInt | StrictStr = "25%"
     max_failed_nodes: Annotated[StrictInt, Field(ge=1)] = 1
     recheck_interval: Annotated[StrictStr, Field(max_length=32)] = "1h"
+    # Enforce fixes only inside it (outside, checks only report drift); None: at any time.
+    window: MaintenanceWindow | None = None
 
     RULES: ClassVar[tuple[Rule[RolloutSpec], ...]] = (
         Rule(
@@ -546,6 +621,9 @@ class RestartSpec(_ApiModel):
     max_per_hour: Annotated[StrictInt, Field(ge=1, le=MAX_RESTARTS_PER_HOUR)] = (
         DEFAULT_RESTARTS_PER_HOUR
     )
+    # Restart waves only inside it (a wave the end cuts goes on at the next opening); None: at
+    # any time.
+    window: MaintenanceWindow | None = None
 
 
 class Toleration(_RuledModel):

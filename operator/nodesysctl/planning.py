@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
@@ -60,6 +60,8 @@ class CheckReason(StrEnum):
     SPEC_CHANGED = "PolicyChanged"
     REBOOTED = "Rebooted"
     RECHECK_DUE = "RecheckDue"
+    # A check-only run outside the rollout window found drift: the window is open now.
+    WINDOW_OPENED = "FixWindowOpened"
     # Not planned by `plan_rollout`: the check a deleted policy runs to clean its nodes
     # (`nodesysctl.cleanup`).
     DELETED = "PolicyDeleted"
@@ -80,6 +82,9 @@ class NodeResult:
     # sysctlDir when it last persisted): a changed sysctlDir, or a deletion, cleans them.
     # None: not known (a result written before results recorded it).
     sysctl_dirs: tuple[str, ...] | None = None
+    # A check-only run (an Enforce policy outside its rollout window): the node is checked
+    # again, fixing, once the window opens (`nodesysctl.maintenance`).
+    fix_deferred: bool = False
 
     def to_annotation(self) -> str:
         return json.dumps(
@@ -92,7 +97,8 @@ class NodeResult:
                 "message": self.message[:300],
                 "restartPending": self.restart_pending,
             }
-            | ({} if self.sysctl_dirs is None else {"sysctlDirs": list(self.sysctl_dirs)}),
+            | ({} if self.sysctl_dirs is None else {"sysctlDirs": list(self.sysctl_dirs)})
+            | ({"fixDeferred": True} if self.fix_deferred else {}),
             separators=(",", ":"),
             sort_keys=True,
         )
@@ -118,6 +124,7 @@ class NodeResult:
                 message=str(raw.get("message", "")),
                 restart_pending=bool(raw.get("restartPending", False)),
                 sysctl_dirs=_dirs(raw.get("sysctlDirs")),
+                fix_deferred=bool(raw.get("fixDeferred", False)),
             )
         except (ValueError, KeyError, TypeError):
             return None
@@ -303,8 +310,10 @@ def check_reason(
     current_spec_hash: str,
     now: datetime,
     recheck_seconds: float,
+    may_fix: bool = True,
 ) -> tuple[CheckReason | None, float | None]:
-    """Why this node needs a check now (None if it doesn't) and, if not, seconds until due."""
+    """Why this node needs a check now (None if it doesn't) and, if not, seconds until due.
+    `may_fix`: whether a check of the node may fix it now (its rollout window is open)."""
     result = node.results.get(policy)
     if result is None:
         return CheckReason.NEW, None
@@ -312,6 +321,13 @@ def check_reason(
         return CheckReason.SPEC_CHANGED, None
     if node.boot_id and result.boot_id != node.boot_id:
         return CheckReason.REBOOTED, None
+    if result.fix_deferred and may_fix:
+        return CheckReason.WINDOW_OPENED, None
+    if result.restart_pending:
+        # Its restart wave is not done yet (a rate limit, the budget, a restart window days
+        # away): a recheck would record a result without the pending restart, and the wave
+        # would lose the node. A new spec or a boot is checked at once all the same.
+        return None, None
     due = result.checked_at + timedelta(
         seconds=recheck_seconds + recheck_jitter(policy, node.name, recheck_seconds)
     )
@@ -452,6 +468,7 @@ def plan_rollout(
     now: datetime,
     node_hashes: Mapping[str, str] | None = None,
     busy: Collection[str] = (),
+    may_fix: Callable[[str], bool] | None = None,
 ) -> RolloutPlan:
     """Decide the next checks for one policy over its selected `nodes`.
 
@@ -466,7 +483,9 @@ def plan_rollout(
       or with a stale Job of this policy still around is not checked now (`queued`).
 
     `node_hashes`: the spec hash of each node's check (`node_spec_hash`); `spec_hash(spec)`
-    for a node not in it.
+    for a node not in it. `may_fix`: whether a check of a node may fix it now
+    (`nodesysctl.maintenance`; always, when None): a node whose last check ran check-only is
+    checked again once it may.
     """
     default = spec_hash(spec)
     hashes = node_hashes or {}
@@ -502,7 +521,8 @@ def plan_rollout(
         if node.name in running:
             continue
         current = hashes.get(node.name, default)
-        reason, due_in = check_reason(node, policy, current, now, recheck_seconds)
+        fixing = may_fix is None or may_fix(node.name)
+        reason, due_in = check_reason(node, policy, current, now, recheck_seconds, fixing)
         if reason is None:
             if due_in is not None:
                 next_due = due_in if next_due is None else min(next_due, due_in)

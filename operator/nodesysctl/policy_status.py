@@ -60,6 +60,8 @@ class StatusInputs:
     last_restart: Mapping[str, Any] | None = None
     restart_wave: Mapping[str, Any] | None = None  # the wave in progress (None: none)
     restart_budget: Mapping[str, Any] | None = None
+    # Conditions of other modules' making (`maintenance`'s Deferred), after ours.
+    more_conditions: tuple[dict[str, Any], ...] = ()
 
 
 def build_conditions(inputs: StatusInputs) -> list[dict[str, Any]]:
@@ -117,7 +119,7 @@ def build_conditions(inputs: StatusInputs) -> list[dict[str, Any]]:
         "; ".join(inputs.conflicts[:3]) or "no other policy contests these nodes",
         gen,
     )
-    return [ready, progressing, degraded, invalid, conflict]
+    return [ready, progressing, degraded, invalid, conflict, *inputs.more_conditions]
 
 
 def build_status(inputs: StatusInputs) -> dict[str, Any]:

@@ -25,7 +25,14 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 from nodesysctl.admission import admit
-from nodesysctl.api import InvalidPolicy, NodeSysctlPolicySpec, RestartMode, RestartPods, parse_spec
+from nodesysctl.api import (
+    InvalidPolicy,
+    Mode,
+    NodeSysctlPolicySpec,
+    RestartMode,
+    RestartPods,
+    parse_spec,
+)
 from nodesysctl.compose import NodeComposition, compose, precedence
 from nodesysctl.jobs import (
     JobSettings,
@@ -34,6 +41,15 @@ from nodesysctl.jobs import (
     build_restart_patch,
 )
 from nodesysctl.kube import KubeError, node_ref, policy_ref, workload_ref
+from nodesysctl.maintenance import (
+    RESTARTS_DEFERRED_EVENT,
+    MaintenanceGate,
+    WindowState,
+    check_only_spec,
+    deferred_result,
+    earliest,
+    gate,
+)
 from nodesysctl.node_taints import carry_out_readiness
 from nodesysctl.observed import PodOutcome, job_facts_from_body
 from nodesysctl.pacing import INVALID_POLL_SECONDS, RestartBudget, RestartLimiter, pass_delay
@@ -193,6 +209,9 @@ class Snapshot:
     other_policies: Sequence[PolicyRanges]  # every other valid policy not being deleted
     # Nodes where another policy's agent Job runs (or is about to): not checked this pass.
     busy: Collection[str] = frozenset()
+    # Nodes still carrying a readiness taint (`NodeFacts.readiness_taints`): fixed, and
+    # their DaemonSet pods evicted, whatever the windows.
+    unverified: Collection[str] = frozenset()
 
 
 class JobRefusedError(Exception):
@@ -224,6 +243,7 @@ class KeptWave:
     plan: RestartPlan
     progress: WaveProgress
     announced: bool = False  # the skipped paused Deployments' Events went out
+    deferred: bool = False  # the Event that the restart window holds the wave went out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -234,6 +254,7 @@ class WaveOutcome:
     last_restart: Mapping[str, Any] | None = None
     wave_status: Mapping[str, Any] | None = None
     wait: float | None = None  # seconds until the wave can go on (tokens, budget, a retry)
+    held: int = 0  # steps the restart window holds
 
 
 def _kept_report(status: Mapping[str, Any], spec: NodeSysctlPolicySpec) -> Mapping[str, Any] | None:
@@ -333,6 +354,7 @@ class PolicyReconciler:
             self._report_invalid(snap, str(exc), now)
             return PassResult(INVALID_POLL_SECONDS, {})
 
+        windows = gate(spec, now, snap.unverified)
         # The composition on each node the policy selects (`nodesysctl.compose`): who enforces
         # what there, and who conflicts with whom. A node another policy keeps is skipped.
         itself = PolicyRanges(snap.name, snap.created, spec)
@@ -346,7 +368,9 @@ class PolicyReconciler:
         excluded = {name for name, comp in compositions.items() if comp.lost(snap.name)}
         selected = select_nodes(spec, snap.nodes, excluded)
         hashes = {n.name: node_spec_hash(snap.name, spec, compositions[n.name]) for n in selected}
-        recorded = self._record_finished(snap, spec, selected, hashes, compositions, now)
+        recorded = self._record_finished(
+            snap, spec, selected, hashes, compositions, now, windows.rollout
+        )
         pods_refused = self._record_refused_pods(snap, spec, selected, hashes, now)
         if pods_refused:  # their Jobs are deleted: they no longer hold their nodes' checks
             gone = {result.job for result in pods_refused.values()}
@@ -377,6 +401,7 @@ class PolicyReconciler:
             now=now,
             node_hashes=hashes,
             busy=snap.busy,
+            may_fix=windows.fixes,
         )
         self._each(
             lambda stale: self.kube.delete_job(self.settings.namespace, stale), plan.stale_jobs
@@ -388,7 +413,12 @@ class PolicyReconciler:
         by_node = {n.name: n for n in selected}
         jobs = [
             self._agent_job(
-                snap, spec, order, compositions[order.node], by_node[order.node], hashes
+                snap,
+                check_only_spec(spec) if windows.check_only(order.node) else spec,
+                order,
+                compositions[order.node],
+                by_node[order.node],
+                hashes,
             )
             for order in granted
         ]
@@ -426,11 +456,12 @@ class PolicyReconciler:
         previous_last = snap.status.get("lastRestart")
         wave = WaveOutcome()
         if is_quiescent(plan):
-            wave = self._restart_wave(snap, spec, selected, now)
+            wave = self._restart_wave(snap, spec, selected, now, windows)
             if wave.complete:
                 recorded = {**recorded, **self._clear_restart_pending(snap.name, selected)}
         budget = self.budgets.get(snap.uid)
 
+        fixes_waiting = windows.deferred_fixes(selected, snap.name)
         notes = conflict_notes(conflicts, snap.name)
         self._write_status(
             snap,
@@ -445,6 +476,9 @@ class PolicyReconciler:
                 restart_budget=budget.as_status(now)
                 if budget
                 else snap.status.get("restartBudget"),
+                more_conditions=windows.conditions(
+                    windows.drifted(selected, snap.name, fixes_waiting), wave.held, snap.generation
+                ),
             ),
             now,
         )
@@ -459,7 +493,7 @@ class PolicyReconciler:
         delay = pass_delay(
             busy=bool(plan.checks or plan.summary.in_flight or queued),
             next_due_in=plan.next_due_in,
-            next_token_in=wave.wait,
+            next_token_in=earliest(wave.wait, windows.fixes_wait(fixes_waiting, now)),
         )
         return PassResult(delay, recorded, frozenset(queued))
 
@@ -472,8 +506,10 @@ class PolicyReconciler:
         node: NodeFacts,
         hashes: Mapping[str, str],
     ) -> dict[str, Any]:
-        """The Job of one check: an Enforce member applies the node's composed target."""
-        target = composition.target if composition.is_member(snap.name) else None
+        """The Job of one check: an Enforce member applies the node's composed target (a
+        check-only `spec`, in Audit mode, checks the policy's own values)."""
+        enforcing = spec.remediation.mode == Mode.ENFORCE
+        target = composition.target if enforcing and composition.is_member(snap.name) else None
         return build_agent_job(
             policy=snap.name,
             policy_uid=snap.uid,
@@ -511,6 +547,7 @@ class PolicyReconciler:
         hashes: Mapping[str, str],
         compositions: Mapping[str, NodeComposition],
         now: datetime,
+        rollout: WindowState,
     ) -> dict[str, NodeResult]:
         """Turn each finished, not yet recorded Job of the current spec into a Node result."""
         todo = jobs_to_record(snap.name, "", selected, snap.jobs, node_hashes=hashes)
@@ -519,8 +556,11 @@ class PolicyReconciler:
         def record(job: JobFacts) -> NodeResult:
             current = hashes[job.node]
             judged = judge_check(job, self._outcomes(snap, job), snap.uid, spec, current, now)
+            judged = dataclasses.replace(judged, result=deferred_result(judged.result, rollout))
             composition = compositions[job.node]
-            target = composition.target if composition.is_member(snap.name) else None
+            # A check-only run wrote nothing: where files may be stays what it was.
+            fixing = composition.is_member(snap.name) and not judged.result.fix_deferred
+            target = composition.target if fixing else None
             previous = by_node[job.node].results.get(snap.name)
             dirs = dirs_after_check(previous, target, judged.result.status)
             result = dataclasses.replace(judged.result, sysctl_dirs=dirs).as_stored()
@@ -634,6 +674,7 @@ class PolicyReconciler:
         spec: NodeSysctlPolicySpec,
         selected: Sequence[NodeFacts],
         now: datetime,
+        windows: MaintenanceGate,
     ) -> WaveOutcome:
         """Restart the workloads the remediated nodes' fault touched, once per wave.
 
@@ -641,7 +682,9 @@ class PolicyReconciler:
         ReplicaSets once, reads the affected workloads, and keeps the plan; every pass carries
         out as much of it as the cluster-wide rate limit and the policy's budget allow (the
         budget's tokens are written to the status before the restarts they pay for), retries
-        refused evictions, and reports the wave complete once nothing is left to do.
+        refused evictions, and reports the wave complete once nothing is left to do. Outside
+        the restart window (`windows`) the steps wait, all but the evictions on unverified
+        nodes; the kept plan goes on at the next opening.
         """
         wave, nodes = restart_wave(selected, snap.name)
         restart = spec.restart
@@ -672,7 +715,12 @@ class PolicyReconciler:
                 )
             kept.announced = True
 
-        fresh = kept.progress.fresh(plan)
+        allowed = windows.allowed(plan)  # the steps the restart window lets go now
+        fresh = kept.progress.fresh(allowed)
+        held = windows.held(kept.progress.open_steps(plan))
+        if held and not kept.deferred:
+            self._post_deferred(snap, windows, len(held))
+            kept.deferred = True
         budget = RestartBudget.from_status(
             snap.status.get("restartBudget"), restart.max_per_hour
         ).later(self.budgets.get(snap.uid))
@@ -683,15 +731,16 @@ class PolicyReconciler:
             budget = budget.take(paid, now)
             self.kube.patch_policy_status(snap.name, {"restartBudget": budget.as_status(now)})
             self.budgets[snap.uid] = budget
-        for step in [*kept.progress.retries_due(plan, now), *fresh[:paid]]:
+        for step in [*kept.progress.retries_due(allowed, now), *fresh[:paid]]:
             kept.progress = self._carry_out(snap, step, kept.progress, plan, now)
 
         if kept.progress.complete(plan):
             self.waves.pop(snap.name, None)
             self._post_summary(snap, kept, restart.pods, report=False)
             return WaveOutcome(complete=True, last_restart=last_restart(plan, kept.progress, now))
-        waits = [kept.progress.next_retry_in(plan, now)]
-        if kept.progress.fresh(plan):
+        held = windows.held(kept.progress.open_steps(plan))
+        waits = [kept.progress.next_retry_in(allowed, now), windows.restarts_wait(held, now)]
+        if kept.progress.fresh(allowed):
             # A token from both: the cluster-wide limiter and the policy's budget.
             waits.append(max(self.limiter.seconds_until_token(), budget.seconds_until_token(now)))
             logger.info(
@@ -701,6 +750,7 @@ class PolicyReconciler:
         return WaveOutcome(
             wave_status=wave_status(plan, kept.progress, mode),
             wait=min((w for w in waits if w is not None), default=None),
+            held=len(held),
         )
 
     def _kept_wave(
@@ -791,6 +841,13 @@ class PolicyReconciler:
                 f"{snap.name} after the node's remediation (only that node's pod)",
             )
         return progress.with_done(step)
+
+    def _post_deferred(self, snap: Snapshot, windows: MaintenanceGate, held: int) -> None:
+        message = windows.restarts_deferred(held)
+        self.kube.post_event(
+            policy_ref(snap.name, snap.uid), warning=False, reason=RESTARTS_DEFERRED_EVENT,
+            message=message,
+        )  # fmt: skip
 
     def _post_summary(
         self, snap: Snapshot, kept: KeptWave, pods: RestartPods, *, report: bool

@@ -19,7 +19,7 @@ from datetime import datetime
 
 from nodesysctl import KIND
 from nodesysctl.agent.contract import AgentResult, BootOverride, ConflictingSocket
-from nodesysctl.api import NodeSysctlPolicySpec
+from nodesysctl.api import Mode, NodeSysctlPolicySpec
 from nodesysctl.observed import PodOutcome
 from nodesysctl.planning import (
     CheckOrder,
@@ -284,6 +284,8 @@ def check_result(
         job=job.name,
         message=summarize_agent_result(agent),
         restart_pending=changed and wants_restart(spec) and changed_the_kernel(agent),
+        # An Enforce policy's check that ran check-only (outside its rollout window).
+        fix_deferred=spec.remediation.mode == Mode.ENFORCE and agent.mode == Mode.AUDIT,
     )
 
 

@@ -188,6 +188,9 @@ class OperatorState:
                 if ranges.name != name
             ],
             busy=busy_nodes(name, jobs, self.claims),
+            # Still carrying a readiness taint: fixed and evicted from at once, whatever the
+            # windows (the node serves no workload yet).
+            unverified=frozenset(node.name for node in nodes if node.readiness_taints),
         )
 
     def _overlay(self, policy: str, facts: NodeFacts) -> NodeFacts:
