@@ -62,7 +62,8 @@ def table(results: dict[str, Any]) -> str:
         "",
         "Idle operator (every node compliant, nothing due)",
         f"{'nodes':>6} {'peak RSS MiB':>12} {'RSS MiB':>8} {'idle CPU %':>10} "
-        f"{'idle writes':>11} {'jobs':>5} {'ms/ignored update':>17} {'hb writes':>9}",
+        f"{'idle writes':>11} {'jobs':>5} {'ms/ignored update':>17} {'hb writes':>9} "
+        f"{'scrapes':>7} {'scrape ms':>9}",
     ]
     for row in results["idle"]:
         if "stopped" in row or "skipped" in row:
@@ -72,7 +73,8 @@ def table(results: dict[str, Any]) -> str:
             f"{row['nodes']:>6} {row['peak_rss_mib']:>12.1f} {row['rss_mib']:>8.1f} "
             f"{row['idle_cpu_percent']:>10.2f} {sum(row['idle_writes'].values()):>11} "
             f"{row['jobs_created_while_idle']:>5} {row['cpu_ms_per_ignored_update']:>17.3f} "
-            f"{sum(row['heartbeat_writes'].values()):>9}"
+            f"{sum(row['heartbeat_writes'].values()):>9} "
+            f"{row['metrics']['scrapes']:>7} {row['metrics']['scrape_ms_mean']:>9.2f}"
         )
     if results.get("restart_wave"):
         lines += [
