@@ -36,6 +36,7 @@ from devcluster.cluster import DevCluster
 from devcluster.controlplane import DIR_PREFIX, ControlPlane
 from devcluster.waiting import wait_for
 from nodesysctl import GROUP, PLURAL, VERSION
+from nodesysctl.cli import METRICS_FLAG
 
 REPO = Path(__file__).resolve().parents[1]
 OPERATOR_USER = "nodesysctl-operator"
@@ -107,8 +108,10 @@ class OperatorProcess:
 
     def start(self) -> OperatorProcess:
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1"}
+        # /metrics on a free loopback port unless a flag says where (:8081 may be taken).
+        metrics = () if METRICS_FLAG in self.extra else (METRICS_FLAG, "127.0.0.1:0")
         argv = [sys.executable, "-m", "nodesysctl.cli", "run", "--job-namespace", JOB_NAMESPACE,
-                *self.extra]  # fmt: skip
+                *metrics, *self.extra]  # fmt: skip
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 argv,

@@ -13,6 +13,7 @@ from nodesysctl.config import OperatorConfig, split_list
 
 STATUS_LIST_PAGE = 500
 METRICS_BIND_ADDRESS = ":8081"  # beside Kopf's health endpoint (:8080 in the Deployment)
+METRICS_FLAG = "--metrics-bind-address"
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -32,11 +33,11 @@ def _run(args: argparse.Namespace) -> int:
         allowed_priority_classes=args.allowed_priority_classes,
         operator_namespace=args.operator_namespace,
     )
-    _serve_metrics(args.metrics_bind_address)
     kopf.configure(verbose=args.verbose)
     if not args.verbose:
         # Kopf logs every spy handler's success at INFO: one line per Node heartbeat.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    _serve_metrics(args.metrics_bind_address)
     kopf.run(
         # Namespaced kinds (our Jobs and their Pods) are watched in the job namespace only;
         # Nodes and policies are cluster-scoped and watched cluster-wide regardless.
@@ -118,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--restart-burst", type=int, default=defaults.restart_burst)
     run.add_argument("--liveness", default=None, help="e.g. http://0.0.0.0:8080/healthz")
     run.add_argument(
-        "--metrics-bind-address",
+        METRICS_FLAG,
         default=os.environ.get("NODESYSCTL_METRICS_BIND_ADDRESS", METRICS_BIND_ADDRESS),
         metavar="HOST:PORT",
         help="where /metrics (Prometheus text format) listens: HOST:PORT, :PORT for every "
