@@ -74,7 +74,8 @@ def table(results: dict[str, Any]) -> str:
             f"{row['idle_cpu_percent']:>10.2f} {sum(row['idle_writes'].values()):>11} "
             f"{row['jobs_created_while_idle']:>5} {row['cpu_ms_per_ignored_update']:>17.3f} "
             f"{sum(row['heartbeat_writes'].values()):>9} "
-            f"{row['metrics']['scrapes']:>7} {row['metrics']['scrape_ms_mean']:>9.2f}"
+            f"{row['metrics'].get('scrapes', 0):>7} "
+            f"{row['metrics'].get('scrape_ms_mean', 0.0):>9.2f}"
         )
     if results.get("restart_wave"):
         lines += [
@@ -126,6 +127,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--heartbeats", type=int, default=5000)
     parser.add_argument(
         "--node-images", type=int, default=50, help="status.images per Node in the idle runs"
+    )
+    parser.add_argument(
+        "--idle-without-metrics",
+        action="store_true",
+        help="each idle size once more with /metrics off (what metrics cost)",
     )
     parser.add_argument("--out", type=Path, default=None, help="JSON file for the results")
     args = parser.parse_args(argv)
@@ -179,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
             measure = functools.partial(
                 idle_at, bench, fleet, size, window=args.window, heartbeats=args.heartbeats,
                 node_images=args.node_images, health=health,
+                without_metrics=args.idle_without_metrics,
             )  # fmt: skip
             row = idling.run({"nodes": size}, measure)
             log.info("%s", json.dumps(row))

@@ -26,6 +26,7 @@ from devcluster.nodes import SimulatedNode
 from devcluster.prometheus import free_port
 from devcluster.waiting import wait_for
 from nodesysctl.api import parse_spec
+from nodesysctl.cli import METRICS_FLAG
 from nodesysctl.labels import ANNOTATION_RESULT_PREFIX
 from nodesysctl.planning import NodeResult, NodeState, spec_hash
 
@@ -170,11 +171,15 @@ def measure_idle(
     heartbeats: int,
     health: NodeHealth,
     scrape_interval: float = 1.0,
+    metrics: bool = True,
 ) -> dict[str, Any]:
+    """One idle operator; `metrics=False`: with /metrics off and unscraped (the comparison)."""
     size = len(fleet.nodes)
     health.arm()
-    address = f"127.0.0.1:{free_port()}"
-    operator = bench.start_operator(f"operator-idle-{size}", "--metrics-bind-address", address)
+    address = f"127.0.0.1:{free_port()}" if metrics else "0"
+    operator = bench.start_operator(
+        f"operator-idle-{size}{'' if metrics else '-no-metrics'}", METRICS_FLAG, address
+    )
     scraper = MetricsScraper(f"http://{address}/metrics", scrape_interval)
     try:
         start = time.monotonic()
@@ -195,7 +200,8 @@ def measure_idle(
         # Steady state: nothing changes, nothing is due. The lease renewals of every node go on.
         _wait_cpu_settled(operator, health)  # the pass that wrote Ready and the start-up are over
         bench.wait_audit_flushed()
-        scraper.start()  # scraped from here on: the idle window and the heartbeats
+        if metrics:
+            scraper.start()  # scraped from here on: the idle window and the heartbeats
         since = utcnow()
         before = operator.stats()
         health.sleep(window)  # the measurement window itself: nothing is supposed to happen
@@ -220,7 +226,7 @@ def measure_idle(
         hb_writes = {k: v for k, v in hb_requests.items() if k.split()[0] in WRITE_VERBS}
         jobs_after = bench.count_jobs(JOB_NAMESPACE)
         final = operator.stats()
-        scraped = scraper.stop()
+        scraped = scraper.stop() if metrics else {"off": True}
         status = (bench.policy(IDLE_POLICY) or {}).get("status") or {}
         compliant = sum(
             scraper.nodes_in_state(IDLE_POLICY, state) or 0 for state in ("compliant", "remediated")
@@ -249,7 +255,9 @@ def measure_idle(
                 **scraped,
                 "nodes_compliant": compliant,
                 "matches_status": compliant == status.get("compliant") == size,
-            },
+            }
+            if metrics
+            else scraped,
             "node_health": health.finish(),
         }
     finally:
@@ -282,6 +290,7 @@ def idle_at(
     heartbeats: int,
     node_images: int,
     health: NodeHealth,
+    without_metrics: bool = False,
 ) -> dict[str, Any]:
     grow_seconds = fleet.grow(size) if size > len(fleet.nodes) else 0.0
     wait_seconds = health.wait_healthy(fleet.names())
@@ -290,6 +299,11 @@ def idle_at(
     if bench.policy(IDLE_POLICY) is None:
         bench.create_policy(IDLE_POLICY, IDLE_SPEC)
     result = measure_idle(bench, fleet, window=window, heartbeats=heartbeats, health=health)
+    if without_metrics:  # the same fleet, an operator with /metrics off: the cost of metrics
+        off = measure_idle(
+            bench, fleet, window=window, heartbeats=heartbeats, health=health, metrics=False
+        )
+        result["without_metrics"] = {k: v for k, v in off.items() if k != "node_health"}
     core: Any = client.CoreV1Api(bench.api)
     sample = core.read_node(fleet.nodes[0].name, _preload_content=False)
     return {
