@@ -11,7 +11,6 @@ expressions are the shipped ones, and promtool checks the shipped durations
 
 from __future__ import annotations
 
-import copy
 import os
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -24,9 +23,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from devcluster.prometheus import (
     PrometheusNotFoundError,
     PrometheusServer,
+    fast_rule_groups,
     free_port,
     prometheus_binary,
-    shipped_rule_groups,
 )
 from devcluster.waiting import wait_for
 from nodesysctl.planning import NodeState
@@ -44,17 +43,7 @@ from .test_operator import (
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
-FAST_FOR = "1s"
 STATES = ("compliant", "remediated", "drifted", "failed", "pending", "waiting")
-
-
-def fast_groups() -> list[dict[str, Any]]:
-    groups = copy.deepcopy(shipped_rule_groups())
-    for group in groups:
-        group["interval"] = "1s"
-        for rule in group["rules"]:
-            rule["for"] = FAST_FOR
-    return groups
 
 
 @pytest.fixture
@@ -72,7 +61,7 @@ def prometheus(metrics_address: str, tmp_path: Path) -> Iterator[PrometheusServe
         pytest.skip(str(exc))
     directory = tmp_path / "prometheus"
     directory.mkdir()
-    server = PrometheusServer(directory, [metrics_address], fast_groups()).start()
+    server = PrometheusServer(directory, [metrics_address], fast_rule_groups()).start()
     yield server
     server.stop()
 
@@ -100,16 +89,6 @@ def nodes_by_state(address: str, policy: str) -> dict[str, float]:
         state: samples[("nodesysctl_nodes", frozenset({("policy", policy), ("state", state)}))]
         for state in STATES
     }
-
-
-def firing(prometheus: PrometheusServer, alert: str, policy: str) -> list[dict[str, Any]]:
-    return [
-        a
-        for a in prometheus.alerts()
-        if a["labels"].get("alertname") == alert
-        and a["labels"].get("policy") == policy
-        and a["state"] == "firing"
-    ]
 
 
 def prometheus_value(prometheus: PrometheusServer, expr: str) -> float | None:
@@ -150,7 +129,7 @@ def test_a_halted_rollout_fires_its_alert_and_the_metrics_match_the_status(
 
     # The alert goes to firing in Prometheus itself, from what it scraped.
     [alert] = wait_for(
-        lambda: firing(prometheus, "NodeSysctlRolloutHalted", name),
+        lambda: prometheus.firing("NodeSysctlRolloutHalted", name),
         timeout=60,
         what="NodeSysctlRolloutHalted firing",
     )
