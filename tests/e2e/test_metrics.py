@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kubernetes import client
 from prometheus_client.parser import text_string_to_metric_families
 
 from devcluster.prometheus import (
@@ -29,7 +28,6 @@ from devcluster.prometheus import (
     prometheus_binary,
 )
 from devcluster.waiting import wait_for
-from nodesysctl.labels import ANNOTATION_RESULT_PREFIX
 from nodesysctl.planning import NodeState
 
 from .conftest import OperatorProcess, Policies
@@ -153,11 +151,11 @@ def test_a_halted_rollout_fires_its_alert_and_the_metrics_match_the_status(
     assert samples[("nodesysctl_check_duration_seconds_count", key)] == 1
     assert prometheus_value(prometheus, f'nodesysctl_nodes{{policy="{name}",state="failed"}}') == 1
 
-    # Fixed and its result removed (docs/operations.md, "A rollout that halted": the node is
-    # pending again, the rollout goes on): the alert resolves, the remediations count.
+    # Fixed, and the policy edited (a node-facing change: every node is checked anew, as in
+    # test_operator): the rollout goes on, the alert resolves, the remediations count.
     broken.set_sysctl(RANGE, "32768 60999")
-    client.CoreV1Api(api_client).patch_node(
-        broken.name, {"metadata": {"annotations": {ANNOTATION_RESULT_PREFIX + name: None}}}
+    policies.patch_spec(
+        name, {"rollout": {"maxFailedNodes": 2}, "ports": {"protectedPorts": [10250, 10256]}}
     )
     wait_policy(policies, name, ready, "Ready after the retry")
     for node in others:
