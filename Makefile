@@ -46,6 +46,10 @@ $(SCAN_STAMP): manifests/scan/requirements.txt
 	$(SCAN_VENV)/bin/pip install --quiet -r manifests/scan/requirements.txt
 	touch $@
 
+.PHONY: prometheus
+prometheus: ## promtool and the Prometheus server (Debian's package, 2.42) for the alert tests
+	bash hack/install-prometheus.sh
+
 .PHONY: scan
 scan: $(STAMP) $(SCAN_STAMP) controlplane ## checkov on the rendered overlays, the agent Job and the Dockerfile; hadolint
 	$(BIN)/python manifests/scan/render.py $(SCAN_OUT)
@@ -76,7 +80,7 @@ realnode: $(STAMP) controlplane image ## Only the real-node lane (tests/realnode
 	NODESYSCTL_REQUIRE_CONTROLPLANE=1 $(BIN)/pytest tests/realnode -m realnode -v
 
 .PHONY: test
-test: lint controlplane image ## Everything: lint, unit, netns, integration, end-to-end, real nodes, fault matrix
+test: lint controlplane image prometheus ## Everything: lint, unit, netns, integration, end-to-end, real nodes, fault matrix
 	NODESYSCTL_REQUIRE_CONTROLPLANE=1 NODESYSCTL_REQUIRE_NETNS=1 NODESYSCTL_FAULTS=1 $(BIN)/pytest
 
 .PHONY: faults

@@ -62,7 +62,8 @@ def table(results: dict[str, Any]) -> str:
         "",
         "Idle operator (every node compliant, nothing due)",
         f"{'nodes':>6} {'peak RSS MiB':>12} {'RSS MiB':>8} {'idle CPU %':>10} "
-        f"{'idle writes':>11} {'jobs':>5} {'ms/ignored update':>17} {'hb writes':>9}",
+        f"{'idle writes':>11} {'jobs':>5} {'ms/ignored update':>17} {'hb writes':>9} "
+        f"{'scrapes':>7} {'scrape ms':>9}",
     ]
     for row in results["idle"]:
         if "stopped" in row or "skipped" in row:
@@ -72,7 +73,9 @@ def table(results: dict[str, Any]) -> str:
             f"{row['nodes']:>6} {row['peak_rss_mib']:>12.1f} {row['rss_mib']:>8.1f} "
             f"{row['idle_cpu_percent']:>10.2f} {sum(row['idle_writes'].values()):>11} "
             f"{row['jobs_created_while_idle']:>5} {row['cpu_ms_per_ignored_update']:>17.3f} "
-            f"{sum(row['heartbeat_writes'].values()):>9}"
+            f"{sum(row['heartbeat_writes'].values()):>9} "
+            f"{row['metrics'].get('scrapes', 0):>7} "
+            f"{row['metrics'].get('scrape_ms_mean', 0.0):>9.2f}"
         )
     if results.get("restart_wave"):
         lines += [
@@ -124,6 +127,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--heartbeats", type=int, default=5000)
     parser.add_argument(
         "--node-images", type=int, default=50, help="status.images per Node in the idle runs"
+    )
+    parser.add_argument(
+        "--idle-without-metrics",
+        action="store_true",
+        help="each idle size once more with /metrics off (what metrics cost)",
     )
     parser.add_argument("--out", type=Path, default=None, help="JSON file for the results")
     args = parser.parse_args(argv)
@@ -177,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
             measure = functools.partial(
                 idle_at, bench, fleet, size, window=args.window, heartbeats=args.heartbeats,
                 node_images=args.node_images, health=health,
+                without_metrics=args.idle_without_metrics,
             )  # fmt: skip
             row = idling.run({"nodes": size}, measure)
             log.info("%s", json.dumps(row))

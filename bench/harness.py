@@ -36,6 +36,7 @@ from devcluster.cluster import DevCluster
 from devcluster.controlplane import DIR_PREFIX, ControlPlane
 from devcluster.waiting import wait_for
 from nodesysctl import GROUP, PLURAL, VERSION
+from nodesysctl.cli import METRICS_FLAG
 
 REPO = Path(__file__).resolve().parents[1]
 OPERATOR_USER = "nodesysctl-operator"
@@ -99,14 +100,18 @@ class ProcStats:
 
 
 class OperatorProcess:
-    def __init__(self, kubeconfig: Path, log_path: Path) -> None:
+    def __init__(self, kubeconfig: Path, log_path: Path, *extra: str) -> None:
         self.kubeconfig = kubeconfig
         self.log_path = log_path
+        self.extra = extra  # more flags of `nodesysctl run`
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> OperatorProcess:
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1"}
-        argv = [sys.executable, "-m", "nodesysctl.cli", "run", "--job-namespace", JOB_NAMESPACE]
+        # /metrics on a free loopback port unless a flag says where (:8081 may be taken).
+        metrics = () if METRICS_FLAG in self.extra else (METRICS_FLAG, "127.0.0.1:0")
+        argv = [sys.executable, "-m", "nodesysctl.cli", "run", "--job-namespace", JOB_NAMESPACE,
+                *metrics, *self.extra]  # fmt: skip
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 argv,
@@ -260,10 +265,11 @@ class BenchCluster:
     def api(self) -> Any:
         return self.cluster.api
 
-    def start_operator(self, name: str) -> OperatorProcess:
+    def start_operator(self, name: str, *extra: str) -> OperatorProcess:
         """Start an operator process and return once it watches everything it watches."""
         since = utcnow()
-        operator = OperatorProcess(self.operator_kubeconfig, self.dir / f"{name}.log").start()
+        log_path = self.dir / f"{name}.log"
+        operator = OperatorProcess(self.operator_kubeconfig, log_path, *extra).start()
         wanted = {"nodes", "jobs", "pods", PLURAL}
 
         def watching() -> bool:

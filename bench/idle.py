@@ -4,20 +4,29 @@
 result for it (pre-seeded annotations, as the operator itself writes them), so nothing is due
 for an hour. A fresh operator process is started at each size, so its peak RSS (VmHWM) covers
 its start-up (the initial list of every Node) and the idle window.
+
+The operator serves /metrics (on by default) and `MetricsScraper` scrapes it every
+`scrape_interval` seconds through the idle window and the heartbeats, as Prometheus would (30 s
+in the shipped ServiceMonitor; 1 s here, to make its cost visible); the last scrape's node
+counts must equal the policy's status.
 """
 
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
+import urllib.request
 from datetime import UTC, datetime
 from typing import Any
 
 from kubernetes import client
 
 from devcluster.nodes import SimulatedNode
+from devcluster.prometheus import free_port
 from devcluster.waiting import wait_for
 from nodesysctl.api import parse_spec
+from nodesysctl.cli import METRICS_FLAG
 from nodesysctl.labels import ANNOTATION_RESULT_PREFIX
 from nodesysctl.planning import NodeResult, NodeState, spec_hash
 
@@ -107,12 +116,71 @@ def heartbeat_patches(nodes: list[SimulatedNode], updates: int) -> list[tuple[st
     return patches
 
 
+class MetricsScraper:
+    """GET /metrics every `interval` seconds in a thread of its own, until `stop`."""
+
+    def __init__(self, url: str, interval: float) -> None:
+        self.url = url
+        self.interval = interval
+        self.stopped = threading.Event()
+        self.seconds: list[float] = []
+        self.errors: list[str] = []
+        self.last = ""
+        self.thread = threading.Thread(target=self._run, name="metrics-scraper", daemon=True)
+
+    def start(self) -> MetricsScraper:
+        self.thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self.stopped.is_set():
+            start = time.monotonic()
+            try:
+                with urllib.request.urlopen(self.url, timeout=10) as answer:
+                    self.last = answer.read().decode()
+                self.seconds.append(time.monotonic() - start)
+            except OSError as exc:
+                self.errors.append(str(exc))
+            self.stopped.wait(max(0.0, self.interval - (time.monotonic() - start)))
+
+    def stop(self) -> dict[str, Any]:
+        self.stopped.set()
+        self.thread.join(timeout=30)
+        return {
+            "scrape_interval_seconds": self.interval,
+            "scrapes": len(self.seconds),
+            "scrape_errors": len(self.errors),
+            "scrape_ms_mean": round(1000 * sum(self.seconds) / max(len(self.seconds), 1), 2),
+            "scrape_ms_max": round(1000 * max(self.seconds, default=0.0), 2),
+            "exposition_bytes": len(self.last.encode()),
+        }
+
+    def nodes_in_state(self, policy: str, state: str) -> float | None:
+        prefix = f'nodesysctl_nodes{{policy="{policy}",state="{state}"}} '
+        for line in self.last.splitlines():
+            if line.startswith(prefix):
+                return float(line[len(prefix) :])
+        return None
+
+
 def measure_idle(
-    bench: BenchCluster, fleet: Fleet, *, window: float, heartbeats: int, health: NodeHealth
+    bench: BenchCluster,
+    fleet: Fleet,
+    *,
+    window: float,
+    heartbeats: int,
+    health: NodeHealth,
+    scrape_interval: float = 1.0,
+    metrics: bool = True,
 ) -> dict[str, Any]:
+    """One idle operator; `metrics=False`: with /metrics off and unscraped (the comparison)."""
     size = len(fleet.nodes)
     health.arm()
-    operator = bench.start_operator(f"operator-idle-{size}")
+    address = f"127.0.0.1:{free_port()}" if metrics else "0"
+    operator = bench.start_operator(
+        f"operator-idle-{size}{'' if metrics else '-no-metrics'}", METRICS_FLAG, address
+    )
+    scraper = MetricsScraper(f"http://{address}/metrics", scrape_interval)
     try:
         start = time.monotonic()
 
@@ -132,6 +200,8 @@ def measure_idle(
         # Steady state: nothing changes, nothing is due. The lease renewals of every node go on.
         _wait_cpu_settled(operator, health)  # the pass that wrote Ready and the start-up are over
         bench.wait_audit_flushed()
+        if metrics:
+            scraper.start()  # scraped from here on: the idle window and the heartbeats
         since = utcnow()
         before = operator.stats()
         health.sleep(window)  # the measurement window itself: nothing is supposed to happen
@@ -156,6 +226,11 @@ def measure_idle(
         hb_writes = {k: v for k, v in hb_requests.items() if k.split()[0] in WRITE_VERBS}
         jobs_after = bench.count_jobs(JOB_NAMESPACE)
         final = operator.stats()
+        scraped = scraper.stop() if metrics else {"off": True}
+        status = (bench.policy(IDLE_POLICY) or {}).get("status") or {}
+        compliant = sum(
+            scraper.nodes_in_state(IDLE_POLICY, state) or 0 for state in ("compliant", "remediated")
+        )
         return {
             "nodes": size,
             "operator_ready_seconds": round(ready_seconds, 1),
@@ -176,9 +251,17 @@ def measure_idle(
             ),
             "heartbeat_requests": hb_requests,
             "heartbeat_writes": hb_writes,
+            "metrics": {
+                **scraped,
+                "nodes_compliant": compliant,
+                "matches_status": compliant == status.get("compliant") == size,
+            }
+            if metrics
+            else scraped,
             "node_health": health.finish(),
         }
     finally:
+        scraper.stopped.set()
         operator.stop()
 
 
@@ -207,6 +290,7 @@ def idle_at(
     heartbeats: int,
     node_images: int,
     health: NodeHealth,
+    without_metrics: bool = False,
 ) -> dict[str, Any]:
     grow_seconds = fleet.grow(size) if size > len(fleet.nodes) else 0.0
     wait_seconds = health.wait_healthy(fleet.names())
@@ -215,6 +299,11 @@ def idle_at(
     if bench.policy(IDLE_POLICY) is None:
         bench.create_policy(IDLE_POLICY, IDLE_SPEC)
     result = measure_idle(bench, fleet, window=window, heartbeats=heartbeats, health=health)
+    if without_metrics:  # the same fleet, an operator with /metrics off: the cost of metrics
+        off = measure_idle(
+            bench, fleet, window=window, heartbeats=heartbeats, health=health, metrics=False
+        )
+        result["without_metrics"] = {k: v for k, v in off.items() if k != "node_health"}
     core: Any = client.CoreV1Api(bench.api)
     sample = core.read_node(fleet.nodes[0].name, _preload_content=False)
     return {

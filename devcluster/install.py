@@ -11,6 +11,8 @@ from typing import Any
 
 import yaml
 
+from nodesysctl.cli import METRICS_FLAG
+
 from .cluster import DevCluster
 from .realnode import REAL_NODE_LABEL, RELAY_ADDRESS
 
@@ -75,10 +77,13 @@ def service_account_kubeconfig(
 
 
 def start_operator(kubeconfig: Path, log_path: Path, *extra: str) -> subprocess.Popen[bytes]:
-    """`nodesysctl run`, as a user runs it, logging to `log_path`."""
+    """`nodesysctl run`, as a user runs it, logging to `log_path`. Its /metrics listens on a
+    free loopback port unless `extra` says where: the machine's :8081 may be taken, and a
+    test may run more than one operator."""
     env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PYTHONUNBUFFERED": "1"}
+    metrics = () if METRICS_FLAG in extra else (METRICS_FLAG, "127.0.0.1:0")
     argv = [sys.executable, "-m", "nodesysctl.cli", "run", "--job-namespace", JOB_NAMESPACE,
-            *extra]  # fmt: skip
+            *metrics, *extra]  # fmt: skip
     with log_path.open("ab") as log:
         return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shutil
 import sys
 from collections.abc import Sequence
@@ -11,6 +12,8 @@ from collections.abc import Sequence
 from nodesysctl.config import OperatorConfig, split_list
 
 STATUS_LIST_PAGE = 500
+METRICS_BIND_ADDRESS = ":8081"  # beside Kopf's health endpoint (:8080 in the Deployment)
+METRICS_FLAG = "--metrics-bind-address"
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -34,6 +37,7 @@ def _run(args: argparse.Namespace) -> int:
     if not args.verbose:
         # Kopf logs every spy handler's success at INFO: one line per Node heartbeat.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    _serve_metrics(args.metrics_bind_address)
     kopf.run(
         # Namespaced kinds (our Jobs and their Pods) are watched in the job namespace only;
         # Nodes and policies are cluster-scoped and watched cluster-wide regardless.
@@ -43,6 +47,19 @@ def _run(args: argparse.Namespace) -> int:
         memo=kopf.Memo(config=config),
     )
     return 0
+
+
+def _serve_metrics(bind_address: str) -> None:
+    """`/metrics` from plain code, before Kopf: a replica that has not won the lease (and so
+    never starts Kopf) still says who it is and that it is not leading."""
+    from nodesysctl.metrics import parse_bind_address, process_identity, serve, set_leader
+
+    address = parse_bind_address(bind_address)
+    if address is None:
+        return
+    host, port = serve(address)
+    set_leader(process_identity(), False)
+    logging.getLogger(__name__).info("serving /metrics on %s:%d", host, port)
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -101,6 +118,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--restarts-per-minute", type=float, default=defaults.restarts_per_minute)
     run.add_argument("--restart-burst", type=int, default=defaults.restart_burst)
     run.add_argument("--liveness", default=None, help="e.g. http://0.0.0.0:8080/healthz")
+    run.add_argument(
+        METRICS_FLAG,
+        default=os.environ.get("NODESYSCTL_METRICS_BIND_ADDRESS", METRICS_BIND_ADDRESS),
+        metavar="HOST:PORT",
+        help="where /metrics (Prometheus text format) listens: HOST:PORT, :PORT for every "
+        f"address, 0 for off; default {METRICS_BIND_ADDRESS}",
+    )
     run.add_argument("-v", "--verbose", action="store_true")
     run.set_defaults(func=_run)
     status = commands.add_parser("status", help="print each selected node's state per policy")

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from nodesysctl.backoff import Backoff
+from nodesysctl.metrics import OPERATOR_METRICS, OperatorMetrics
 from nodesysctl.observed import PodOutcome
 from nodesysctl.planning import JobFacts, PolicyRanges
 from nodesysctl.reconcile import PassResult, Snapshot
@@ -68,6 +69,7 @@ class PolicyDaemon:
         policies: Mapping[str, Iterable[PolicyRanges]] | None = None,
         clock: Callable[[], float] = time.monotonic,
         backoff: Backoff | None = None,
+        metrics: OperatorMetrics = OPERATOR_METRICS,
     ) -> None:
         self.state = state
         self.reconciler = reconciler
@@ -82,11 +84,13 @@ class PolicyDaemon:
             RETRY_FIRST_SECONDS, RETRY_MAX_SECONDS, jitter=RETRY_JITTER
         )
         self.wakeup = state.wakeup(name)
+        self.metrics = metrics
 
     async def run(self) -> None:
         # A pass on a partly listed Node set would take a running check of a not-yet-seen Node
         # for one of a deleted Node: plan only from the complete list.
         await self.state.nodes_listed.wait()
+        self.metrics.seed_policy(self.name)  # its series at zero before anything counts
         while True:
             await self.wait(await self.run_one_pass())
 
@@ -100,6 +104,7 @@ class PolicyDaemon:
         try:
             result = await asyncio.to_thread(self.reconciler.run_once, snap, datetime.now(UTC))
         except Exception as exc:
+            self.metrics.record_pass(self.name, self.clock() - started, failed=True)
             # An API error mid-pass (apiserver restarting, a conflict): every step of a
             # pass is idempotent, so the next pass simply starts over. Kopf's own daemon
             # restart would wait a minute; a short first retry keeps the rollout moving, the
@@ -121,6 +126,7 @@ class PolicyDaemon:
                 self.name, self.backoff.failures,
             )  # fmt: skip
         self.backoff.reset()
+        self.metrics.record_pass(self.name, self.clock() - started, failed=False)
         self.state.record_pass(self.name, result)
         # Coalesce bursts (a restarted operator sees every Node once, each a wake-up): wait
         # as long as the last pass took, so passes never use more than half of the time.

@@ -22,7 +22,7 @@ from typing import Any
 
 import kopf
 
-from nodesysctl import GROUP, PLURAL, VERSION
+from nodesysctl import GROUP, PLURAL, VERSION, metrics
 from nodesysctl.compose import PolicyRanges
 from nodesysctl.config import OperatorConfig
 from nodesysctl.daemon import PolicyDaemon
@@ -97,6 +97,9 @@ async def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> Non
     # those bodies at once. A later event simply starts a new worker.
     settings.queueing.idle_timeout = 0.1
     _start_node_watch(memo.nodesysctl, asyncio.get_running_loop())
+    # The one process runs Kopf, so it leads. Leader election (two replicas) calls
+    # metrics.set_leader itself instead: then this line goes.
+    metrics.set_leader(metrics.process_identity(), True)
     logger.info("nodesysctl operator configured: %s", config)
 
 
@@ -248,6 +251,7 @@ async def policy_deleted(
     annotated = operator.state.nodes_with_results(name)
     await asyncio.to_thread(kube.clear_node_annotation, ANNOTATION_RESULT_PREFIX + name, annotated)
     operator.state.forget_policy(name)  # and wakes the others: they compose without it now
+    metrics.OPERATOR_METRICS.forget_policy(name)  # its series go: its alerts resolve
     logger.info(
         "policy %s deleted: %d jobs removed, %d nodes' results removed",
         name, removed, len(annotated),

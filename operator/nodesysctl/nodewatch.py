@@ -28,6 +28,7 @@ from typing import Any, Protocol
 
 from nodesysctl.backoff import Backoff
 from nodesysctl.kube import WatchExpiredError
+from nodesysctl.metrics import OPERATOR_METRICS, OperatorMetrics
 from nodesysctl.planning import NodeFacts
 
 logger = logging.getLogger(__name__)
@@ -116,8 +117,10 @@ class NodeWatch:
         watch_seconds: int = WATCH_SECONDS,
         sleep: Callable[[float], bool] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        metrics: OperatorMetrics = OPERATOR_METRICS,
     ) -> None:
         self.source = source
+        self.metrics = metrics
         self.on_update = on_update
         self.page = page
         self.watch_seconds = watch_seconds
@@ -156,11 +159,11 @@ class NodeWatch:
                     nodes, self.version = list_node_facts(self.source, self.page)
                     self.on_update(NodesListed(nodes))
                     self.listed = True
-                    self.last_contact = self.clock()
+                    self._heard()
                     logger.info("listed %d nodes at resourceVersion %s", len(nodes), self.version)
                 started = self.clock()
                 self._watch(self.version)
-                self.last_contact = self.clock()  # the server ended the watch: it answers
+                self._heard()  # the server ended the watch: it answers
                 if self.stopped.is_set():
                     return
                 if self.clock() - started >= 1.0:
@@ -180,12 +183,17 @@ class NodeWatch:
             if self.sleep(delay):
                 return
 
+    def _heard(self) -> None:
+        """The API server answered: for the liveness probe and the metric."""
+        self.last_contact = self.clock()
+        self.metrics.node_watch_heard()
+
     def _watch(self, version: str) -> None:
         """Follow one watch request; `self.version` follows every event (to resume from)."""
         for kind, obj in self.source.watch_nodes(version, self.watch_seconds):
             if self.stopped.is_set():
                 return
-            self.last_contact = self.clock()
+            self._heard()
             meta: Mapping[str, Any] = obj.get("metadata") or {}
             self.version = str(meta.get("resourceVersion") or self.version)
             if kind != "BOOKMARK":

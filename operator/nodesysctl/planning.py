@@ -231,6 +231,7 @@ class PolicySummary:
     in_flight: int
     worst: tuple[WorstNode, ...]
     waiting: int = 0  # need a check and cannot run one now (never counted as failed)
+    remediated: int = 0  # of `compliant`: fixed by their last check (the metrics tell them apart)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -406,6 +407,7 @@ def summarize(
         in_flight=in_flight,
         worst=tuple(ranked[:MAX_WORST_NODES]),
         waiting=counts[NodeState.WAITING],
+        remediated=counts[NodeState.REMEDIATED],
     )
 
 

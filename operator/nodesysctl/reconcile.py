@@ -50,6 +50,7 @@ from nodesysctl.maintenance import (
     earliest,
     gate,
 )
+from nodesysctl.metrics import OPERATOR_METRICS, OperatorMetrics
 from nodesysctl.node_taints import carry_out_readiness
 from nodesysctl.observed import PodOutcome, job_facts_from_body
 from nodesysctl.pacing import INVALID_POLL_SECONDS, RestartBudget, RestartLimiter, pass_delay
@@ -280,6 +281,7 @@ class PolicyReconciler:
         *,
         protected_namespaces: Sequence[str] = (),
         claims: Claims | None = None,
+        metrics: OperatorMetrics = OPERATOR_METRICS,
     ):
         self.kube = kube
         self.settings = settings
@@ -288,6 +290,7 @@ class PolicyReconciler:
         # operator's own namespace and the job namespace.
         self.protected_namespaces = (*protected_namespaces, settings.namespace)
         self.claims: Claims = claims or _NoClaims()
+        self.metrics = metrics  # what the pass did, recorded as it is carried out
         self.io = ThreadPoolExecutor(IO_PARALLELISM, thread_name_prefix="nodesysctl-io")
         # By policy uid: the generation whose agent Job the API server refused, and why (the
         # status says so too, unless writing it failed); the policies whose failing passes
@@ -565,6 +568,7 @@ class PolicyReconciler:
             dirs = dirs_after_check(previous, target, judged.result.status)
             result = dataclasses.replace(judged.result, sysctl_dirs=dirs).as_stored()
             self.kube.patch_node(job.node, build_node_result_patch(snap.name, result))
+            self.metrics.record_check(snap.name, result.status, _since(job.created_at, now))
             self._announce(snap, job.node, result, judged.event)
             for ignored in judged.ignored:
                 self._post(snap, job.node, True, ignored.event, ignored.reason)
@@ -616,6 +620,7 @@ class PolicyReconciler:
             result = refused_pod_result(job, refusals[job.name], hashes[job.node], now).as_stored()
             self.kube.patch_node(job.node, build_node_result_patch(snap.name, result))
             self.kube.delete_job(self.settings.namespace, job.name)
+            self.metrics.record_check(snap.name, result.status, _since(job.created_at, now))
             logger.warning("policy %s: node %s: %s", snap.name, job.node, result.message)
             self._post(snap, job.node, True, "PodCreationRefused", result.message)
             return result
@@ -792,6 +797,7 @@ class PolicyReconciler:
             "evictions planned", snap.name, wave, len(nodes), len(affected),
             len(plan.to_restart), len(plan.to_evict),
         )  # fmt: skip
+        self.metrics.record_wave_plan(snap.name, plan)
         kept = KeptWave(key, plan, WaveProgress())
         self.waves[snap.name] = kept
         return kept
@@ -811,6 +817,7 @@ class PolicyReconciler:
             self.kube.patch_workload(
                 step.kind, step.namespace, step.name, build_restart_patch(now, plan.wave)
             )
+            self.metrics.record_restart(snap.name, step.kind, None)
             self.kube.post_event(
                 ref,
                 warning=False,
@@ -820,9 +827,11 @@ class PolicyReconciler:
             )
             return progress.with_done(step)
         result, why = self.kube.evict_pod(step.namespace, step.pod, step.pod_uid)
+        self.metrics.record_restart(snap.name, step.kind, result)
         if result == EvictionResult.BLOCKED:
             progress = progress.with_refusal(step, why, now)
             if step.key in progress.blocked:
+                self.metrics.record_skipped(snap.name, RestartAction.EVICTION_BLOCKED)
                 message = progress.outcome(step).reason
                 self.kube.post_event(ref, warning=True, reason="EvictionBlocked", message=message)
                 self.kube.post_event(
@@ -870,6 +879,7 @@ class PolicyReconciler:
     # Status -------------------------------------------------------------------------------
 
     def _write_status(self, snap: Snapshot, inputs: StatusInputs, now: datetime) -> None:
+        self.metrics.record_status(snap.name, inputs.summary, inputs.halted)
         status = build_status(inputs)
         status["conditions"] = merge_conditions(
             snap.status.get("conditions") or [], build_conditions(inputs), now
@@ -919,3 +929,7 @@ class PolicyReconciler:
                 message=refusal.describe(),
             )
         self.degraded.add(snap.uid)
+
+
+def _since(created: datetime, now: datetime) -> float:
+    return (now - created).total_seconds()
