@@ -109,13 +109,17 @@ class Rest:
         query: Mapping[str, str | int | None] | None = None,
         body: Any = None,
         content_type: str = "application/json",
+        timeout: float | None = None,
     ) -> Any:
-        """The decoded JSON response; KubeError for any non-2xx answer, or for none at all."""
+        """The decoded JSON response; KubeError for any non-2xx answer, or for none at all
+        (also when `timeout`, the seconds the whole request may take, ran out)."""
         headers = {"Accept": "application/json"}
         if body is not None:
             headers["Content-Type"] = content_type
         try:
-            response = self.api.call_api(*self._serialize(method, path, query, headers, body))
+            response = self.api.call_api(
+                *self._serialize(method, path, query, headers, body), _request_timeout=timeout
+            )
             response.read()  # type: ignore[no-untyped-call]
         except ApiException as exc:  # the client's own, e.g. status 0 for a TLS failure
             raise KubeError.from_api_exception(exc) from exc
