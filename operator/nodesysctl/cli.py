@@ -83,12 +83,8 @@ def _run_elected(
     from nodesysctl.kube import Rest, new_api_client
     from nodesysctl.standby import candidate_identity, run_as_candidate
 
-    store = LeaseStore(
-        Rest(lease_api_client(new_api_client())),
-        election.namespace,
-        election.lease_name,
-        timeout=election.timings.request_timeout,
-    )
+    rest = Rest(lease_api_client(new_api_client()), timeout=election.timings.request_timeout)
+    store = LeaseStore(rest, election.namespace, election.lease_name)
     elector = LeaderElector(
         store, candidate_identity(os.environ), election.timings, on_leading=_on_leading
     )

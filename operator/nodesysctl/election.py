@@ -70,17 +70,16 @@ class LeaseStore:
     """GET, POST and PUT of one Lease; a PUT carries the resourceVersion it read (409 if the
     Lease changed since)."""
 
-    def __init__(self, rest: Rest, namespace: str, name: str, timeout: float) -> None:
-        self.rest = rest
+    def __init__(self, rest: Rest, namespace: str, name: str) -> None:
+        self.rest = rest  # with its timeout: ElectionTimings.request_timeout
         self.namespace = namespace
         self.name = name
-        self.timeout = timeout
         self.collection = f"/apis/{LEASE_API_VERSION}/namespaces/{namespace}/leases"
 
     def read(self) -> tuple[LeaseRecord, str] | None:
         """The record and its resourceVersion; None if there is no such Lease."""
         try:
-            body = self.rest.request("GET", f"{self.collection}/{self.name}", timeout=self.timeout)
+            body = self.rest.request("GET", f"{self.collection}/{self.name}")
         except KubeError as exc:
             if exc.status == HTTP_NOT_FOUND:
                 return None
@@ -105,9 +104,7 @@ class LeaseStore:
             "metadata": metadata,
             "spec": spec_from_record(record),
         }
-        answer = self.rest.request(
-            method, path, query={"fieldManager": FIELD_MANAGER}, body=body, timeout=self.timeout
-        )
+        answer = self.rest.request(method, path, query={"fieldManager": FIELD_MANAGER}, body=body)
         return str(answer["metadata"]["resourceVersion"])
 
 

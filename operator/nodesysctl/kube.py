@@ -96,10 +96,14 @@ class KubeError(ApiException):
 
 
 class Rest:
-    """JSON over the API server's REST paths, with the client's configuration and auth."""
+    """JSON over the API server's REST paths, with the client's configuration and auth.
 
-    def __init__(self, api: ApiClient) -> None:
+    `timeout`: the seconds each request may take in all (connect, send, answer), then a
+    KubeError; None waits as long as the server takes (leader election sets one)."""
+
+    def __init__(self, api: ApiClient, timeout: float | None = None) -> None:
         self.api = api
+        self.timeout = timeout
 
     def request(
         self,
@@ -109,16 +113,14 @@ class Rest:
         query: Mapping[str, str | int | None] | None = None,
         body: Any = None,
         content_type: str = "application/json",
-        timeout: float | None = None,
     ) -> Any:
-        """The decoded JSON response; KubeError for any non-2xx answer, or for none at all
-        (also when `timeout`, the seconds the whole request may take, ran out)."""
+        """The decoded JSON response; KubeError for any non-2xx answer, or for none at all."""
         headers = {"Accept": "application/json"}
         if body is not None:
             headers["Content-Type"] = content_type
         try:
             response = self.api.call_api(
-                *self._serialize(method, path, query, headers, body), _request_timeout=timeout
+                *self._serialize(method, path, query, headers, body), _request_timeout=self.timeout
             )
             response.read()  # type: ignore[no-untyped-call]
         except ApiException as exc:  # the client's own, e.g. status 0 for a TLS failure

@@ -84,7 +84,9 @@ class StandbyProbes:
 
 
 def _exit_now(code: int) -> None:
-    logging.shutdown()  # flush the log lines that say why
+    # No logging.shutdown(): it takes the handlers' locks, which another thread may hold; the
+    # stream handler has flushed the line that says why already. One raw line, then out.
+    os.write(2, f"nodesysctl: lost the lease, exiting with {code}\n".encode())
     os._exit(code)
 
 
