@@ -65,7 +65,7 @@ class StandbyProbes:
         parts = urlsplit(url)
         handler = type("StandbyProbeHandler", (_ProbeHandler,), {"probe_path": parts.path or "/"})
         self.server = http.server.ThreadingHTTPServer(
-            (parts.hostname or "0.0.0.0", parts.port or 80),
+            (parts.hostname or "0.0.0.0", 80 if parts.port is None else parts.port),
             handler,
         )
         self.thread = threading.Thread(
