@@ -29,7 +29,6 @@ import pytest
 from kubernetes import client
 
 from devcluster.cluster import DevCluster
-from devcluster.install import OPERATOR_NAMESPACE
 from devcluster.waiting import wait_for
 from nodesysctl.labels import RESTARTED_AT
 from nodesysctl.leasing import ElectionTimings
@@ -89,12 +88,19 @@ class Election:
     """Candidates for one Lease (a name of this test's own) and what the Lease says."""
 
     def __init__(
-        self, start: StartOperator, devcluster: DevCluster, api: Any, tmp: Path, name: str
+        self,
+        start: StartOperator,
+        devcluster: DevCluster,
+        api: Any,
+        tmp: Path,
+        namespace: str,
+        name: str,
     ) -> None:
         self.start_operator = start
         self.devcluster = devcluster
         self.coordination: Any = client.CoordinationV1Api(api)
         self.tmp = tmp
+        self.namespace = namespace
         self.name = name
         self.candidates: list[Candidate] = []
 
@@ -105,7 +111,8 @@ class Election:
         kubeconfig = proxy.kubeconfig(self.devcluster.kubeconfig, self.tmp / f"kc-{index}.yaml")
         liveness = f"http://127.0.0.1:{_free_port()}/healthz"
         process = self.start_operator(
-            *ELECTION_FLAGS, f"--lease-name={self.name}", "--liveness", liveness, *extra,
+            *ELECTION_FLAGS, f"--lease-name={self.name}", f"--lease-namespace={self.namespace}",
+            "--liveness", liveness, *extra,
             kubeconfig=kubeconfig,
         )  # fmt: skip
 
@@ -120,7 +127,7 @@ class Election:
 
     def lease(self) -> dict[str, Any]:
         body: dict[str, Any] = read_json(
-            self.coordination.read_namespaced_lease, self.name, OPERATOR_NAMESPACE
+            self.coordination.read_namespaced_lease, self.name, self.namespace
         )
         return body
 
@@ -145,8 +152,12 @@ def election(
     api_client: Any,
     tmp_path: Path,
     test_id: str,
+    test_namespace: str,
 ) -> Iterator[Election]:
-    made = Election(start_operator, devcluster, api_client, tmp_path, f"{test_id}-leader")
+    # The Lease in the test's own namespace: the fault matrix installs no operator namespace.
+    made = Election(
+        start_operator, devcluster, api_client, tmp_path, test_namespace, f"{test_id}-leader"
+    )
     yield made
     made.close()
 

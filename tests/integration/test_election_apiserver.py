@@ -41,8 +41,8 @@ def test_lease_store_create_read_and_guarded_replace(
     renewed = LeaseRecord("a_1", 6, record.acquire_time, "2026-12-01T20:00:01.000000Z")
     newer = store.replace(renewed, version)
     with pytest.raises(KubeError) as stale:
-        store.replace(LeaseRecord("b_2", 6, "x", "x", 1), version)  # an old resourceVersion
-    assert stale.value.status == 409
+        store.replace(LeaseRecord("b_2", 6, record.acquire_time, record.renew_time, 1), version)
+    assert stale.value.status == 409  # the resourceVersion read before the renewal
     with pytest.raises(KubeError) as again:
         store.create(record)
     assert again.value.status == 409
