@@ -7,9 +7,11 @@ import logging
 import os
 import shutil
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 
 from nodesysctl.config import OperatorConfig, split_list
+from nodesysctl.leasing import ElectionConfig, ElectionTimings, InvalidTimingsError
 
 STATUS_LIST_PAGE = 500
 METRICS_BIND_ADDRESS = ":8081"  # beside Kopf's health endpoint (:8080 in the Deployment)
@@ -33,32 +35,80 @@ def _run(args: argparse.Namespace) -> int:
         allowed_priority_classes=args.allowed_priority_classes,
         operator_namespace=args.operator_namespace,
     )
+    try:
+        timings = ElectionTimings(args.lease_duration, args.renew_deadline, args.retry_period)
+    except InvalidTimingsError as exc:
+        print(f"nodesysctl run: {exc}", file=sys.stderr)
+        return 2
     kopf.configure(verbose=args.verbose)
     if not args.verbose:
         # Kopf logs every spy handler's success at INFO: one line per Node heartbeat.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
-    _serve_metrics(args.metrics_bind_address)
-    kopf.run(
-        # Namespaced kinds (our Jobs and their Pods) are watched in the job namespace only;
-        # Nodes and policies are cluster-scoped and watched cluster-wide regardless.
-        namespaces=[args.job_namespace],
-        standalone=True,
-        liveness_endpoint=args.liveness,
-        memo=kopf.Memo(config=config),
+
+    def run_kopf(stop: threading.Event | None) -> int:
+        kopf.run(
+            # Namespaced kinds (our Jobs and their Pods) are watched in the job namespace only;
+            # Nodes and policies are cluster-scoped and watched cluster-wide regardless.
+            namespaces=[args.job_namespace],
+            # No Kopf peering: it is not leader election (see docs/operations.md); with
+            # --leader-elect only the Lease holder runs Kopf at all.
+            standalone=True,
+            liveness_endpoint=args.liveness,
+            memo=kopf.Memo(config=config),
+            stop_flag=stop,
+        )
+        return 0
+
+    from nodesysctl.metrics import process_identity, set_leader
+    from nodesysctl.standby import candidate_identity
+
+    # One identity per process, for the Lease and for nodesysctl_leader{identity} alike.
+    identity = candidate_identity(os.environ) if args.leader_elect else process_identity()
+    _serve_metrics(args.metrics_bind_address, identity)
+    if not args.leader_elect:
+        # The one process runs Kopf, so it leads.
+        set_leader(identity, True)
+        return run_kopf(None)
+    election = ElectionConfig(
+        enabled=True,
+        lease_name=args.lease_name,
+        namespace=args.lease_namespace or args.operator_namespace,
+        timings=timings,
     )
-    return 0
+    return _run_elected(election, identity, run_kopf, liveness=args.liveness)
 
 
-def _serve_metrics(bind_address: str) -> None:
+def _run_elected(
+    election: ElectionConfig,
+    identity: str,
+    run_operator: Callable[[threading.Event], int],
+    *,
+    liveness: str | None,
+) -> int:
+    from nodesysctl.election import LeaderElector, LeaseStore, lease_api_client
+    from nodesysctl.kube import Rest, new_api_client
+    from nodesysctl.metrics import set_leader
+    from nodesysctl.standby import run_as_candidate
+
+    def on_leading(leading: bool) -> None:
+        set_leader(identity, leading)  # nodesysctl_leader{identity}
+
+    rest = Rest(lease_api_client(new_api_client()), timeout=election.timings.request_timeout)
+    store = LeaseStore(rest, election.namespace, election.lease_name)
+    elector = LeaderElector(store, identity, election.timings, on_leading=on_leading)
+    return run_as_candidate(elector, run_operator, liveness=liveness)
+
+
+def _serve_metrics(bind_address: str, identity: str) -> None:
     """`/metrics` from plain code, before Kopf: a replica that has not won the lease (and so
     never starts Kopf) still says who it is and that it is not leading."""
-    from nodesysctl.metrics import parse_bind_address, process_identity, serve, set_leader
+    from nodesysctl.metrics import parse_bind_address, serve, set_leader
 
     address = parse_bind_address(bind_address)
     if address is None:
         return
     host, port = serve(address)
-    set_leader(process_identity(), False)
+    set_leader(identity, False)
     logging.getLogger(__name__).info("serving /metrics on %s:%d", host, port)
 
 
@@ -125,6 +175,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="where /metrics (Prometheus text format) listens: HOST:PORT, :PORT for every "
         f"address, 0 for off; default {METRICS_BIND_ADDRESS}",
     )
+    try:
+        election_defaults = ElectionConfig.from_env(os.environ)
+    except InvalidTimingsError as exc:
+        sys.exit(f"nodesysctl: NODESYSCTL_LEASE_*: {exc}")
+    _add_election_flags(run, election_defaults)
     run.add_argument("-v", "--verbose", action="store_true")
     run.set_defaults(func=_run)
     status = commands.add_parser("status", help="print each selected node's state per policy")
@@ -136,6 +191,47 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status.set_defaults(func=_status)
     return parser
+
+
+def _add_election_flags(run: argparse.ArgumentParser, defaults: ElectionConfig) -> None:
+    election = run.add_argument_group(
+        "leader election", "one active replica among several, on a coordination.k8s.io Lease"
+    )
+    election.add_argument(
+        "--leader-elect",
+        action=argparse.BooleanOptionalAction,
+        default=defaults.enabled,
+        help="run Kopf only while holding the Lease (env NODESYSCTL_LEADER_ELECT); off: a "
+        "single process, which must then be the only one",
+    )
+    election.add_argument("--lease-name", default=defaults.lease_name)
+    election.add_argument(
+        "--lease-namespace",
+        default=defaults.namespace,
+        help="default: --operator-namespace",
+    )
+    timings = defaults.timings
+    election.add_argument(
+        "--lease-duration",
+        type=float,
+        default=timings.lease_duration,
+        metavar="SECONDS",
+        help="how long a standby waits after the leader's last renewal it saw",
+    )
+    election.add_argument(
+        "--renew-deadline",
+        type=float,
+        default=timings.renew_deadline,
+        metavar="SECONDS",
+        help="a leader whose renewals failed this long exits (code 3)",
+    )
+    election.add_argument(
+        "--retry-period",
+        type=float,
+        default=timings.retry_period,
+        metavar="SECONDS",
+        help="how often the Lease is renewed or polled; each request times out after half",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

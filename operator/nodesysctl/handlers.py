@@ -97,9 +97,6 @@ async def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> Non
     # those bodies at once. A later event simply starts a new worker.
     settings.queueing.idle_timeout = 0.1
     _start_node_watch(memo.nodesysctl, asyncio.get_running_loop())
-    # The one process runs Kopf, so it leads. Leader election (two replicas) calls
-    # metrics.set_leader itself instead: then this line goes.
-    metrics.set_leader(metrics.process_identity(), True)
     logger.info("nodesysctl operator configured: %s", config)
 
 

@@ -97,10 +97,14 @@ class KubeError(ApiException):
 
 
 class Rest:
-    """JSON over the API server's REST paths, with the client's configuration and auth."""
+    """JSON over the API server's REST paths, with the client's configuration and auth.
 
-    def __init__(self, api: ApiClient) -> None:
+    `timeout`: the seconds each request may take in all (connect, send, answer), then a
+    KubeError; None waits as long as the server takes (leader election sets one)."""
+
+    def __init__(self, api: ApiClient, timeout: float | None = None) -> None:
         self.api = api
+        self.timeout = timeout
 
     def request(
         self,
@@ -116,7 +120,9 @@ class Rest:
         if body is not None:
             headers["Content-Type"] = content_type
         try:
-            response = self.api.call_api(*self._serialize(method, path, query, headers, body))
+            response = self.api.call_api(
+                *self._serialize(method, path, query, headers, body), _request_timeout=self.timeout
+            )
             response.read()  # type: ignore[no-untyped-call]
         except ApiException as exc:  # the client's own, e.g. status 0 for a TLS failure
             raise KubeError.from_api_exception(exc) from exc

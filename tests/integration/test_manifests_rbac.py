@@ -44,7 +44,10 @@ AGENT_JOBS_POLICY = "nodesysctl-job-namespace-agent-jobs"
 
 Kubectl = Callable[..., subprocess.CompletedProcess[str]]
 
-# (verb, resource, scope): scope is a namespace, "-A" (all namespaces) or "" (cluster-scoped).
+LEASES = "leases.coordination.k8s.io"
+LEASE = f"{LEASES} nodesysctl-operator"  # the leader-election Lease, by name
+# (verb, resource, scope): scope is a namespace, "-A" (all namespaces) or "" (cluster-scoped);
+# "resource name" asks about one object.
 # Each must be ALLOWED: the calls the operator and Kopf make.
 ALLOWED = [
     ("get", "nodesysctlpolicies.nodesysctl.io", ""),
@@ -76,6 +79,9 @@ ALLOWED = [
     ("list", "pods", JOB_NS),
     ("watch", "pods", JOB_NS),
     ("list", "events", JOB_NS),  # the Job controller's FailedCreate
+    ("get", LEASE, OPERATOR_NS),
+    ("update", LEASE, OPERATOR_NS),
+    ("create", LEASES, OPERATOR_NS),
 ]
 # Each must be DENIED.
 DENIED = [
@@ -141,6 +147,18 @@ DENIED = [
     ("get", "events", JOB_NS),
     ("create", "certificatesigningrequests.certificates.k8s.io", ""),
     ("create", "mutatingwebhookconfigurations.admissionregistration.k8s.io", ""),
+    # Leader election: that one Lease in the operator's namespace, nothing else (no node
+    # heartbeats in kube-node-lease, no other controller's Lease in kube-system).
+    ("get", f"{LEASES} another", OPERATOR_NS),
+    ("update", f"{LEASES} another", OPERATOR_NS),
+    ("delete", LEASE, OPERATOR_NS),
+    ("patch", LEASE, OPERATOR_NS),
+    ("list", LEASES, OPERATOR_NS),
+    ("watch", LEASES, OPERATOR_NS),
+    ("create", LEASES, "kube-system"),
+    ("update", f"{LEASES} kube-controller-manager", "kube-system"),
+    ("update", LEASES, "kube-node-lease"),
+    ("create", LEASES, JOB_NS),
 ]
 
 
@@ -160,7 +178,10 @@ def service_account(docs: list[dict[str, Any]]) -> str:
 
 def can_i(kubectl: Kubectl, user: str, verb: str, resource: str, scope: str) -> bool:
     args = ["auth", "can-i", verb]
-    if "/" in resource:
+    if " " in resource:
+        kind, name = resource.split(" ")
+        args.append(f"{kind}/{name}")
+    elif "/" in resource:
         resource, subresource = resource.split("/", 1)
         args += [resource, f"--subresource={subresource}"]
     else:

@@ -25,9 +25,11 @@ from devcluster.install import (
     registryless_overlay,
 )
 from devcluster.waiting import wait_for
+from nodesysctl.leasing import DEFAULT_LEASE_NAME
 from tests.kube_json import read_json
 
 OPERATOR = OPERATOR_DEPLOYMENT
+REPLICAS = 2  # manifests/base/deployment.yaml: one leader, one standby
 
 
 def operator_pods(api: Any) -> list[dict[str, Any]]:
@@ -39,6 +41,24 @@ def operator_pods(api: Any) -> list[dict[str, Any]]:
     return list(pods["items"])
 
 
+def leader_of(api: Any, pods: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The pod holding the leader-election Lease (its identity is the pod name + "_" + a
+    random suffix), if one of `pods` does."""
+    try:
+        lease = read_json(
+            client.CoordinationV1Api(api).read_namespaced_lease,
+            DEFAULT_LEASE_NAME,
+            OPERATOR_NAMESPACE,
+        )
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+    holder = str(lease["spec"].get("holderIdentity") or "")
+    found = [p for p in pods if holder.startswith(p["metadata"]["name"] + "_")]
+    return found[0] if found else None
+
+
 def pod_ready(pod: dict[str, Any]) -> bool:
     conditions = (pod.get("status") or {}).get("conditions") or []
     return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
@@ -48,9 +68,10 @@ def pod_ready(pod: dict[str, Any]) -> bool:
 def installed(
     real_nodes_available: DevCluster, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, Any]]:
-    """The default overlay applied (image pointed at the local build); yields the operator's
-    Ready pod. Afterwards the Deployment goes (its pod would act on later tests' policies);
-    the namespaces, RBAC and fence stay, as other lanes install them too."""
+    """The default overlay applied (image pointed at the local build); yields the leading
+    operator pod, once both replicas are Ready (the standby answers its own probes).
+    Afterwards the Deployment goes (its pods would act on later tests' policies); the
+    namespaces, RBAC and fence stay, as other lanes install them too."""
     cluster = real_nodes_available
     image = cluster.images.nodesysctl
     assert image.ref.startswith(NODESYSCTL_NAME + ":")
@@ -61,10 +82,12 @@ def installed(
 
     def ready_pod() -> dict[str, Any] | None:
         pods = [p for p in operator_pods(api) if not p["metadata"].get("deletionTimestamp")]
-        return pods[0] if len(pods) == 1 and pod_ready(pods[0]) else None
+        if len(pods) != REPLICAS or not all(pod_ready(p) for p in pods):
+            return None
+        return leader_of(api, pods)
 
     try:
-        pod = wait_for(ready_pod, timeout=180, what="the operator's pod Ready on a real node")
+        pod = wait_for(ready_pod, timeout=180, what="both operator pods Ready, one leading")
         yield pod
     finally:
         print("\n----- operator log -----\n" + operator_log(cluster)[-20000:])
@@ -77,7 +100,9 @@ def installed(
 
 
 def operator_log(cluster: DevCluster) -> str:
-    proc = cluster.kubectl("logs", "-n", OPERATOR_NAMESPACE, f"deployment/{OPERATOR}",
+    """Both replicas' logs, each line prefixed with its pod (the leader's and the standby's)."""
+    selector = f"app.kubernetes.io/name={OPERATOR}"
+    proc = cluster.kubectl("logs", "-n", OPERATOR_NAMESPACE, "-l", selector, "--prefix",
                            "--tail=-1", check=False)  # fmt: skip
     return str(proc.stdout or proc.stderr)
 

@@ -283,7 +283,10 @@ def test_fence_denies_and_fails_closed(overlay: str) -> None:
 def test_fence_guards_the_job_namespace_the_operator_uses(overlay: str) -> None:
     docs = render_dir(OVERLAYS_DIR / overlay)
     job_namespace = env_of(operator_container_of(docs))["NODESYSCTL_JOB_NAMESPACE"]
-    [role] = of_kind(docs, "Role")
+    # The Role that grants the agent Jobs (the other one is the leader-election Lease's).
+    [role] = [
+        r for r in of_kind(docs, "Role") if any("jobs" in rule["resources"] for rule in r["rules"])
+    ]
     assert job_namespace == role["metadata"]["namespace"] == JOB_NAMESPACE
     for base, policy in unprefixed(docs, VAP).items():
         selector = policy["spec"]["matchConstraints"].get("namespaceSelector")

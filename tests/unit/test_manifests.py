@@ -59,6 +59,18 @@ JOB_NAMESPACE_RULES: dict[tuple[str, str], frozenset[str]] = {
     ("", "pods"): frozenset({"get", "list", "watch"}),
     ("", "events"): frozenset({"list"}),  # FailedCreate: a check's pod the cluster refused
 }
+# The leader-election Lease, in the operator's namespace: get and update by name only, create
+# alone (RBAC cannot limit a create by name).
+LEASE_NAME = "nodesysctl-operator"
+LEADER_RULES: list[dict[str, Any]] = [
+    {
+        "apiGroups": ["coordination.k8s.io"],
+        "resources": ["leases"],
+        "resourceNames": [LEASE_NAME],
+        "verbs": ["get", "update"],
+    },
+    {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+]
 FORBIDDEN_RESOURCES = {
     "secrets",
     "pods/exec",
@@ -122,6 +134,18 @@ def env_of(container: dict[str, Any]) -> dict[str, str]:
     return {e["name"]: e.get("value", "") for e in container.get("env", [])}
 
 
+def role_in(docs: tuple[dict[str, Any], ...], namespace: str) -> dict[str, Any]:
+    found = [d for d in of_kind(docs, "Role") if d["metadata"]["namespace"] == namespace]
+    assert len(found) == 1, f"expected one Role in {namespace}, found {len(found)}"
+    return found[0]
+
+
+def binding_in(docs: tuple[dict[str, Any], ...], namespace: str) -> dict[str, Any]:
+    found = [d for d in of_kind(docs, "RoleBinding") if d["metadata"]["namespace"] == namespace]
+    assert len(found) == 1, f"expected one RoleBinding in {namespace}, found {len(found)}"
+    return found[0]
+
+
 def rule_table(rules: list[dict[str, Any]]) -> dict[tuple[str, str], set[str]]:
     table: dict[tuple[str, str], set[str]] = {}
     for rule in rules:
@@ -154,6 +178,7 @@ def test_renders_named_objects(overlay: str) -> None:
         "Role",
         "RoleBinding",
         "Deployment",
+        "PodDisruptionBudget",
         "ValidatingAdmissionPolicy",
         "ValidatingAdmissionPolicyBinding",
     } <= kinds
@@ -215,19 +240,25 @@ def test_no_wildcards_no_secrets_no_exec(overlay: str) -> None:
             for field in ("apiGroups", "resources", "verbs"):
                 assert "*" not in rule.get(field, []), (role["metadata"]["name"], rule)
             assert not FORBIDDEN_RESOURCES & set(rule.get("resources", [])), rule
-            assert not FORBIDDEN_VERBS & set(rule["verbs"]), rule
+            forbidden = FORBIDDEN_VERBS
+            if rule in LEADER_RULES and role["metadata"]["namespace"] == OPERATOR_NAMESPACE:
+                forbidden = FORBIDDEN_VERBS - {"update"}  # the one named Lease only
+            assert not forbidden & set(rule["verbs"]), rule
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_rbac_is_exactly_what_the_operator_needs(overlay: str) -> None:
     docs = render(overlay)
     cluster_role = only(docs, "ClusterRole")
-    role = only(docs, "Role")
-    assert role["metadata"]["namespace"] == JOB_NAMESPACE
+    assert {d["metadata"]["namespace"] for d in of_kind(docs, "Role")} == {
+        JOB_NAMESPACE,
+        OPERATOR_NAMESPACE,
+    }
     want_cluster = {key: set(verbs) for key, verbs in CLUSTER_RULES.items()}
     want_jobs = {key: set(verbs) for key, verbs in JOB_NAMESPACE_RULES.items()}
     assert rule_table(cluster_role["rules"]) == want_cluster
-    assert rule_table(role["rules"]) == want_jobs
+    assert rule_table(role_in(docs, JOB_NAMESPACE)["rules"]) == want_jobs
+    assert role_in(docs, OPERATOR_NAMESPACE)["rules"] == LEADER_RULES
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -247,14 +278,14 @@ def test_bindings_tie_our_roles_to_our_service_account(overlay: str) -> None:
         "name": only(docs, "ClusterRole")["metadata"]["name"],
     }
     assert crb["subjects"] == [subject]
-    rb = only(docs, "RoleBinding")
-    assert rb["metadata"]["namespace"] == JOB_NAMESPACE
-    assert rb["roleRef"] == {
-        "apiGroup": "rbac.authorization.k8s.io",
-        "kind": "Role",
-        "name": only(docs, "Role")["metadata"]["name"],
-    }
-    assert rb["subjects"] == [subject]
+    for namespace in (JOB_NAMESPACE, OPERATOR_NAMESPACE):
+        rb = binding_in(docs, namespace)
+        assert rb["roleRef"] == {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "Role",
+            "name": role_in(docs, namespace)["metadata"]["name"],
+        }
+        assert rb["subjects"] == [subject]
     pod = only(docs, "Deployment")["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == account["metadata"]["name"]
     # Only the operator pod gets the token, not every pod that might use this account.
@@ -263,12 +294,30 @@ def test_bindings_tie_our_roles_to_our_service_account(overlay: str) -> None:
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_operator_deployment_is_single_and_recreated(overlay: str) -> None:
-    deployment = only(render(overlay), "Deployment")
+def test_operator_deployment_is_two_candidates_for_one_lease(overlay: str) -> None:
+    docs = render(overlay)
+    deployment = only(docs, "Deployment")
     assert deployment["metadata"]["namespace"] == OPERATOR_NAMESPACE
-    # Kopf runs standalone (no peering): never two operators at once.
-    assert deployment["spec"]["replicas"] == 1
-    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    # Two pods, and only the Lease holder runs Kopf: a rolling update never runs two Kopfs.
+    assert deployment["spec"]["replicas"] == 2
+    assert "--leader-elect" in operator_container(docs)["args"]
+    assert deployment["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
+    pod = deployment["spec"]["template"]
+    env = {e["name"]: e for e in operator_container(docs)["env"]}
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    [term] = pod["spec"]["affinity"]["podAntiAffinity"][
+        "preferredDuringSchedulingIgnoredDuringExecution"
+    ]
+    assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    selector = term["podAffinityTerm"]["labelSelector"]["matchLabels"]
+    assert selector.items() <= pod["metadata"]["labels"].items()
+    budget = only(docs, "PodDisruptionBudget")
+    assert budget["metadata"]["namespace"] == OPERATOR_NAMESPACE
+    assert budget["spec"]["maxUnavailable"] == 1
+    assert budget["spec"]["selector"] == deployment["spec"]["selector"]
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -334,8 +383,12 @@ def test_private_registry_overlay_rewrites_image_and_names() -> None:
     docs = render("private-registry")
     container = operator_container(docs)
     assert not container["image"].startswith("ghcr.io/")
-    for kind in ("ServiceAccount", "ClusterRole", "Role", "Deployment"):
+    for kind in ("ServiceAccount", "ClusterRole", "Deployment", "PodDisruptionBudget"):
         assert only(docs, kind)["metadata"]["name"].startswith("corp-")
+    for namespace in (JOB_NAMESPACE, OPERATOR_NAMESPACE):
+        assert role_in(docs, namespace)["metadata"]["name"].startswith("corp-")
+    # The Lease keeps its name (the --lease-name default the Role names; no object to prefix).
+    assert role_in(docs, OPERATOR_NAMESPACE)["rules"] == LEADER_RULES
     # Namespaces and the CRD keep their names (the operator and the CRD depend on them).
     assert {n["metadata"]["name"] for n in of_kind(docs, "Namespace")} == {
         OPERATOR_NAMESPACE,
