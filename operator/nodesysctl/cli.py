@@ -54,7 +54,8 @@ def _run(args: argparse.Namespace) -> int:
             # --leader-elect only the Lease holder runs Kopf at all.
             standalone=True,
             liveness_endpoint=args.liveness,
-            memo=kopf.Memo(config=config),
+            # The cleanup handler sets the flag too: see handlers.stop_outside_kopf.
+            memo=kopf.Memo(config=config, stop_flag=stop),
             stop_flag=stop,
         )
         return 0

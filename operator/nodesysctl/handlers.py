@@ -132,10 +132,16 @@ async def node_watch_health(memo: Any, **_: Any) -> dict[str, Any]:
 
 
 @kopf.on.cleanup()
-async def stop_node_watch(memo: Any, **_: Any) -> None:
+async def stop_outside_kopf(memo: Any, **_: Any) -> None:
     operator: Operator | None = getattr(memo, "nodesysctl", None)
     if operator is not None and operator.node_watch is not None:
         operator.node_watch.stop()
+    # With --leader-elect, Kopf waits for its threading.Event stop flag in an executor thread.
+    # A stop by signal (Kopf's own handler) leaves that thread waiting, and the loop's final
+    # executor shutdown waits for it: the process never ended, and never released the Lease.
+    stop_flag = getattr(memo, "stop_flag", None)
+    if stop_flag is not None:
+        stop_flag.set()
 
 
 # The handlers that wake a daemon are coroutines on purpose: Kopf runs a plain `def` handler in

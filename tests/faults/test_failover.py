@@ -308,12 +308,6 @@ def test_partitioned_leader_stops_before_the_standby_starts(
     assert all(t >= int(acquired) for t in after_cut), (cut_at, acquired, after_cut)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="found at the deadline of issue 15: a leader SIGTERMed right after Kopf started "
-    "logged its node watch stopped, then did not exit within 20 s (SIGKILLed, so no release); "
-    "see docs/reliability.md, Failover",
-)
 def test_sigterm_releases_the_lease_and_the_standby_takes_it_at_once(
     election: Election,
     policies: Policies,
