@@ -32,6 +32,8 @@ from prometheus_client import (
     generate_latest,
     start_http_server,
 )
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 from nodesysctl.planning import NodeState, PolicySummary
 from nodesysctl.restarts import EvictionResult, RestartAction, RestartPlan
@@ -76,12 +78,26 @@ CHECK_BUCKETS = (1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 180
 PASS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
+class WhileLeading(Collector):
+    """The operator's own metrics, exported while this process leads (or runs alone). A
+    standby exports only `nodesysctl_build_info`, `nodesysctl_leader` (0) and the process
+    metrics: its zeros and its never-heard node watch would read as a second operator."""
+
+    def __init__(self, inner: CollectorRegistry) -> None:
+        self.inner = inner
+        self.leading = True  # until an election says otherwise (a lone process leads)
+
+    def collect(self) -> Iterable[Metric]:
+        return self.inner.collect() if self.leading else ()
+
+
 @dataclasses.dataclass(frozen=True)
 class OperatorMetrics:
     """Every metric of the operator, in `registry` (not the client's global one: nothing a
     library registers there is exported by accident, and tests make their own)."""
 
     registry: CollectorRegistry
+    operating: WhileLeading
     nodes: Gauge
     checks: Counter
     check_duration: Histogram
@@ -97,9 +113,13 @@ class OperatorMetrics:
 
     @classmethod
     def create(cls, *, process: bool = True) -> OperatorMetrics:
-        registry = CollectorRegistry()
+        exported = CollectorRegistry()
         if process:  # process_resident_memory_bytes, CPU, open fds: read from /proc per scrape
-            ProcessCollector(registry=registry)
+            ProcessCollector(registry=exported)
+        # Everything but the process, leader and build metrics: exported only while leading.
+        registry = CollectorRegistry()
+        operating = WhileLeading(registry)
+        exported.register(operating)
 
         def gauge(name: str, text: str, labels: Iterable[str] = ()) -> Gauge:
             return Gauge(name, text, list(labels), registry=registry)
@@ -108,7 +128,8 @@ class OperatorMetrics:
             return Counter(name, text, list(labels), registry=registry)
 
         metrics = cls(
-            registry=registry,
+            registry=exported,
+            operating=operating,
             nodes=gauge(
                 "nodesysctl_nodes",
                 "Nodes a policy selects, by the state of their last check (compliant + "
@@ -165,13 +186,17 @@ class OperatorMetrics:
                 "When the Node list+watch last heard from the API server (a list, an event, "
                 "a bookmark, or a watch request's end), Unix time.",
             ),
-            leader=gauge(
+            leader=Gauge(
                 "nodesysctl_leader",
                 "1 while this process is the active operator (runs the handlers), else 0.",
                 ["identity"],
+                registry=exported,
             ),
-            build_info=gauge(
-                "nodesysctl_build_info", "Always 1; the version that runs.", ["version"]
+            build_info=Gauge(
+                "nodesysctl_build_info",
+                "Always 1; the version that runs.",
+                ["version"],
+                registry=exported,
             ),
         )
         metrics.build_info.labels(version=_version()).set(1)
@@ -257,6 +282,7 @@ class OperatorMetrics:
 
     def set_leader(self, identity: str, leading: bool) -> None:
         self.leader.labels(identity).set(1 if leading else 0)
+        self.operating.leading = leading
 
     def exposition(self) -> bytes:
         """What `/metrics` answers (the text format)."""

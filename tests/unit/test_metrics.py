@@ -88,7 +88,7 @@ def reconciler(kube: RecordingKube, metrics: OperatorMetrics) -> PolicyReconcile
 def test_names_types_and_labels_follow_the_ecosystem() -> None:
     metrics = fresh()
     metrics.seed_policy("p")
-    metrics.set_leader("op-0", False)
+    metrics.set_leader("op-0", True)
     text = metrics.exposition().decode()
     families = {f.name: f for f in text_string_to_metric_families(text)}
     assert set(families) == set(FAMILIES)
@@ -102,6 +102,19 @@ def test_names_types_and_labels_follow_the_ecosystem() -> None:
     assert "nodesysctl_checks_total{" in text
     assert "_created" not in text
     assert "node=" not in text  # no per-node label: bounded at any cluster size
+
+
+def test_a_standby_exports_only_who_it_is_and_that_it_does_not_lead() -> None:
+    metrics = fresh()
+    metrics.seed_policy("p")  # a leader's series, kept if this process leads again
+    metrics.set_leader("op-1", False)
+    families = {f.name: f for f in text_string_to_metric_families(metrics.exposition().decode())}
+    assert set(families) == {"nodesysctl_leader", "nodesysctl_build_info"}
+    assert [s.value for s in families["nodesysctl_leader"].samples] == [0.0]
+    metrics.set_leader("op-1", True)
+    families = {f.name: f for f in text_string_to_metric_families(metrics.exposition().decode())}
+    assert set(families) == set(FAMILIES)
+    assert [s.value for s in families["nodesysctl_leader"].samples] == [1.0]
 
 
 def test_a_policys_counters_are_pre_seeded_at_zero_with_every_label_value() -> None:
@@ -306,12 +319,12 @@ def test_bad_bind_addresses_are_refused(text: str) -> None:
 def test_the_server_answers_the_text_format_over_http() -> None:
     metrics = fresh()
     metrics.seed_policy("p")
-    metrics.set_leader("op-0", False)
+    metrics.set_leader("op-0", True)
     host, port = serve(("127.0.0.1", 0), metrics)
     with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=10) as answer:
         assert answer.headers["Content-Type"].startswith("text/plain")
         text = answer.read().decode()
-    assert 'nodesysctl_leader{identity="op-0"} 0.0' in text
+    assert 'nodesysctl_leader{identity="op-0"} 1.0' in text
     assert 'nodesysctl_checks_total{policy="p",result="failed"} 0.0' in text
     # Taken: reported at start, never hidden.
     with pytest.raises(OSError, match="in use"):
