@@ -4,10 +4,12 @@ one agent Job per node, and the snapshot a pass starts from."""
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime
 from typing import Any
 
-from nodesysctl.api import parse_spec
+from nodesysctl.api import TaintEffect, parse_spec
+from nodesysctl.availability import NodeAvailability, Taint
 from nodesysctl.nodewatch import NodeChanged, NodesListed
 from nodesysctl.observed import PodOutcome
 from nodesysctl.planning import JobFacts, NodeFacts, NodeResult, NodeState, PolicyRanges
@@ -244,3 +246,16 @@ def test_a_new_policy_snapshots_with_empty_indexes_and_a_bare_body() -> None:
     snap = listed().snapshot("p", "uid", {"metadata": {}}, NO_JOBS, NO_PODS)
     assert (snap.generation, snap.created, snap.spec, snap.status) == (0, "", {}, {})
     assert (list(snap.nodes), list(snap.jobs), snap.pod_outcomes) == ([], [], {})
+
+
+def test_the_snapshot_names_the_nodes_still_carrying_a_readiness_taint() -> None:
+    ours = Taint("nodesysctl.io/unverified", "", TaintEffect.NO_SCHEDULE)
+    unverified = NodeAvailability(taints=(ours,))
+    foreign = NodeAvailability(taints=(Taint("example.com/gpu", "", TaintEffect.NO_SCHEDULE),))
+    state = listed(
+        dataclasses.replace(node("new"), availability=unverified),
+        dataclasses.replace(node("gpu"), availability=foreign),
+        node("plain"),
+    )
+    # The maintenance windows let these through at once (maintenance.gate).
+    assert state.snapshot("p", "uid", policy_body(), NO_JOBS, NO_PODS).unverified == {"new"}
